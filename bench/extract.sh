@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Extraction benchmark (issue: "pgp within 1.25x of psql \copy, peak memory < 100 MB").
+# Builds a 2,000,000-row, 13-column table (text, numeric, timestamptz, jsonb, arrays,
+# uuid) in a throwaway PostgreSQL, then in one run times, median of REPS runs each:
+#   psql \copy (SELECT * FROM bench) TO file          -- the reference
+#   pgp extract --compression none                     -- pgp to local storage
+#   pgp extract --compression gzip
+#   pgp tap --load-type scd                            -- end to end into DuckDB (once)
+# and reports ratios against the reference and pgp's peak RSS. ROWS and REPS override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/pgp-target}"
+ROWS=${ROWS:-2000000}
+REPS=${REPS:-3}
+cargo build --release -q -p pgp-cli
+PGP="$CARGO_TARGET_DIR/release/pgp"
+
+PG_EXTRA_OPTS="-c shared_buffers=1GB"
+. scripts/throwaway-pg.sh
+WORK=$(mktemp -d /tmp/pgp-bench-XXXXXX)
+trap '"${PG_AS[@]}" "$PG_BIN_DIR/pg_ctl" -D "$PG_TMP/data" -m fast stop >/dev/null 2>&1; rm -rf "$PG_TMP" "$WORK"' EXIT
+psql -q "$PG_URL_BASE/postgres" -c "CREATE DATABASE bench"
+DB="$PG_URL_BASE/bench"
+echo "building the $ROWS-row table..."
+psql -q "$DB" <<SQL
+CREATE TABLE bench AS SELECT
+  g::bigint AS id,
+  md5(g::text) AS name,
+  md5((g * 7)::text) || ' ' || md5((g * 13)::text) || E'\t' || md5(g::text) AS description,
+  (g * 1.2345)::numeric(20,4) AS amount,
+  timestamptz '2024-01-01 00:00:00+00' - g * interval '1 second' AS created_at,
+  timestamptz '2024-01-01 00:00:00+00' - g * interval '1 minute' AS updated_at,
+  (g % 1000)::int AS project_id,
+  (g % 2 = 0) AS active,
+  jsonb_build_object('k', g, 'v', md5(g::text), 'n', NULL) AS props,
+  ARRAY[g, g + 1, g + 2] AS ids,
+  ARRAY['tag' || (g % 10), 'b'] AS tags,
+  md5(g::text)::uuid AS uid,
+  CASE WHEN g % 10 = 0 THEN NULL ELSE 'note ' || g END AS note
+FROM generate_series(1, $ROWS) g;
+ALTER TABLE bench ADD PRIMARY KEY (id);
+VACUUM ANALYZE bench;
+SQL
+cat > "$WORK/bench.yaml" <<YAML
+connection_info:
+  database: B_NAME
+  host: B_HOST
+  pass: B_PASS
+  port: B_PORT
+  user: B_USER
+tables:
+  bench:
+    import_db: BENCH
+    export_schema: bench
+    export_table: bench
+    export_table_primary_key: id
+    import_query: SELECT * FROM bench
+YAML
+export B_NAME=bench B_HOST=127.0.0.1 B_PASS=unused B_PORT=$PG_PORT B_USER=postgres PGP_LOG=warn
+
+# time_cmd LABEL CMD...: prints "seconds maxrss_kb" of CMD (a child of a fresh python).
+time_cmd() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t = time.monotonic()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+dt = time.monotonic() - t
+if r.returncode != 0:
+    sys.exit(f"command failed ({r.returncode}): {sys.argv[1:]}")
+print(f"{dt:.3f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+PY
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+run_psql() { time_cmd psql -q "$DB" -c "\\copy (SELECT * FROM bench) TO '$WORK/psql.tsv'"; }
+run_pgp() { # compression
+  rm -rf "$WORK/objects" "$WORK/wh.duckdb"
+  PGP_STORAGE_URL="file://$WORK/objects" PGP_WAREHOUSE_URL="duckdb://$WORK/wh.duckdb" \
+    time_cmd "$PGP" extract "$WORK/bench.yaml" --load-type scd --compression "$1" --run-id bench
+}
+
+run_psql >/dev/null # warm the cache
+psql_t=(); none_t=(); none_m=(); gz_t=(); gz_m=()
+for i in $(seq "$REPS"); do
+  read -r t m < <(run_psql); psql_t+=("$t")
+  read -r t m < <(run_pgp none); none_t+=("$t"); none_m+=("$m")
+  read -r t m < <(run_pgp gzip); gz_t+=("$t"); gz_m+=("$m")
+done
+text_bytes=$(stat -c %s "$WORK/psql.tsv")
+pgp_none_bytes=$(du -sb "$WORK/objects" 2>/dev/null | cut -f1 || echo 0)
+run_pgp gzip >/dev/null
+gz_bytes=$(find "$WORK/objects" -name '*.gz' -printf '%s\n' | awk '{s+=$1} END {print s}')
+rm -rf "$WORK/objects" "$WORK/wh.duckdb"
+read -r tap_t tap_m < <(PGP_STORAGE_URL="file://$WORK/objects" PGP_WAREHOUSE_URL="duckdb://$WORK/wh.duckdb" \
+  time_cmd "$PGP" tap "$WORK/bench.yaml" --load-type scd)
+
+P=$(printf '%s\n' "${psql_t[@]}" | median)
+N=$(printf '%s\n' "${none_t[@]}" | median)
+G=$(printf '%s\n' "${gz_t[@]}" | median)
+NM=$(printf '%s\n' "${none_m[@]}" | sort -n | tail -1)
+GM=$(printf '%s\n' "${gz_m[@]}" | sort -n | tail -1)
+python3 - "$ROWS" "$REPS" "$text_bytes" "$gz_bytes" "$P" "$N" "$G" "$NM" "$GM" "$tap_t" "$tap_m" <<'PY'
+import sys
+rows, reps, text, gz, p, n, g, nm, gm, tap, tapm = sys.argv[1:]
+rows, reps, text, gz = int(rows), int(reps), int(text), int(gz)
+p, n, g, tap = float(p), float(n), float(g), float(tap)
+print(f"table: {rows:,} rows, {text/1e6:.0f} MB as psql text; gzip objects {gz/1e6:.0f} MB ({text/gz:.1f}x)")
+print(f"median of {reps} runs each:")
+print(f"  psql \\copy (reference)     {p:7.2f} s  {rows/p/1e3:7.0f} k rows/s")
+print(f"  pgp extract, gzip off      {n:7.2f} s  {rows/n/1e3:7.0f} k rows/s  ratio {n/p:.2f}x  peak RSS {int(nm)/1024:.0f} MB")
+print(f"  pgp extract, gzip on       {g:7.2f} s  {rows/g/1e3:7.0f} k rows/s  ratio {g/p:.2f}x  peak RSS {int(gm)/1024:.0f} MB")
+print(f"  pgp tap scd (into DuckDB)  {tap:7.2f} s  {rows/tap/1e3:7.0f} k rows/s  ratio {tap/p:.2f}x  peak RSS {int(tapm)/1024:.0f} MB")
+PY

@@ -1,0 +1,318 @@
+//! `pgp`: run GitLab `postgres_pipeline` manifests on one machine — PostgreSQL to local
+//! files to DuckDB — with the same library the Cloud Run services use.
+//!
+//! This file is the edge: flags and environment in, a summary out, `anyhow` for errors
+//! that end the process. Exit codes: 0 all tables fine, 1 some table failed, 2 the run
+//! could not start (bad manifest, bad flags, unreachable warehouse).
+
+mod progress;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgp::format::Compression;
+use pgp::manifest::Manifest;
+use pgp::params::{parse_instant, ProcessEnv, RunParams};
+use pgp::plan::LoadType;
+use pgp::run::{Outcome, Pipeline, RunOptions, RunReport};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "pgp",
+    version,
+    about = "Load PostgreSQL tables into a warehouse from GitLab postgres_pipeline manifests."
+)]
+#[command(
+    after_help = "Environment:\n  PGP_STORAGE_URL    where chunks are staged (file:///abs/dir; default ./pgp-data/objects)\n  PGP_WAREHOUSE_URL  the warehouse (duckdb:///abs/file.duckdb; default ./pgp-data/warehouse.duckdb)\n  PGP_LOG            log filter (default info)\n  The manifest's connection_info names the variables holding the source connection.\n  EXECUTION_DATE, HOURS, DAYS, LAST_LOADED, TASK_INSTANCE fill flags left unset."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Extract and load the manifest's tables.
+    Tap {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Keep staged objects after a successful load.
+        #[arg(long)]
+        keep_objects: bool,
+        /// Staged object compression.
+        #[arg(long, default_value = "gzip")]
+        compression: Compression,
+        /// Run id (names objects, stages, ledger entries); default: the start time.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// Extract the tables a run would load into the object store, and stop there
+    /// (objects are kept; nothing is loaded). For inspection and benchmarks.
+    Extract {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Staged object compression.
+        #[arg(long, default_value = "gzip")]
+        compression: Compression,
+        /// Run id (names the objects); default: the start time.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// Show what a run would do per table, touching nothing.
+    Plan {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The manifest (GitLab's postgres_pipeline format).
+    manifest: PathBuf,
+    /// scd | incremental | backfill (alias sync) | test.
+    #[arg(long)]
+    load_type: LoadType,
+    /// Only this manifest table (repeatable).
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// End of the window (RFC 3339 or YYYY-MM-DD); default: now, or EXECUTION_DATE.
+    #[arg(long)]
+    execution_date: Option<String>,
+    /// Window length in hours.
+    #[arg(long, conflicts_with = "days")]
+    hours: Option<u32>,
+    /// Window length in days.
+    #[arg(long)]
+    days: Option<u32>,
+    /// The window end the previous run reached; the window restarts 30 minutes before.
+    #[arg(long)]
+    last_loaded: Option<String>,
+    /// Value of `_task_instance` (tables with advanced_metadata: true).
+    #[arg(long)]
+    task_instance: Option<String>,
+    /// A placeholder value, NAME=VALUE (repeatable).
+    #[arg(long = "var", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+    /// Rows per chunk of a re-sync (default: sized for ~100-250 MB gzip objects).
+    #[arg(long)]
+    chunk_rows: Option<u64>,
+    /// Row cap of test loads.
+    #[arg(long, default_value_t = 1_000_000)]
+    test_rows: u64,
+    /// Output format of the summary or plan.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    if k.is_empty() {
+        return Err("empty NAME".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn params(a: &RunArgs) -> anyhow::Result<RunParams> {
+    let p = RunParams {
+        execution_date: a.execution_date.as_deref().map(parse_instant).transpose()?,
+        hours: a.hours,
+        days: a.days,
+        last_loaded: a.last_loaded.as_deref().map(parse_instant).transpose()?,
+        task_instance: a.task_instance.clone(),
+        vars: a.vars.iter().cloned().collect(),
+    };
+    Ok(p.with_env_fallback(&ProcessEnv)?)
+}
+
+fn default_url(env: &str, scheme: &str, rel: &str) -> anyhow::Result<String> {
+    if let Ok(v) = std::env::var(env) {
+        if !v.is_empty() {
+            return Ok(v);
+        }
+    }
+    let cwd = std::env::current_dir().context("current directory")?;
+    Ok(format!("{scheme}{}", cwd.join(rel).display()))
+}
+
+fn pipeline(read_only: bool) -> anyhow::Result<Pipeline> {
+    let storage_url = default_url("PGP_STORAGE_URL", "file://", "pgp-data/objects")?;
+    let warehouse_url = default_url(
+        "PGP_WAREHOUSE_URL",
+        "duckdb://",
+        "pgp-data/warehouse.duckdb",
+    )?;
+    let store = if read_only {
+        pgp::storage::open_existing(&storage_url)?
+    } else {
+        pgp::storage::open(&storage_url)?
+    };
+    let warehouse = if read_only {
+        pgp::warehouse::open_read_only(&warehouse_url, store.clone())?
+    } else {
+        pgp::warehouse::open(&warehouse_url, store.clone())?
+    };
+    Ok(Pipeline {
+        store,
+        warehouse,
+        env: Arc::new(ProcessEnv),
+    })
+}
+
+fn options(a: &RunArgs) -> anyhow::Result<RunOptions> {
+    let mut o = RunOptions::new(a.load_type, Utc::now());
+    o.tables = a.tables.clone();
+    o.params = params(a)?;
+    o.chunk_rows = a.chunk_rows;
+    o.test_rows = a.test_rows;
+    Ok(o)
+}
+
+fn load_manifest(p: &Path) -> anyhow::Result<Manifest> {
+    Ok(Manifest::from_file(p)?)
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Plan { run } => {
+            let manifest = load_manifest(&run.manifest)?;
+            let opts = options(&run)?;
+            let p = pipeline(true)?;
+            let (plans, window) = p.plan(&manifest, &opts).await?;
+            if run.format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&plans)?);
+            } else {
+                if let Some(w) = window {
+                    println!("window: {} .. {}", w.begin, w.end);
+                }
+                for pl in &plans {
+                    println!(
+                        "{:<40} {:<12} {:<9} {:<5} {:<40} chunks={} {}",
+                        pl.table,
+                        pl.kind.to_string(),
+                        format!("{:?}", pl.action).to_lowercase(),
+                        format!("{:?}", pl.mode).to_lowercase(),
+                        pl.target,
+                        pl.chunks.len(),
+                        pl.reason.clone().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Extract {
+            run,
+            compression,
+            run_id,
+        } => tap(run, true, true, compression, run_id).await,
+        Command::Tap {
+            run,
+            keep_objects,
+            compression,
+            run_id,
+        } => tap(run, keep_objects, false, compression, run_id).await,
+    }
+}
+
+async fn tap(
+    run: RunArgs,
+    keep_objects: bool,
+    extract_only: bool,
+    compression: Compression,
+    run_id: Option<String>,
+) -> anyhow::Result<i32> {
+    let manifest = load_manifest(&run.manifest)?;
+    let mut opts = options(&run)?;
+    opts.keep_objects = keep_objects;
+    opts.extract_only = extract_only;
+    opts.compression = compression;
+    if let Some(id) = run_id {
+        opts.run_id = id;
+    }
+    // `extract` plans against the warehouse read-only and only writes objects.
+    let p = pipeline(extract_only)?;
+    if extract_only {
+        pgp::storage::open(&p.store.url())?;
+    }
+    p.warehouse.health().await?;
+    p.store.health().await?;
+    let progress = progress::for_terminal();
+    let report = p.run(&manifest, &opts, progress.as_ref()).await?;
+    drop(progress);
+    if run.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    Ok(if report.failures() > 0 { 1 } else { 0 })
+}
+
+fn print_summary(r: &RunReport) {
+    println!("run {} ({})", r.run_id, r.load_type);
+    println!(
+        "{:<40} {:<15} {:>12} {:>10} {:>8}  detail",
+        "table", "outcome", "rows", "MB", "seconds"
+    );
+    for t in &r.tables {
+        let (outcome, detail) = match &t.outcome {
+            Outcome::Appended => ("appended", String::new()),
+            Outcome::Swapped => ("swapped", String::new()),
+            Outcome::Tested => ("tested", String::new()),
+            Outcome::Extracted => ("extracted", String::new()),
+            Outcome::Skipped(d) => ("skipped", d.clone()),
+            Outcome::NeedsBackfill(d) => ("needs-backfill", d.clone()),
+            Outcome::Failed(d) => ("FAILED", d.clone()),
+        };
+        println!(
+            "{:<40} {:<15} {:>12} {:>10.1} {:>8.1}  {}",
+            t.table,
+            outcome,
+            t.rows,
+            t.bytes as f64 / 1e6,
+            t.seconds,
+            detail
+        );
+    }
+    if let Some(w) = &r.window {
+        println!(
+            "window {} .. {}; next run: --last-loaded {}",
+            w.begin.to_rfc3339(),
+            w.end.to_rfc3339(),
+            w.end.to_rfc3339()
+        );
+    }
+    let failed = r.failures();
+    if failed > 0 {
+        println!("{failed} of {} tables failed", r.tables.len());
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match rt.block_on(main_inner(cli)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"): every unit, conformance and end-to-end
+# test. The end-to-end tests start their own PostgreSQL from the system's server
+# binaries (apt-get install postgresql), so nothing needs to be running beforehand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/pgp-target}"
+cargo test --workspace --locked -- --test-threads 4

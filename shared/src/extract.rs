@@ -1,0 +1,179 @@
+//! Extraction of one chunk: `COPY (query) TO STDOUT` streamed into one staged object,
+//! gzip-compressed on its own thread, with bounded memory whatever the table size.
+//!
+//! Rows are batched into ~1 MiB buffers; at most a few buffers are in flight between
+//! the PostgreSQL reader, the compressor and the object writer (bounded channels), so
+//! memory stays flat. The row count is PostgreSQL's own: one CopyData message per row.
+//! On any error the writer is aborted and no object appears.
+
+use crate::error::{Error, Result};
+use crate::format::Compression;
+use crate::source::PgSource;
+use crate::storage::{Metadata, ObjectKey, ObjectStore};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::io::Write;
+use tokio::sync::mpsc;
+
+const BATCH: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+
+/// What one chunk's extraction produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Rows PostgreSQL sent.
+    pub rows: u64,
+    /// Uncompressed bytes PostgreSQL sent.
+    pub bytes: u64,
+    /// Bytes of the staged object.
+    pub object_bytes: u64,
+}
+
+/// Called after each batch with the running (rows, uncompressed bytes) of the chunk.
+pub type ProgressFn<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// A `Write` that hands compressed output to the writer task in ~1 MiB pieces.
+struct ChannelSink {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl ChannelSink {
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let out = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH)));
+            self.tx.blocking_send(out).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "object writer stopped")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChannelSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BATCH {
+            self.flush_buf()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stream `copy_sql` from `src` into `store` at `key`. `metadata` is stored with the
+/// object, plus `rows`.
+pub async fn extract_chunk(
+    src: &PgSource,
+    table: &str,
+    copy_sql: &str,
+    store: &dyn ObjectStore,
+    key: &ObjectKey,
+    compression: Compression,
+    mut metadata: Metadata,
+    progress: ProgressFn<'_>,
+) -> Result<Extracted> {
+    let mut writer = store.writer(key).await?;
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+
+    // The compressor (or a pass-through) between raw batches and the writer.
+    let (raw_tx, compressor) = match compression {
+        Compression::Gzip => {
+            let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+            let out = out_tx.clone();
+            let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let sink = ChannelSink {
+                    buf: Vec::with_capacity(BATCH),
+                    tx: out,
+                };
+                let mut gz = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
+                while let Some(b) = raw_rx.blocking_recv() {
+                    gz.write_all(&b)?;
+                }
+                let mut sink = gz.finish()?;
+                sink.flush_buf()
+            });
+            (raw_tx, Some(handle))
+        }
+        Compression::None => (out_tx.clone(), None),
+    };
+    drop(out_tx);
+
+    // Owns the receiver: if writing fails, the receiver is dropped, the senders fail
+    // and the reader and compressor stop instead of waiting forever.
+    let write_loop = async move {
+        let mut n = 0u64;
+        let mut result = Ok(());
+        while let Some(b) = out_rx.recv().await {
+            n += b.len() as u64;
+            if let Err(e) = writer.write(b).await {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(out_rx);
+        (writer, result.map(|()| n))
+    };
+
+    let read_loop = async move {
+        let stream = src.copy_out(table, copy_sql).await?;
+        futures::pin_mut!(stream);
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut batch = BytesMut::with_capacity(BATCH + 64 * 1024);
+        while let Some(item) = stream.next().await {
+            let row =
+                item.map_err(|e| Error::source(format!("table `{table}`: COPY stream"), e))?;
+            rows += 1;
+            bytes += row.len() as u64;
+            batch.extend_from_slice(&row);
+            if batch.len() >= BATCH {
+                raw_tx.send(batch.split().freeze()).await.map_err(|_| {
+                    Error::storage(key.as_str(), "the compressor or writer stopped")
+                })?;
+                progress(rows, bytes);
+            }
+        }
+        if !batch.is_empty() {
+            raw_tx
+                .send(batch.freeze())
+                .await
+                .map_err(|_| Error::storage(key.as_str(), "the compressor or writer stopped"))?;
+        }
+        drop(raw_tx);
+        progress(rows, bytes);
+        Ok::<(u64, u64), Error>((rows, bytes))
+    };
+
+    let (read, (writer, written)) = tokio::join!(read_loop, write_loop);
+    let compressed = match compressor {
+        Some(h) => match h.await {
+            Ok(r) => r.map_err(|e| Error::storage(key.as_str(), format!("gzip: {e}"))),
+            Err(e) => Err(Error::storage(key.as_str(), format!("gzip worker: {e}"))),
+        },
+        None => Ok(()),
+    };
+    // The first real cause wins: a source error explains a broken pipe downstream.
+    let result = match (read, written, compressed) {
+        (Err(e), _, _) => Err(e),
+        (_, Err(e), _) => Err(e),
+        (_, _, Err(e)) => Err(e),
+        (Ok((rows, bytes)), Ok(object_bytes), Ok(())) => Ok(Extracted {
+            rows,
+            bytes,
+            object_bytes,
+        }),
+    };
+    match result {
+        Ok(x) => {
+            metadata.insert("rows".into(), x.rows.to_string());
+            writer.finish(metadata).await?;
+            Ok(x)
+        }
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
+}

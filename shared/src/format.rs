@@ -1,0 +1,128 @@
+//! The staged file format, the one contract between extraction and every warehouse.
+//!
+//! Choice: PostgreSQL's **CSV** output with a **tab** delimiter (files are named
+//! `.tsv.gz`), not PostgreSQL's text format. Why:
+//! - In CSV mode PostgreSQL writes NULL as an *unquoted* empty field and an empty string
+//!   as `""`, quotes any value holding a tab, quote, CR or LF, and escapes nothing but
+//!   the quote (doubled). So every value is either raw bytes or a quoted run with
+//!   doubled quotes: there is no backslash layer at all. Backslashes and the text `\N`
+//!   travel as themselves.
+//! - PostgreSQL's text format encodes NULL as `\N` and escapes `\t \n \r \\`. Snowflake
+//!   can decode those (`ESCAPE_UNENCLOSED_FIELD='\\'`) but its `NULL_IF` is matched
+//!   against the field, and whether the stored text `\N` (written `\\N`) stays text or
+//!   turns NULL then depends on the order of escape decoding and NULL matching, which
+//!   Snowflake does not document. DuckDB's CSV reader decodes no backslash escapes.
+//!   CSV's rules are documented identically by all three systems.
+//!
+//! Snowflake (<https://docs.snowflake.com/en/sql-reference/sql/create-file-format>,
+//! "Format type options (CSV)"):
+//! - `FIELD_OPTIONALLY_ENCLOSED_BY='"'`: quoted fields may hold delimiters, CR and LF,
+//!   and `""` inside them is one quote;
+//! - `EMPTY_FIELD_AS_NULL=TRUE`: "two successive delimiters" (an unquoted empty field)
+//!   load as NULL, while a quoted empty field `""` loads as the empty string;
+//! - `NULL_IF=()`: no *text* value is ever turned into NULL (the default `('\\N')`
+//!   would turn the text `\N` into NULL);
+//! - `ESCAPE_UNENCLOSED_FIELD=NONE`, `ESCAPE=NONE`: backslashes are data;
+//! - `ERROR_ON_COLUMN_COUNT_MISMATCH=TRUE`, `ENCODING='UTF8'`, `COMPRESSION=GZIP`,
+//!   `SKIP_HEADER=0`, `TRIM_SPACE=FALSE`, `REPLACE_INVALID_CHARACTERS=FALSE` so that a
+//!   malformed file fails the load instead of loading altered values.
+//! - Timestamps: PostgreSQL writes ISO `YYYY-MM-DD HH24:MI:SS[.FF]` and, for
+//!   `timestamptz`, a `+00` offset (the session runs in UTC): `TIMESTAMP_FORMAT=AUTO`
+//!   reads both.
+//!
+//! DuckDB: `read_csv(..., delim='\t', quote='"', escape='"', nullstr='',
+//! allow_quoted_nulls=false)` gives the same reading (`allow_quoted_nulls=false` keeps
+//! `""` as the empty string).
+
+use std::fmt;
+
+/// Compression of staged objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip, the default (Snowflake's recommended compressed files, ~4x smaller).
+    #[default]
+    Gzip,
+    /// No compression (for benchmarks and debugging).
+    None,
+}
+
+impl Compression {
+    /// File name suffix of staged objects.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::Gzip => "tsv.gz",
+            Compression::None => "tsv",
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "none" => Ok(Compression::None),
+            o => Err(format!("unknown compression {o:?} (gzip|none)")),
+        }
+    }
+}
+
+/// The `COPY` options PostgreSQL writes staged files with.
+pub const PG_COPY_OPTIONS: &str =
+    "FORMAT csv, DELIMITER E'\\t', NULL '', QUOTE '\"', ESCAPE '\"', HEADER false, ENCODING 'UTF8'";
+
+/// Session settings that make PostgreSQL's text output of values canonical and exact:
+/// UTC offsets, ISO dates, round-trip float digits, hex bytea, ISO 8601 intervals.
+pub const PG_SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; \
+     SET DateStyle = 'ISO, YMD'; \
+     SET IntervalStyle = 'iso_8601'; \
+     SET extra_float_digits = 3; \
+     SET bytea_output = 'hex'; \
+     SET client_encoding = 'UTF8'; \
+     SET default_transaction_read_only = on";
+
+/// The `COPY ... TO STDOUT` statement for a (wrapped) query.
+pub fn copy_statement(query: &str) -> String {
+    format!("COPY ({query}) TO STDOUT WITH ({PG_COPY_OPTIONS})")
+}
+
+/// The Snowflake file format for staged objects (see the module comment for why each
+/// option is there).
+pub const SNOWFLAKE_FILE_FORMAT: &str = "TYPE = CSV \
+     FIELD_DELIMITER = '\\t' \
+     RECORD_DELIMITER = '\\n' \
+     FIELD_OPTIONALLY_ENCLOSED_BY = '\"' \
+     ESCAPE = NONE \
+     ESCAPE_UNENCLOSED_FIELD = NONE \
+     EMPTY_FIELD_AS_NULL = TRUE \
+     NULL_IF = () \
+     SKIP_HEADER = 0 \
+     TRIM_SPACE = FALSE \
+     ERROR_ON_COLUMN_COUNT_MISMATCH = TRUE \
+     REPLACE_INVALID_CHARACTERS = FALSE \
+     ENCODING = 'UTF8' \
+     COMPRESSION = GZIP \
+     TIMESTAMP_FORMAT = AUTO";
+
+/// DuckDB `read_csv` options equivalent to [`SNOWFLAKE_FILE_FORMAT`].
+pub fn duckdb_read_options(compression: Compression) -> String {
+    format!(
+        "delim = '\t', quote = '\"', escape = '\"', header = false, nullstr = '', \
+         allow_quoted_nulls = false, auto_detect = false, \
+         max_line_size = 1073741824, compression = '{}'",
+        match compression {
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    )
+}

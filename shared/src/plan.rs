@@ -1,0 +1,422 @@
+//! Planning: what each table of a manifest needs in this run, decided from the load
+//! type, the table's kind, its query's columns and the target's current schema.
+//! Planning touches nothing (`pgp plan` prints it); running executes it. The Cloud Run
+//! planner publishes the same plan as chunk messages.
+
+use crate::error::{Error, Result};
+use crate::ident::{Ident, TableName};
+use crate::manifest::{PrimaryKey, TableSpec};
+use crate::params::{Resolver, WINDOW_RELATED};
+use crate::query::{self, KeyRange, Kind};
+use crate::source::PgSource;
+use crate::types::{Column, ColumnType};
+use crate::warehouse::{schema_state, SchemaState, TableSchema, Warehouse, TASK_INSTANCE};
+
+/// `--load-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadType {
+    /// Full snapshot of SCD tables, appended every run.
+    Scd,
+    /// The time window of incremental tables, appended.
+    Incremental,
+    /// Full re-sync of tables whose target is missing or changed (alias `sync`).
+    #[serde(alias = "sync")]
+    Backfill,
+    /// A bounded sample load of new or changed tables into a scratch table.
+    Test,
+}
+
+impl std::str::FromStr for LoadType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "scd" => Ok(LoadType::Scd),
+            "incremental" => Ok(LoadType::Incremental),
+            "backfill" | "sync" => Ok(LoadType::Backfill),
+            "test" => Ok(LoadType::Test),
+            o => Err(format!(
+                "unknown load type {o:?} (scd|incremental|backfill|test)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LoadType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadType::Scd => "scd",
+            LoadType::Incremental => "incremental",
+            LoadType::Backfill => "backfill",
+            LoadType::Test => "test",
+        })
+    }
+}
+
+/// What the plan decides for a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Load rows this run.
+    Load,
+    /// Nothing to do in this run (see `reason`).
+    Skip,
+    /// A full re-sync is needed: done in this run for `backfill` (and for `scd` of
+    /// new or changed SCD tables); only reported for `incremental`.
+    Backfill,
+    /// The table cannot be planned (see `reason`).
+    Error,
+}
+
+/// How loaded rows reach the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Into a per-run stage, then one atomic append.
+    Append,
+    /// Into `<table>_TEMP` in key ranges, then one atomic swap.
+    Swap,
+    /// Into the scratch table `<table>_PGP_TEST`; the target is untouched.
+    Test,
+    /// Nothing is loaded this run.
+    None,
+}
+
+/// The plan for one table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TablePlan {
+    /// The manifest key.
+    pub table: String,
+    pub kind: Kind,
+    pub action: Action,
+    pub mode: Mode,
+    /// Why: a skip, a needed backfill, an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `schema.table`.
+    pub target: String,
+    /// Where this run writes before publishing (stage, `_TEMP`, scratch table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_table: Option<String>,
+    /// The key ranges, one object each; a single unbounded range when not chunked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<KeyRange>,
+    /// The key the ranges are over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Ident>,
+    /// Resuming an interrupted `_TEMP` load after this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<i64>,
+    /// Row cap of a test load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// The resolved query the chunks read (window or full table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The columns and types as they will be created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<TableSchema>,
+    #[serde(skip)]
+    pub target_name: Option<TableName>,
+    #[serde(skip)]
+    pub load_name: Option<TableName>,
+}
+
+impl TablePlan {
+    fn new(spec: &TableSpec, kind: Kind) -> Self {
+        TablePlan {
+            table: spec.name.clone(),
+            kind,
+            action: Action::Skip,
+            mode: Mode::None,
+            reason: None,
+            target: spec.target.to_string(),
+            load_table: None,
+            chunks: Vec::new(),
+            key: None,
+            resume_after: None,
+            limit: None,
+            query: None,
+            schema: None,
+            target_name: Some(spec.target.clone()),
+            load_name: None,
+        }
+    }
+
+    fn skip(mut self, reason: impl Into<String>) -> Self {
+        self.action = Action::Skip;
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// A plan that failed before anything was decided.
+    pub fn error(spec: &TableSpec, e: &Error) -> Self {
+        let mut p = TablePlan::new(spec, query::classify(&spec.import_query));
+        p.action = Action::Error;
+        p.reason = Some(e.to_string());
+        p
+    }
+
+    /// Whether running this plan loads rows.
+    pub fn loads(&self) -> bool {
+        self.mode != Mode::None && matches!(self.action, Action::Load | Action::Backfill)
+    }
+}
+
+/// Settings of planning.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub load_type: LoadType,
+    /// Rows per chunk; `None` sizes chunks from a sample of row sizes.
+    pub chunk_rows: Option<u64>,
+    /// Row cap of test loads.
+    pub test_rows: u64,
+    /// The run id (names the per-run stage).
+    pub run_id: String,
+}
+
+/// Chunk size aim: uncompressed bytes per object. With gzip's usual 3-5x on table
+/// text, ~600 MB of text gives the 100-250 MB objects Snowflake recommends.
+pub const TARGET_CHUNK_TEXT_BYTES: f64 = 600.0 * 1024.0 * 1024.0;
+/// Chunk size when the sample says nothing (an empty table).
+pub const DEFAULT_CHUNK_ROWS: u64 = 2_000_000;
+
+/// Rows per chunk for a mean row size.
+pub fn chunk_rows_for(mean_row_bytes: Option<f64>) -> u64 {
+    match mean_row_bytes {
+        Some(b) if b > 0.0 => ((TARGET_CHUNK_TEXT_BYTES / b) as u64).clamp(10_000, 50_000_000),
+        _ => DEFAULT_CHUNK_ROWS,
+    }
+}
+
+/// Key ranges for a re-sync, resuming after `resume_after` when given.
+pub fn chunk_ranges(
+    bounds: Option<(i64, i64)>,
+    resume_after: Option<i64>,
+    step: u64,
+) -> Vec<KeyRange> {
+    match (bounds, resume_after) {
+        (None, None) => vec![KeyRange::ALL],
+        (Some((lo, hi)), None) => query::key_ranges(lo, hi, step),
+        (b, Some(done)) => {
+            let start = done.saturating_add(1);
+            match b {
+                Some((_, hi)) if hi >= start => {
+                    let mut r = query::key_ranges(start, hi, step);
+                    r[0].lo = Some(start);
+                    r[0].nulls = false;
+                    r
+                }
+                _ => vec![KeyRange {
+                    lo: Some(start),
+                    hi: None,
+                    nulls: false,
+                }],
+            }
+        }
+    }
+}
+
+fn integer_key(spec: &TableSpec, columns: &[Column]) -> std::result::Result<Ident, String> {
+    match &spec.primary_key {
+        PrimaryKey::Expression(e) => Err(format!(
+            "export_table_primary_key `{e}` is an expression, not a column; chunked re-sync needs an integer key column"
+        )),
+        PrimaryKey::Column(k) => match columns.iter().find(|c| c.name.as_str().eq_ignore_ascii_case(k.as_str())) {
+            None => Err(format!("export_table_primary_key `{k}` is not a column of the query")),
+            Some(c) if matches!(c.ty, ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt) => {
+                Ok(c.name.clone())
+            }
+            Some(c) => Err(format!(
+                "export_table_primary_key `{k}` is {}, not an integer; chunked re-sync needs an integer key",
+                c.pg_type
+            )),
+        },
+    }
+}
+
+/// The query text with every non-window placeholder resolved, and the full-table
+/// query derived for incremental tables.
+fn full_query(spec: &TableSpec, kind: Kind, resolver: &Resolver) -> Result<String> {
+    let text = query::with_filtering(&spec.import_query, spec.additional_filtering.as_deref());
+    let keep = |n: &str| WINDOW_RELATED.contains(&n);
+    let resolved = resolver.resolve(&spec.name, &text, &keep)?;
+    match kind {
+        Kind::Scd => {
+            // An SCD query has no window; any window-related name left is unresolved.
+            resolver.resolve(&spec.name, &resolved, &|_| false)
+        }
+        Kind::Incremental => query::full_table_query(&spec.name, &resolved),
+    }
+}
+
+fn window_query(spec: &TableSpec, resolver: &Resolver) -> Result<String> {
+    let text = query::with_filtering(&spec.import_query, spec.additional_filtering.as_deref());
+    resolver.resolve(&spec.name, &text, &|_| false)
+}
+
+/// Plan one table. `src` is the open source connection, `wh` the warehouse; only
+/// reads happen.
+pub async fn plan_table(
+    spec: &TableSpec,
+    opts: &PlanOptions,
+    resolver: &Resolver<'_>,
+    src: &PgSource,
+    wh: &dyn Warehouse,
+) -> Result<TablePlan> {
+    let kind = query::classify(&spec.import_query);
+    let mut p = TablePlan::new(spec, kind);
+    match (opts.load_type, kind) {
+        (LoadType::Scd, Kind::Incremental) => {
+            return Ok(p.skip("incremental table: loaded by --load-type incremental"))
+        }
+        (LoadType::Incremental, Kind::Scd) => {
+            return Ok(p.skip("SCD table: loaded by --load-type scd"))
+        }
+        _ => {}
+    }
+    let query = match (opts.load_type, kind) {
+        (LoadType::Incremental, _) => window_query(spec, resolver)?,
+        _ => full_query(spec, kind, resolver)?,
+    };
+    let columns = src.describe(&spec.name, &query).await?;
+    let target = spec.target.clone();
+    let actual = wh.columns(&target).await?;
+    let state = schema_state(wh, &columns, actual.as_deref());
+    // An existing target keeps its own metadata columns (the schema check ignores them).
+    let task_instance = match &actual {
+        Some(cols) => cols
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(TASK_INSTANCE)),
+        None => spec.advanced_metadata,
+    };
+    let schema = TableSchema {
+        columns: columns.clone(),
+        task_instance,
+    };
+    p.query = Some(query.clone());
+    let changed = match &state {
+        SchemaState::Same => None,
+        SchemaState::Missing => Some(format!("target {target} does not exist")),
+        SchemaState::Changed(d) => Some(format!("target {target} changed: {d}")),
+    };
+
+    match (opts.load_type, changed) {
+        (LoadType::Scd | LoadType::Incremental, None) => {
+            p.action = Action::Load;
+            p.mode = Mode::Append;
+            p.chunks = vec![KeyRange::ALL];
+            let stage =
+                target.with_suffix(&format!("_PGP_STAGE_{}", stage_suffix(&opts.run_id)))?;
+            p.load_table = Some(stage.to_string());
+            p.load_name = Some(stage);
+        }
+        (LoadType::Incremental, Some(why)) => {
+            p.action = Action::Backfill;
+            p.reason = Some(format!(
+                "{why}: needs --load-type backfill before incremental loads"
+            ));
+        }
+        (LoadType::Backfill | LoadType::Scd, Some(why)) => {
+            p.action = Action::Backfill;
+            p.mode = Mode::Swap;
+            p.reason = Some(why);
+            let temp = target.with_suffix("_TEMP")?;
+            match integer_key(spec, &columns) {
+                Ok(key) => {
+                    // Resume only into a _TEMP of exactly this shape.
+                    let temp_cols = wh.columns(&temp).await?;
+                    let resume_after = match schema_state(wh, &columns, temp_cols.as_deref()) {
+                        SchemaState::Same => wh.max_key(&temp, &key).await?,
+                        _ => None,
+                    };
+                    let bounds = src.key_bounds(&spec.name, &query, &key).await?;
+                    let step = match opts.chunk_rows {
+                        Some(n) => n,
+                        None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
+                    };
+                    p.chunks = chunk_ranges(bounds, resume_after, step);
+                    p.resume_after = resume_after;
+                    p.key = Some(key);
+                }
+                Err(why) if opts.load_type == LoadType::Backfill => {
+                    p.action = Action::Error;
+                    p.mode = Mode::None;
+                    p.reason = Some(format!(
+                        "no usable primary key for a chunked backfill: {why} (tables without one are not supported yet)"
+                    ));
+                    return Ok(p);
+                }
+                // scd rebuilds of a keyless table go in one chunk.
+                Err(_) => p.chunks = vec![KeyRange::ALL],
+            }
+            p.load_table = Some(temp.to_string());
+            p.load_name = Some(temp);
+        }
+        (LoadType::Backfill, None) | (LoadType::Test, None) => {
+            return Ok(p.skip(format!("target {target} is up to date with the query")));
+        }
+        (LoadType::Test, Some(why)) => {
+            p.action = Action::Load;
+            p.mode = Mode::Test;
+            p.reason = Some(why);
+            p.limit = Some(opts.test_rows);
+            p.chunks = vec![KeyRange::ALL];
+            let scratch = target.with_suffix("_PGP_TEST")?;
+            p.load_table = Some(scratch.to_string());
+            p.load_name = Some(scratch);
+        }
+    }
+    p.schema = Some(schema);
+    Ok(p)
+}
+
+/// A run id made safe for a table-name suffix.
+pub fn stage_suffix(run_id: &str) -> String {
+    run_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_starts_after_the_last_loaded_key() {
+        let r = chunk_ranges(Some((1, 100)), Some(50), 20);
+        assert_eq!(
+            r[0],
+            KeyRange {
+                lo: Some(51),
+                hi: Some(71),
+                nulls: false
+            }
+        );
+        assert_eq!(r.last().unwrap().hi, None);
+        assert_eq!(
+            chunk_ranges(Some((1, 100)), Some(100), 20),
+            vec![KeyRange {
+                lo: Some(101),
+                hi: None,
+                nulls: false
+            }]
+        );
+    }
+
+    #[test]
+    fn chunk_size_follows_row_size() {
+        assert_eq!(chunk_rows_for(None), DEFAULT_CHUNK_ROWS);
+        assert_eq!(
+            chunk_rows_for(Some(262.0)),
+            (TARGET_CHUNK_TEXT_BYTES / 262.0) as u64
+        );
+        assert_eq!(chunk_rows_for(Some(1e12)), 10_000);
+    }
+
+    #[test]
+    fn sync_is_backfill() {
+        assert_eq!("sync".parse::<LoadType>().unwrap(), LoadType::Backfill);
+    }
+}

@@ -1,0 +1,234 @@
+//! Connecting to PostgreSQL from a manifest's `connection_info`, describing a query's
+//! columns, finding key bounds, and opening the COPY stream.
+//!
+//! The password lives in a `SecretString` and goes straight into the driver's config;
+//! every `Display` of a connection shows `postgres://user@host:port/db`, never the
+//! password, and error messages are built from the driver's error text, which does not
+//! contain it.
+
+use crate::error::{Error, Result};
+use crate::format::PG_SESSION_SETTINGS;
+use crate::ident::Ident;
+use crate::manifest::ConnectionInfo;
+use crate::params::Env;
+use crate::types::{columns_from_pg, Column};
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use std::time::Duration;
+use tokio_postgres::{CopyOutStream, NoTls};
+
+/// Where and as whom to connect.
+#[derive(Clone)]
+pub struct SourceConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+    password: SecretString,
+}
+
+impl fmt::Display for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
+    }
+}
+
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceConfig({self}, password: [redacted])")
+    }
+}
+
+impl SourceConfig {
+    /// Read the values named by `connection_info` from the environment. Errors name
+    /// the variable, never its value.
+    pub fn from_connection_info(ci: &ConnectionInfo, env: &dyn Env) -> Result<Self> {
+        let get = |field: &str, var: &str| {
+            env.var(var).ok_or_else(|| {
+                Error::SourceConfig(format!(
+                    "connection_info.{field} names the environment variable {var}, which is not set"
+                ))
+            })
+        };
+        let port_text = get("port", &ci.port)?;
+        let port = port_text.trim().parse().map_err(|_| {
+            Error::SourceConfig(format!(
+                "connection_info.port: the environment variable {} is not a port number",
+                ci.port
+            ))
+        })?;
+        Ok(SourceConfig {
+            host: get("host", &ci.host)?,
+            port,
+            user: get("user", &ci.user)?,
+            database: get("database", &ci.database)?,
+            password: SecretString::from(get("pass", &ci.pass)?),
+        })
+    }
+
+    /// A config from explicit values (tests, tools).
+    pub fn new(host: &str, port: u16, user: &str, database: &str, password: &str) -> Self {
+        SourceConfig {
+            host: host.into(),
+            port,
+            user: user.into(),
+            database: database.into(),
+            password: SecretString::from(password.to_string()),
+        }
+    }
+}
+
+/// An open connection to the source.
+pub struct PgSource {
+    client: tokio_postgres::Client,
+    name: String,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgSource {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+impl PgSource {
+    /// Connect, and set the session so that values are written canonically (UTC,
+    /// ISO dates, exact floats, hex bytea) and read-only.
+    pub async fn connect(cfg: &SourceConfig) -> Result<Self> {
+        let name = cfg.to_string();
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&cfg.host)
+            .port(cfg.port)
+            .user(&cfg.user)
+            .dbname(&cfg.database)
+            .password(cfg.password.expose_secret())
+            .application_name("pgp")
+            .connect_timeout(Duration::from_secs(15))
+            .keepalives(true);
+        let (client, connection) = pg
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::source(format!("connect to {name}"), e))?;
+        let conn = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "postgres connection closed");
+            }
+        });
+        client
+            .batch_execute(PG_SESSION_SETTINGS)
+            .await
+            .map_err(|e| Error::source(format!("session settings on {name}"), e))?;
+        Ok(PgSource { client, name, conn })
+    }
+
+    /// `postgres://user@host:port/db`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The result columns of `query` (prepared, not run).
+    pub async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>> {
+        let st = self
+            .client
+            .prepare(query)
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: prepare the query"), e))?;
+        columns_from_pg(table, st.columns())
+    }
+
+    /// `min` and `max` of an integer key over the query's rows (`None` when empty).
+    pub async fn key_bounds(
+        &self,
+        table: &str,
+        query: &str,
+        key: &Ident,
+    ) -> Result<Option<(i64, i64)>> {
+        let k = format!("pgp_src.{}", key.quoted());
+        let sql = crate::query::wrap(
+            query,
+            &format!("min({k})::bigint, max({k})::bigint"),
+            None,
+            None,
+        );
+        let row = self
+            .client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: key bounds"), e))?;
+        let (lo, hi): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(lo.zip(hi))
+    }
+
+    /// The mean size in bytes of the query's rows, from a sample of its first rows
+    /// (sizes chunks towards Snowflake's recommended object size).
+    pub async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>> {
+        let sql = format!(
+            "SELECT avg(octet_length(pgp_row::text))::float8 FROM ({}) AS pgp_row",
+            crate::query::wrap(query, "*", None, Some(1000))
+        );
+        let row = self
+            .client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: sample row size"), e))?;
+        Ok(row.get(0))
+    }
+
+    /// Start `COPY ... TO STDOUT`; each stream item is one row (PostgreSQL sends one
+    /// CopyData message per row).
+    pub async fn copy_out(&self, table: &str, copy_sql: &str) -> Result<CopyOutStream> {
+        self.client
+            .copy_out(copy_sql)
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: COPY"), e))
+    }
+
+    /// `SELECT 1`.
+    pub async fn health(&self) -> Result<()> {
+        self.client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::source(format!("health of {}", self.name), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn ci() -> ConnectionInfo {
+        ConnectionInfo {
+            user: "U".into(),
+            pass: "P".into(),
+            host: "H".into(),
+            database: "D".into(),
+            port: "PORT".into(),
+        }
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_and_no_value_leaks() {
+        let env: BTreeMap<String, String> = [("U", "me"), ("P", "hunter2"), ("H", "h"), ("D", "d")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let e = SourceConfig::from_connection_info(&ci(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PORT"), "{e}");
+        assert!(!e.contains("hunter2"));
+    }
+
+    #[test]
+    fn display_and_debug_redact_the_password() {
+        let c = SourceConfig::new("h", 5432, "me", "db", "hunter2");
+        assert_eq!(c.to_string(), "postgres://me@h:5432/db");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

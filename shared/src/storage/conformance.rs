@@ -1,0 +1,85 @@
+//! The behaviour every object store must show, run against each implementation
+//! (local files here; GCS against its emulator in the services' tests).
+
+use super::{ObjectKey, ObjectStore, ObjectStoreExt};
+use bytes::Bytes;
+
+/// Run the whole suite against `store`. Panics on the first deviation.
+pub async fn run(store: &dyn ObjectStore) {
+    store.health().await.expect("health");
+    let key = ObjectKey::parse("conf/t/run1/00000.tsv.gz").unwrap();
+    let other = ObjectKey::parse("conf/t/run1/00001.tsv.gz").unwrap();
+    let elsewhere = ObjectKey::parse("conf/u/run1/00000.tsv.gz").unwrap();
+
+    // absent objects
+    assert!(store.head(&key).await.unwrap().is_none());
+    assert!(store.get(&key).await.is_err());
+    store
+        .delete(&key)
+        .await
+        .expect("deleting an absent object is fine");
+
+    // a streamed write is invisible until finished
+    let mut w = store.writer(&key).await.unwrap();
+    w.write(Bytes::from_static(b"hello ")).await.unwrap();
+    w.write(Bytes::from_static(b"world")).await.unwrap();
+    assert!(
+        store.head(&key).await.unwrap().is_none(),
+        "visible before finish"
+    );
+    assert!(
+        store.list("conf/").await.unwrap().is_empty(),
+        "listed before finish"
+    );
+    let meta = [("rows".to_string(), "2".to_string())].into();
+    let info = w.finish(meta).await.unwrap();
+    assert_eq!(info.size, 11);
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        Bytes::from_static(b"hello world")
+    );
+    let head = store.head(&key).await.unwrap().unwrap();
+    assert_eq!(head.metadata.get("rows").map(String::as_str), Some("2"));
+
+    // an aborted write leaves nothing, and a dropped one neither
+    let mut w = store.writer(&other).await.unwrap();
+    w.write(Bytes::from_static(b"partial")).await.unwrap();
+    w.abort().await;
+    assert!(store.head(&other).await.unwrap().is_none());
+    {
+        let mut w = store.writer(&other).await.unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+    }
+    assert!(store.head(&other).await.unwrap().is_none());
+
+    // rewriting the same name replaces it (a retried chunk never duplicates)
+    store
+        .put(&key, Bytes::from_static(b"again"), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"again"));
+
+    // listing by prefix, sorted
+    store
+        .put(&other, Bytes::from_static(b"2"), Default::default())
+        .await
+        .unwrap();
+    store
+        .put(&elsewhere, Bytes::from_static(b"3"), Default::default())
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list("conf/t/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key.to_string())
+        .collect();
+    assert_eq!(names, vec![key.to_string(), other.to_string()]);
+
+    for k in [&key, &other, &elsewhere] {
+        store.delete(k).await.unwrap();
+        assert!(store.head(k).await.unwrap().is_none());
+    }
+    assert!(store.list("conf/").await.unwrap().is_empty());
+}

@@ -1,0 +1,212 @@
+//! The type mapping PostgreSQL -> warehouse, in one place.
+//!
+//! Columns are described once, warehouse-neutrally (`ColumnType`), from what
+//! PostgreSQL reports for the query (type OID and type modifier, so `numeric(38,10)`
+//! keeps its precision and scale). Each warehouse renders these types itself. The
+//! choice favours exactness over convenience: a value that a warehouse type could not
+//! hold exactly (unconstrained `numeric`, `interval`, `money`, `timetz`, ranges, ...)
+//! travels as its PostgreSQL text. The README carries the same table for users.
+
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+use tokio_postgres::types::{Kind, Type};
+
+/// A warehouse-neutral column type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    Boolean,
+    SmallInt,
+    Integer,
+    BigInt,
+    /// 4-byte float (`real`).
+    Real,
+    /// 8-byte float (`double precision`).
+    Double,
+    /// `numeric(p,s)` with p <= 38 and 0 <= s <= p.
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    /// Text, and every type carried as its exact PostgreSQL text.
+    Text,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    /// `json` / `jsonb` (DuckDB JSON, Snowflake VARIANT).
+    Json,
+    Uuid,
+    /// `bytea` (travels hex-encoded).
+    Bytes,
+    /// A one-dimensional array (travels as JSON text made by PostgreSQL's `to_json`).
+    List(Box<ColumnType>),
+}
+
+/// One column of a query result as the pipeline carries it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Column {
+    pub name: Ident,
+    pub ty: ColumnType,
+    /// PostgreSQL's own name for the type (e.g. `numeric(38,10)`), for reports.
+    pub pg_type: String,
+}
+
+impl Column {
+    /// The expression that produces this column in the extraction query, over the
+    /// wrapped source `pgp_src`: arrays become JSON, bytea becomes hex.
+    pub fn extract_expr(&self) -> String {
+        let c = format!("pgp_src.{}", self.name.quoted());
+        match &self.ty {
+            ColumnType::List(_) => format!("to_json({c})"),
+            ColumnType::Bytes => format!("encode({c}, 'hex')"),
+            _ => c,
+        }
+    }
+}
+
+/// The extraction projection of a list of columns.
+pub fn projection(columns: &[Column]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{} AS {}", c.extract_expr(), c.name.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decode `numeric`'s type modifier into (precision, scale).
+fn numeric_typmod(typmod: i32) -> Option<(i32, i32)> {
+    if typmod < 4 {
+        return None;
+    }
+    let t = typmod - 4;
+    let precision = (t >> 16) & 0xffff;
+    // PostgreSQL 15 allows negative scales, stored as an 11-bit signed value.
+    let raw = t & 0x7ff;
+    let scale = if raw & 0x400 != 0 { raw - 0x800 } else { raw };
+    Some((precision, scale))
+}
+
+/// Map a PostgreSQL type (with its modifier, -1 when none) to a column type.
+pub fn from_pg(ty: &Type, typmod: i32) -> ColumnType {
+    use ColumnType as C;
+    match *ty {
+        Type::BOOL => C::Boolean,
+        Type::INT2 => C::SmallInt,
+        Type::INT4 => C::Integer,
+        Type::INT8 | Type::OID => C::BigInt,
+        Type::FLOAT4 => C::Real,
+        Type::FLOAT8 => C::Double,
+        Type::NUMERIC => match numeric_typmod(typmod) {
+            Some((p, s)) if (1..=38).contains(&p) && (0..=p).contains(&s) => C::Decimal {
+                precision: p as u8,
+                scale: s as u8,
+            },
+            _ => C::Text,
+        },
+        Type::DATE => C::Date,
+        Type::TIME => C::Time,
+        Type::TIMESTAMP => C::Timestamp,
+        Type::TIMESTAMPTZ => C::TimestampTz,
+        Type::JSON | Type::JSONB => C::Json,
+        Type::UUID => C::Uuid,
+        Type::BYTEA => C::Bytes,
+        _ => match ty.kind() {
+            Kind::Domain(base) => from_pg(base, typmod),
+            Kind::Array(elem) => match from_pg(elem, typmod) {
+                // Elements whose JSON form a warehouse list reads back exactly.
+                e @ (C::Boolean
+                | C::SmallInt
+                | C::Integer
+                | C::BigInt
+                | C::Real
+                | C::Double
+                | C::Decimal { .. }
+                | C::Text
+                | C::Date
+                | C::Timestamp
+                | C::TimestampTz
+                | C::Uuid) => C::List(Box::new(e)),
+                // json[], bytea[], time[]...: the JSON document itself.
+                _ => C::Json,
+            },
+            // enums, text-like and everything else: the exact PostgreSQL text.
+            _ => C::Text,
+        },
+    }
+}
+
+/// Build the pipeline's columns from a prepared statement's result columns.
+pub fn columns_from_pg(table: &str, cols: &[tokio_postgres::Column]) -> Result<Vec<Column>> {
+    let mut out: Vec<Column> = Vec::with_capacity(cols.len());
+    for c in cols {
+        let name = Ident::parse("column", c.name()).map_err(|e| Error::Column {
+            table: table.to_string(),
+            column: c.name().to_string(),
+            message: format!("{e}; give the column a plain alias in import_query"),
+        })?;
+        if out
+            .iter()
+            .any(|o| o.name.as_str().eq_ignore_ascii_case(name.as_str()))
+        {
+            return Err(Error::Column {
+                table: table.to_string(),
+                column: c.name().to_string(),
+                message: "appears twice in the query result (warehouse names are case-insensitive)"
+                    .into(),
+            });
+        }
+        if name.as_str().eq_ignore_ascii_case(crate::UPLOADED_AT)
+            || name.as_str().eq_ignore_ascii_case(crate::TASK_INSTANCE)
+        {
+            return Err(Error::Column {
+                table: table.to_string(),
+                column: c.name().to_string(),
+                message: "is a name pgp reserves for its metadata columns".into(),
+            });
+        }
+        let ty = from_pg(c.type_(), c.type_modifier());
+        let pg_type = match (c.type_(), numeric_typmod(c.type_modifier())) {
+            (&Type::NUMERIC, Some((p, s))) => format!("numeric({p},{s})"),
+            (t, _) => t.name().to_string(),
+        };
+        out.push(Column { name, ty, pg_type });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_keeps_precision_and_scale() {
+        // typmod of numeric(38,10) is ((38 << 16) | 10) + 4
+        let t = ((38 << 16) | 10) + 4;
+        assert_eq!(
+            from_pg(&Type::NUMERIC, t),
+            ColumnType::Decimal {
+                precision: 38,
+                scale: 10
+            }
+        );
+    }
+
+    #[test]
+    fn unconstrained_or_too_wide_numeric_travels_as_text() {
+        assert_eq!(from_pg(&Type::NUMERIC, -1), ColumnType::Text);
+        assert_eq!(
+            from_pg(&Type::NUMERIC, ((50 << 16) | 2) + 4),
+            ColumnType::Text
+        );
+    }
+
+    #[test]
+    fn arrays_keep_their_element_type() {
+        assert_eq!(
+            from_pg(&Type::INT4_ARRAY, -1),
+            ColumnType::List(Box::new(ColumnType::Integer))
+        );
+        assert_eq!(from_pg(&Type::JSONB_ARRAY, -1), ColumnType::Json);
+    }
+}
