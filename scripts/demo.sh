@@ -11,6 +11,9 @@ cargo build --release -p pgp-cli
 PGP="$CARGO_TARGET_DIR/release/pgp"
 
 if [ -z "${DEMO_DB_HOST:-}" ]; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
   . scripts/throwaway-pg.sh
   psql -q "$PG_URL_BASE/postgres" -c "CREATE DATABASE demo"
   psql -q "$PG_URL_BASE/demo" -f manifests/demo.sql

@@ -63,18 +63,30 @@ impl Write for ChannelSink {
     }
 }
 
-/// Stream `copy_sql` from `src` into `store` at `key`. `metadata` is stored with the
-/// object, plus `rows`.
+/// Where one chunk's object goes.
+pub struct Destination<'a> {
+    pub store: &'a dyn ObjectStore,
+    /// The object's deterministic name (a retry overwrites it).
+    pub key: &'a ObjectKey,
+    pub compression: Compression,
+    /// Stored with the object, plus `rows`.
+    pub metadata: Metadata,
+}
+
+/// Stream `copy_sql` from `src` into the destination object.
 pub async fn extract_chunk(
     src: &PgSource,
     table: &str,
     copy_sql: &str,
-    store: &dyn ObjectStore,
-    key: &ObjectKey,
-    compression: Compression,
-    mut metadata: Metadata,
+    dest: Destination<'_>,
     progress: ProgressFn<'_>,
 ) -> Result<Extracted> {
+    let Destination {
+        store,
+        key,
+        compression,
+        mut metadata,
+    } = dest;
     let mut writer = store.writer(key).await?;
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
 

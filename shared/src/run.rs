@@ -5,7 +5,7 @@
 //! `load_chunk`, `publish`); here they run in-process, one after another.
 
 use crate::error::{Error, Result};
-use crate::extract::{extract_chunk, Extracted};
+use crate::extract::{extract_chunk, Destination, Extracted};
 use crate::format::{copy_statement, Compression};
 use crate::ident::TableName;
 use crate::manifest::{Manifest, TableSpec};
@@ -224,7 +224,6 @@ impl Pipeline {
         opts: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<RunReport> {
-        let specs = select_tables(manifest, &opts.tables)?;
         let (plans, window) = self.plan(manifest, opts).await?;
         let meta = RunMeta {
             run_id: opts.run_id.clone(),
@@ -235,7 +234,7 @@ impl Pipeline {
             SourceConfig::from_connection_info(&manifest.connection_info, self.env.as_ref()).ok();
         let mut src: Option<PgSource> = None;
         let mut reports = Vec::new();
-        for (spec, plan) in specs.into_iter().zip(plans) {
+        for plan in plans {
             let start = Instant::now();
             progress.table_started(&plan);
             let mut report = TableReport {
@@ -264,7 +263,7 @@ impl Pipeline {
                     match &src {
                         None => Outcome::Failed("cannot reconnect to the source".into()),
                         Some(s) => match self
-                            .execute(spec, &plan, opts, &meta, s, &mut report, progress)
+                            .execute(&plan, opts, &meta, s, &mut report, progress)
                             .await
                         {
                             Ok(o) => o,
@@ -298,7 +297,6 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
-        _spec: &TableSpec,
         plan: &TablePlan,
         opts: &RunOptions,
         meta: &RunMeta,
@@ -314,7 +312,7 @@ impl Pipeline {
             .clone()
             .expect("a loading plan has a load table");
         if opts.extract_only {
-            self.extract_chunks(plan, opts, src, &target, report, progress)
+            self.process_chunks(plan, opts, src, &target, ChunkSink::Keep, report, progress)
                 .await?;
             return Ok(Outcome::Extracted);
         }
@@ -323,10 +321,13 @@ impl Pipeline {
         } else {
             tracing::info!(table = %plan.table, after = ?plan.resume_after, "resuming {load}");
         }
+        let sink = ChunkSink::Load {
+            table: &load,
+            schema,
+            meta,
+        };
         let result = self
-            .load_chunks(
-                plan, opts, meta, src, &target, &load, schema, report, progress,
-            )
+            .process_chunks(plan, opts, src, &target, sink, report, progress)
             .await;
         if let Err(e) = result {
             // A per-run stage is useless after a failure; a _TEMP is kept for resume.
@@ -354,16 +355,16 @@ impl Pipeline {
         })
     }
 
+    /// Extract every chunk of a plan; load and check each one into `sink`'s table, or
+    /// keep the objects (`pgp extract`).
     #[allow(clippy::too_many_arguments)]
-    async fn load_chunks(
+    async fn process_chunks(
         &self,
         plan: &TablePlan,
         opts: &RunOptions,
-        meta: &RunMeta,
         src: &PgSource,
         target: &TableName,
-        load: &TableName,
-        schema: &TableSchema,
+        sink: ChunkSink<'_>,
         report: &mut TableReport,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -374,31 +375,36 @@ impl Pipeline {
             let md = chunk_metadata(plan, opts, i, n, range);
             let table = plan.table.clone();
             let cb = move |rows: u64, bytes: u64| progress.chunk_progress(&table, i, rows, bytes);
-            let x = extract_chunk(
-                src,
-                &plan.table,
-                &sql,
-                self.store.as_ref(),
-                &key,
-                opts.compression,
-                md,
-                &cb,
-            )
-            .await?;
-            let loaded = self
-                .warehouse
-                .load(load, schema, meta, &key, opts.compression)
+            let store = self.store.as_ref();
+            let dest = Destination {
+                store,
+                key: &key,
+                compression: opts.compression,
+                metadata: md,
+            };
+            let x = extract_chunk(src, &plan.table, &sql, dest, &cb).await?;
+            if let ChunkSink::Load {
+                table,
+                schema,
+                meta,
+            } = sink
+            {
+                let chunk = format!("{i} {range}");
+                load_chunk(
+                    self.warehouse.as_ref(),
+                    &plan.table,
+                    &chunk,
+                    table,
+                    schema,
+                    meta,
+                    &key,
+                    opts.compression,
+                    x.rows,
+                )
                 .await?;
-            if loaded.rows != x.rows {
-                return Err(Error::CountMismatch {
-                    table: plan.table.clone(),
-                    chunk: format!("{i} {range}"),
-                    source_rows: x.rows,
-                    loaded_rows: loaded.rows,
-                });
-            }
-            if !opts.keep_objects {
-                self.store.delete(&key).await?;
+                if !opts.keep_objects {
+                    store.delete(&key).await?;
+                }
             }
             report.add(&x);
             progress.chunk_done(&plan.table, i, n, &x);
@@ -407,40 +413,44 @@ impl Pipeline {
     }
 }
 
-impl Pipeline {
-    /// Extract every chunk of a plan into the store and keep the objects.
-    async fn extract_chunks(
-        &self,
-        plan: &TablePlan,
-        opts: &RunOptions,
-        src: &PgSource,
-        target: &TableName,
-        report: &mut TableReport,
-        progress: &dyn Progress,
-    ) -> Result<()> {
-        let n = plan.chunks.len();
-        for (i, range) in plan.chunks.iter().enumerate() {
-            let key = object_key(target, &opts.run_id, i, opts.compression)?;
-            let sql = chunk_copy_sql(plan, range)?;
-            let md = chunk_metadata(plan, opts, i, n, range);
-            let table = plan.table.clone();
-            let cb = move |rows: u64, bytes: u64| progress.chunk_progress(&table, i, rows, bytes);
-            let x = extract_chunk(
-                src,
-                &plan.table,
-                &sql,
-                self.store.as_ref(),
-                &key,
-                opts.compression,
-                md,
-                &cb,
-            )
-            .await?;
-            report.add(&x);
-            progress.chunk_done(&plan.table, i, n, &x);
-        }
-        Ok(())
+/// Where extracted chunks go.
+#[derive(Clone, Copy)]
+enum ChunkSink<'a> {
+    /// Loaded into this table (a stage, `_TEMP` or the scratch table).
+    Load {
+        table: &'a TableName,
+        schema: &'a TableSchema,
+        meta: &'a RunMeta,
+    },
+    /// Kept in the object store only.
+    Keep,
+}
+
+/// Load one staged object into `load` and check the warehouse's count against the
+/// rows PostgreSQL sent for it; a mismatch fails before anything is published. The
+/// step the Cloud Run loader runs per object-finalize event.
+#[allow(clippy::too_many_arguments)]
+pub async fn load_chunk(
+    wh: &dyn Warehouse,
+    table: &str,
+    chunk: &str,
+    load: &TableName,
+    schema: &TableSchema,
+    meta: &RunMeta,
+    key: &ObjectKey,
+    compression: Compression,
+    source_rows: u64,
+) -> Result<crate::warehouse::Loaded> {
+    let loaded = wh.load(load, schema, meta, key, compression).await?;
+    if loaded.rows != source_rows {
+        return Err(Error::CountMismatch {
+            table: table.to_string(),
+            chunk: chunk.to_string(),
+            source_rows,
+            loaded_rows: loaded.rows,
+        });
     }
+    Ok(loaded)
 }
 
 /// The metadata stored with a chunk's object.

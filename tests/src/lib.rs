@@ -24,6 +24,93 @@ pub struct Pg {
     pub port: u16,
     pub dir: PathBuf,
     pub bin: PathBuf,
+    /// The CA that signed the server's certificate (for `localhost` and
+    /// `127.0.0.1`), when `openssl` was there to make one; the server then has TLS on.
+    pub ca_cert: Option<PathBuf>,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Make a CA and a server certificate signed by it in `dir`; `None` without openssl.
+fn make_certs(dir: &Path, ids: Option<(u32, u32)>) -> Option<PathBuf> {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .ok()?;
+    let ok = openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=pgp-test-ca",
+        ],
+    ) && openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ) && openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    if !ok {
+        println!("note: openssl is not available; the test server runs without TLS");
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).ok()?;
+    if let Some((u, g)) = ids {
+        for f in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(f), Some(u), Some(g)).ok()?;
+        }
+    }
+    Some(dir.join("ca.crt"))
 }
 
 static PG: OnceLock<Pg> = OnceLock::new();
@@ -141,6 +228,18 @@ impl Pg {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        let ca_cert = make_certs(&dir, ids);
+        let tls_args: Vec<String> = match ca_cert {
+            Some(_) => vec![
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", dir.join("server.crt").display()),
+                "-c".into(),
+                format!("ssl_key_file={}", dir.join("server.key").display()),
+            ],
+            None => Vec::new(),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let (bin2, dir2) = (bin.clone(), dir.clone());
         // The server's parent thread never ends before the process does.
@@ -164,6 +263,7 @@ impl Pg {
                     "synchronous_commit=off",
                 ])
                 .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+                .args(&tls_args)
                 .stdout(Stdio::null())
                 .stderr(
                     std::fs::File::create(dir2.join("server.log"))
@@ -176,11 +276,10 @@ impl Pg {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().expect("start postgres");
+            let mut child = cmd.spawn().expect("start postgres");
             tx.send(child.id()).unwrap();
-            loop {
-                std::thread::park();
-            }
+            // Reap the server if it ever stops; it normally lives until the process ends.
+            let _ = child.wait();
         });
         let _pid = rx.recv().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -201,7 +300,12 @@ impl Pg {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Pg { port, dir, bin }
+        Pg {
+            port,
+            dir,
+            bin,
+            ca_cert,
+        }
     }
 
     /// A connection string for psql (no password needed: trust).

@@ -75,23 +75,22 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
     let db = Pg::get().fresh_db("gitlab").await;
     // structure.sql is a pg_dump schema; psql runs it as GitLab's CI does.
     let pg = Pg::get();
-    let out = std::process::Command::new(
-        pg.bin
-            .join("psql")
-            .exists()
-            .then(|| pg.bin.join("psql"))
-            .unwrap_or_else(|| "psql".into()),
-    )
-    .args([
-        &pg.url(&db.name),
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=0",
-        "-f",
-        schema.to_str().unwrap(),
-    ])
-    .output()
-    .expect("psql");
+    let psql: std::path::PathBuf = if pg.bin.join("psql").exists() {
+        pg.bin.join("psql")
+    } else {
+        "psql".into()
+    };
+    let out = std::process::Command::new(psql)
+        .args([
+            &pg.url(&db.name),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-f",
+            schema.to_str().unwrap(),
+        ])
+        .output()
+        .expect("psql");
     assert!(
         out.status.success(),
         "{}",
@@ -109,7 +108,6 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
     let mut planned = 0;
     let mut errors = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).unwrap();
         // Point the manifest's connection_info at the test server.
         let m = Manifest::from_file(f).unwrap();
         let mut e = env.clone();
@@ -122,7 +120,6 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
         ] {
             e.insert(var.clone(), env[field].clone());
         }
-        let _ = text;
         let p = Pipeline {
             store: store.clone(),
             warehouse: wh.clone(),

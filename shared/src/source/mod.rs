@@ -4,4 +4,6 @@
 //! start a real server), so this is a concrete type rather than a trait.
 
 mod postgres;
+mod tls;
 pub use self::postgres::{PgSource, SourceConfig};
+pub use self::tls::{SslMode, TlsConfig};

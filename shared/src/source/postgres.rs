@@ -6,6 +6,7 @@
 //! password, and error messages are built from the driver's error text, which does not
 //! contain it.
 
+use super::tls::{SslMode, TlsConfig};
 use crate::error::{Error, Result};
 use crate::format::PG_SESSION_SETTINGS;
 use crate::ident::Ident;
@@ -15,6 +16,7 @@ use crate::types::{columns_from_pg, Column};
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 use std::time::Duration;
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{CopyOutStream, NoTls};
 
 /// Where and as whom to connect.
@@ -25,6 +27,8 @@ pub struct SourceConfig {
     pub user: String,
     pub database: String,
     password: SecretString,
+    /// TLS (`PGP_PG_SSLMODE`, `PGP_PG_SSLROOTCERT`).
+    pub tls: TlsConfig,
 }
 
 impl fmt::Display for SourceConfig {
@@ -61,12 +65,20 @@ impl SourceConfig {
                 ci.port
             ))
         })?;
+        let tls = TlsConfig {
+            mode: match env.var("PGP_PG_SSLMODE") {
+                Some(m) => m.trim().parse()?,
+                None => SslMode::default(),
+            },
+            root_cert: env.var("PGP_PG_SSLROOTCERT").map(Into::into),
+        };
         Ok(SourceConfig {
             host: get("host", &ci.host)?,
             port,
             user: get("user", &ci.user)?,
             database: get("database", &ci.database)?,
             password: SecretString::from(get("pass", &ci.pass)?),
+            tls,
         })
     }
 
@@ -78,7 +90,18 @@ impl SourceConfig {
             user: user.into(),
             database: database.into(),
             password: SecretString::from(password.to_string()),
+            tls: TlsConfig::default(),
         }
+    }
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "postgres connection closed");
     }
 }
 
@@ -109,15 +132,28 @@ impl PgSource {
             .application_name("pgp")
             .connect_timeout(Duration::from_secs(15))
             .keepalives(true);
-        let (client, connection) = pg
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::source(format!("connect to {name}"), e))?;
-        let conn = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection closed");
+        let ctx = || format!("connect to {name} (sslmode {})", cfg.tls.mode);
+        let conn = match cfg.tls.client_config()? {
+            None => {
+                pg.ssl_mode(PgSslMode::Disable);
+                let (client, connection) = pg
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| Error::source(ctx(), e))?;
+                (client, tokio::spawn(drive(connection)))
             }
-        });
+            Some(tls) => {
+                pg.ssl_mode(match cfg.tls.mode {
+                    SslMode::Prefer => PgSslMode::Prefer,
+                    _ => PgSslMode::Require,
+                });
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                let (client, connection) =
+                    pg.connect(tls).await.map_err(|e| Error::source(ctx(), e))?;
+                (client, tokio::spawn(drive(connection)))
+            }
+        };
+        let (client, conn) = conn;
         client
             .batch_execute(PG_SESSION_SETTINGS)
             .await
@@ -185,6 +221,16 @@ impl PgSource {
             .copy_out(copy_sql)
             .await
             .map_err(|e| Error::source(format!("table `{table}`: COPY"), e))
+    }
+
+    /// Whether this connection is encrypted (from the server's `pg_stat_ssl`).
+    pub async fn encrypted(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
+            .await
+            .map_err(|e| Error::source(format!("TLS status on {}", self.name), e))?;
+        Ok(row.get(0))
     }
 
     /// `SELECT 1`.

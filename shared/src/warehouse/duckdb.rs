@@ -188,6 +188,16 @@ impl DuckDb {
     }
 }
 
+/// Rows a run published into `target`, if it did (the once-per-run guard).
+fn published_rows(conn: &Connection, target: &TableName, run_id: &str) -> Option<i64> {
+    conn.query_row(
+        "SELECT rows FROM _pgp.publishes WHERE target = ? AND run_id = ?",
+        params![target.to_string(), run_id],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
 fn has_table(conn: &Connection, t: &TableName) -> duckdb::Result<bool> {
     conn.query_row(
         "SELECT count(*) FROM information_schema.tables WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
@@ -318,13 +328,7 @@ impl Warehouse for DuckDb {
         self.with(move |c| {
             let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
             let tx = c.transaction().map_err(e)?;
-            let done: Option<i64> = tx
-                .query_row(
-                    "SELECT rows FROM _pgp.publishes WHERE target = ? AND run_id = ?",
-                    params![target.to_string(), run_id],
-                    |r| r.get(0),
-                )
-                .ok();
+            let done = published_rows(&tx, &target, &run_id);
             if let Some(rows) = done {
                 tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", stage.quoted()))
                     .map_err(e)?;
@@ -360,13 +364,7 @@ impl Warehouse for DuckDb {
         let ctx = format!("swap {temp} into {target}");
         self.with(move |c| {
             let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
-            let done: Option<i64> = c
-                .query_row(
-                    "SELECT rows FROM _pgp.publishes WHERE target = ? AND run_id = ?",
-                    params![target.to_string(), run_id],
-                    |r| r.get(0),
-                )
-                .ok();
+            let done = published_rows(c, &target, &run_id);
             if let Some(rows) = done {
                 return Ok(Published { rows: rows as u64, already: true });
             }
