@@ -4,5 +4,9 @@
 # binaries (apt-get install postgresql), so nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/pgp-target}"
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+  CARGO_TARGET_DIR=/var/cache/pgp-target
+  mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null && [ -w "$CARGO_TARGET_DIR" ] || CARGO_TARGET_DIR="$HOME/.cache/pgp-target"
+fi
+export CARGO_TARGET_DIR
 cargo test --workspace --locked -- --test-threads 4
