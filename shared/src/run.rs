@@ -17,6 +17,7 @@ use crate::storage::{Metadata, ObjectKey, ObjectStore};
 use crate::types::projection;
 use crate::warehouse::{RunMeta, TableSchema, Warehouse};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +42,9 @@ pub struct RunOptions {
     pub keep_objects: bool,
     /// Only extract into the object store (kept); load nothing (`pgp extract`).
     pub extract_only: bool,
+    /// Chunks extracted at once, each on its own PostgreSQL connection. Loads still
+    /// happen in key order, so an interrupted re-sync resumes without a gap.
+    pub parallel: usize,
 }
 
 impl RunOptions {
@@ -57,6 +61,7 @@ impl RunOptions {
             started_at: now,
             keep_objects: false,
             extract_only: false,
+            parallel: 2,
         }
     }
 }
@@ -230,9 +235,7 @@ impl Pipeline {
             uploaded_at: opts.started_at,
             task_instance: opts.params.task_instance.clone(),
         };
-        let cfg =
-            SourceConfig::from_connection_info(&manifest.connection_info, self.env.as_ref()).ok();
-        let mut src: Option<PgSource> = None;
+        let cfg = SourceConfig::from_connection_info(&manifest.connection_info, self.env.as_ref());
         let mut reports = Vec::new();
         for plan in plans {
             let start = Instant::now();
@@ -254,29 +257,19 @@ impl Pipeline {
                 (Action::Backfill, Mode::None) => {
                     Outcome::NeedsBackfill(plan.reason.clone().unwrap_or_default())
                 }
-                _ => {
-                    if src.is_none() {
-                        if let Some(cfg) = &cfg {
-                            src = PgSource::connect(cfg).await.ok();
+                _ => match &cfg {
+                    Err(e) => Outcome::Failed(e.to_string()),
+                    Ok(cfg) => match self
+                        .execute(&plan, opts, &meta, cfg, &mut report, progress)
+                        .await
+                    {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tracing::error!(table = %plan.table, error = %e, "table failed");
+                            Outcome::Failed(e.to_string())
                         }
-                    }
-                    match &src {
-                        None => Outcome::Failed("cannot reconnect to the source".into()),
-                        Some(s) => match self
-                            .execute(&plan, opts, &meta, s, &mut report, progress)
-                            .await
-                        {
-                            Ok(o) => o,
-                            Err(e) => {
-                                tracing::error!(table = %plan.table, error = %e, "table failed");
-                                if e.is_retriable() {
-                                    src = None; // reconnect for the next table
-                                }
-                                Outcome::Failed(e.to_string())
-                            }
-                        },
-                    }
-                }
+                    },
+                },
             };
             report.seconds = start.elapsed().as_secs_f64();
             progress.table_finished(&report);
@@ -300,7 +293,7 @@ impl Pipeline {
         plan: &TablePlan,
         opts: &RunOptions,
         meta: &RunMeta,
-        src: &PgSource,
+        src: &SourceConfig,
         report: &mut TableReport,
         progress: &dyn Progress,
     ) -> Result<Outcome> {
@@ -362,27 +355,42 @@ impl Pipeline {
         &self,
         plan: &TablePlan,
         opts: &RunOptions,
-        src: &PgSource,
+        src: &SourceConfig,
         target: &TableName,
         sink: ChunkSink<'_>,
         report: &mut TableReport,
         progress: &dyn Progress,
     ) -> Result<()> {
         let n = plan.chunks.len();
+        let store = self.store.as_ref();
+        let mut jobs = Vec::with_capacity(n);
         for (i, range) in plan.chunks.iter().enumerate() {
             let key = object_key(target, &opts.run_id, i, opts.compression)?;
             let sql = chunk_copy_sql(plan, range)?;
             let md = chunk_metadata(plan, opts, i, n, range);
-            let table = plan.table.clone();
-            let cb = move |rows: u64, bytes: u64| progress.chunk_progress(&table, i, rows, bytes);
-            let store = self.store.as_ref();
-            let dest = Destination {
-                store,
-                key: &key,
-                compression: opts.compression,
-                metadata: md,
-            };
-            let x = extract_chunk(src, &plan.table, &sql, dest, &cb).await?;
+            jobs.push(async move {
+                let table = plan.table.clone();
+                let cb =
+                    move |rows: u64, bytes: u64| progress.chunk_progress(&table, i, rows, bytes);
+                let conn = PgSource::connect(src).await?;
+                let dest = Destination {
+                    store,
+                    key: &key,
+                    compression: opts.compression,
+                    metadata: md,
+                };
+                let x = extract_chunk(&conn, &plan.table, &sql, dest, &cb).await?;
+                Ok::<_, Error>((i, range, key, x))
+            });
+        }
+        // Extract up to `parallel` chunks at once, but take (and load) them in key
+        // order: a failure stops before any later chunk is loaded, so `_TEMP` never
+        // holds a gap that resume-after-max(key) would skip. Dropping the stream cancels
+        // the extractions still running (their objects never finalize).
+        let results = futures::stream::iter(jobs).buffered(opts.parallel.max(1));
+        futures::pin_mut!(results);
+        while let Some(done) = results.next().await {
+            let (i, range, key, x) = done?;
             if let ChunkSink::Load {
                 table,
                 schema,

@@ -101,6 +101,9 @@ struct RunArgs {
     /// Row cap of test loads.
     #[arg(long, default_value_t = 1_000_000)]
     test_rows: u64,
+    /// Chunks extracted at once (one PostgreSQL connection each); loads stay in order.
+    #[arg(long, default_value_t = 2)]
+    parallel: usize,
     /// Output format of the summary or plan.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -172,6 +175,7 @@ fn options(a: &RunArgs) -> anyhow::Result<RunOptions> {
     o.params = params(a)?;
     o.chunk_rows = a.chunk_rows;
     o.test_rows = a.test_rows;
+    o.parallel = a.parallel;
     Ok(o)
 }
 
