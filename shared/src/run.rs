@@ -287,7 +287,6 @@ impl Pipeline {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
         plan: &TablePlan,

@@ -133,7 +133,7 @@ impl PgSource {
             .connect_timeout(Duration::from_secs(15))
             .keepalives(true);
         let ctx = || format!("connect to {name} (sslmode {})", cfg.tls.mode);
-        let conn = match cfg.tls.client_config()? {
+        let (client, conn) = match cfg.tls.client_config()? {
             None => {
                 pg.ssl_mode(PgSslMode::Disable);
                 let (client, connection) = pg
@@ -153,7 +153,6 @@ impl PgSource {
                 (client, tokio::spawn(drive(connection)))
             }
         };
-        let (client, conn) = conn;
         client
             .batch_execute(PG_SESSION_SETTINGS)
             .await

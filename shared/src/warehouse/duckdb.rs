@@ -13,7 +13,7 @@ use crate::ident::{Ident, TableName};
 use crate::storage::{ObjectKey, ObjectStore};
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
-use duckdb::{params, Connection};
+use duckdb::{params, Connection, OptionalExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -189,13 +189,18 @@ impl DuckDb {
 }
 
 /// Rows a run published into `target`, if it did (the once-per-run guard).
-fn published_rows(conn: &Connection, target: &TableName, run_id: &str) -> Option<i64> {
+/// A ledger read error is an error, never "not yet done" (that would publish twice).
+fn published_rows(
+    conn: &Connection,
+    target: &TableName,
+    run_id: &str,
+) -> duckdb::Result<Option<i64>> {
     conn.query_row(
         "SELECT rows FROM _pgp.publishes WHERE target = ? AND run_id = ?",
         params![target.to_string(), run_id],
         |r| r.get(0),
     )
-    .ok()
+    .optional()
 }
 
 fn has_table(conn: &Connection, t: &TableName) -> duckdb::Result<bool> {
@@ -295,7 +300,8 @@ impl Warehouse for DuckDb {
                     params![target, run_id, obj],
                     |r| r.get(0),
                 )
-                .ok();
+                .optional()
+                .map_err(e)?;
             if let Some(rows) = before {
                 return Ok(Loaded {
                     rows: rows as u64,
@@ -328,7 +334,7 @@ impl Warehouse for DuckDb {
         self.with(move |c| {
             let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
             let tx = c.transaction().map_err(e)?;
-            let done = published_rows(&tx, &target, &run_id);
+            let done = published_rows(&tx, &target, &run_id).map_err(e)?;
             if let Some(rows) = done {
                 tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", stage.quoted()))
                     .map_err(e)?;
@@ -364,7 +370,7 @@ impl Warehouse for DuckDb {
         let ctx = format!("swap {temp} into {target}");
         self.with(move |c| {
             let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
-            let done = published_rows(c, &target, &run_id);
+            let done = published_rows(c, &target, &run_id).map_err(e)?;
             if let Some(rows) = done {
                 return Ok(Published { rows: rows as u64, already: true });
             }
