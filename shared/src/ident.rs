@@ -7,9 +7,24 @@ use std::fmt;
 
 /// A checked SQL identifier: ASCII letter or underscore first, then letters, digits,
 /// underscores or `$`; at most 255 bytes. Case is kept as written.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct Ident(String);
+
+impl TryFrom<String> for Ident {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Ident::parse("identifier", &s)
+    }
+}
+
+impl From<Ident> for String {
+    fn from(i: Ident) -> String {
+        i.0
+    }
+}
 
 impl Ident {
     /// Parse `value` as an identifier; `what` names its role in the error message.
@@ -58,7 +73,7 @@ impl fmt::Display for Ident {
 }
 
 /// A schema-qualified table name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TableName {
     pub schema: Ident,
     pub table: Ident,

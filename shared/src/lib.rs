@@ -9,8 +9,10 @@
 //!   [`extract`] streams one chunk into [`storage`] in the [`format`] every warehouse
 //!   reads; [`warehouse`] loads, checks and publishes;
 //! - [`run`] strings the steps together for one machine (`pgp tap`). The Cloud Run
-//!   services call the same steps one event at a time.
+//!   services call the same steps one event at a time, sharing a [`dist::TableRun`]
+//!   record through the bucket.
 
+pub mod dist;
 pub mod error;
 pub mod extract;
 pub mod format;

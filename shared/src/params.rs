@@ -47,7 +47,7 @@ pub struct RunParams {
 }
 
 /// A source of environment variables (the process environment, or a map in tests).
-pub trait Env {
+pub trait Env: Send + Sync {
     fn var(&self, name: &str) -> Option<String>;
 }
 

@@ -69,7 +69,7 @@ pub enum Action {
 }
 
 /// How loaded rows reach the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Into a per-run stage, then one atomic append.

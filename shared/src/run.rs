@@ -15,7 +15,7 @@ use crate::query::{self, KeyRange, Kind};
 use crate::source::{PgSource, SourceConfig};
 use crate::storage::{Metadata, ObjectKey, ObjectStore};
 use crate::types::projection;
-use crate::warehouse::{RunMeta, TableSchema, Warehouse};
+use crate::warehouse::{Published, RunMeta, TableSchema, Warehouse};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -328,22 +328,12 @@ impl Pipeline {
             }
             return Err(e);
         }
+        let p = publish(wh, plan.mode, &load, &target, &meta.run_id).await?;
+        report.rows = p.rows;
         Ok(match plan.mode {
-            Mode::Append => {
-                let p = wh.publish_append(&load, &target, &meta.run_id).await?;
-                report.rows = p.rows;
-                Outcome::Appended
-            }
-            Mode::Swap => {
-                let p = wh.publish_swap(&load, &target, &meta.run_id).await?;
-                report.rows = p.rows;
-                Outcome::Swapped
-            }
-            Mode::Test => {
-                report.rows = wh.row_count(&load).await?;
-                Outcome::Tested
-            }
-            Mode::None => unreachable!("execute is only called for loading plans"),
+            Mode::Append => Outcome::Appended,
+            Mode::Swap => Outcome::Swapped,
+            _ => Outcome::Tested,
         })
     }
 
@@ -366,7 +356,7 @@ impl Pipeline {
         for (i, range) in plan.chunks.iter().enumerate() {
             let key = object_key(target, &opts.run_id, i, opts.compression)?;
             let sql = chunk_copy_sql(plan, range)?;
-            let md = chunk_metadata(plan, opts, i, n, range);
+            let md = chunk_metadata(&opts.run_id, &plan.table, i, n, range);
             jobs.push(async move {
                 let table = plan.table.clone();
                 let cb =
@@ -460,21 +450,44 @@ pub async fn load_chunk(
     Ok(loaded)
 }
 
-/// The metadata stored with a chunk's object.
-fn chunk_metadata(
-    plan: &TablePlan,
-    opts: &RunOptions,
+/// The metadata stored with a chunk's object (`rows` is added when it is finished).
+pub(crate) fn chunk_metadata(
+    run_id: &str,
+    table: &str,
     i: usize,
     n: usize,
     range: &KeyRange,
 ) -> Metadata {
     let mut md = Metadata::new();
-    md.insert("run_id".into(), opts.run_id.clone());
-    md.insert("table".into(), plan.table.clone());
+    md.insert("run_id".into(), run_id.to_string());
+    md.insert("table".into(), table.to_string());
     md.insert("chunk".into(), i.to_string());
     md.insert("chunks".into(), n.to_string());
     md.insert("range".into(), range.to_string());
     md
+}
+
+/// Make a loaded run visible: append the stage or swap `_TEMP` in (once per run, by
+/// the warehouse's publish ledger); a test load only counts its scratch table.
+pub async fn publish(
+    wh: &dyn Warehouse,
+    mode: Mode,
+    load: &TableName,
+    target: &TableName,
+    run_id: &str,
+) -> Result<Published> {
+    match mode {
+        Mode::Append => wh.publish_append(load, target, run_id).await,
+        Mode::Swap => wh.publish_swap(load, target, run_id).await,
+        Mode::Test => Ok(Published {
+            rows: wh.row_count(load).await?,
+            already: false,
+        }),
+        Mode::None => Err(Error::Unsupported {
+            table: target.to_string(),
+            message: "nothing to publish for a plan that loads nothing".into(),
+        }),
+    }
 }
 
 impl TableReport {

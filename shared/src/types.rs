@@ -44,7 +44,7 @@ pub enum ColumnType {
 }
 
 /// One column of a query result as the pipeline carries it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Column {
     pub name: Ident,
     pub ty: ColumnType,

@@ -7,6 +7,8 @@
 //! as long as the process, with a parent-death signal, so it stops when the test
 //! process ends however it ends. Each test gets its own database.
 
+pub mod cloud;
+
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -145,17 +145,20 @@ fn default_url(env: &str, scheme: &str, rel: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}{}", cwd.join(rel).display()))
 }
 
-fn pipeline(read_only: bool) -> anyhow::Result<Pipeline> {
+async fn pipeline(read_only: bool) -> anyhow::Result<Pipeline> {
     let storage_url = default_url("PGP_STORAGE_URL", "file://", "pgp-data/objects")?;
     let warehouse_url = default_url(
         "PGP_WAREHOUSE_URL",
         "duckdb://",
         "pgp-data/warehouse.duckdb",
     )?;
+    let gcs_endpoint = std::env::var("PGP_GCS_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty());
     let store = if read_only {
-        pgp::storage::open_existing(&storage_url)?
+        pgp::storage::open_existing(&storage_url, gcs_endpoint.as_deref()).await?
     } else {
-        pgp::storage::open(&storage_url)?
+        pgp::storage::open(&storage_url, gcs_endpoint.as_deref()).await?
     };
     let warehouse = if read_only {
         pgp::warehouse::open_read_only(&warehouse_url, store.clone())?
@@ -188,7 +191,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
         Command::Plan { run } => {
             let manifest = load_manifest(&run.manifest)?;
             let opts = options(&run)?;
-            let p = pipeline(true)?;
+            let p = pipeline(true).await?;
             let (plans, window) = p.plan(&manifest, &opts).await?;
             if run.format == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&plans)?);
@@ -241,9 +244,13 @@ async fn tap(
         opts.run_id = id;
     }
     // `extract` plans against the warehouse read-only and only writes objects.
-    let p = pipeline(extract_only)?;
+    let p = pipeline(extract_only).await?;
     if extract_only {
-        pgp::storage::open(&p.store.url())?;
+        // Make sure the store exists (created if local) even though planning was read-only.
+        let endpoint = std::env::var("PGP_GCS_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty());
+        pgp::storage::open(&p.store.url(), endpoint.as_deref()).await?;
     }
     p.warehouse.health().await?;
     p.store.health().await?;

@@ -77,6 +77,28 @@ pub async fn run(store: &dyn ObjectStore) {
         .collect();
     assert_eq!(names, vec![key.to_string(), other.to_string()]);
 
+    // a large streamed object (several upload chunks) reads back byte for byte,
+    // also through a local file
+    let big = ObjectKey::parse("conf/big/run1/00000.tsv").unwrap();
+    let piece: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut w = store.writer(&big).await.unwrap();
+    for i in 0..20u8 {
+        let mut p = piece.clone();
+        p[0] = i;
+        w.write(Bytes::from(p)).await.unwrap();
+    }
+    let info = w.finish(Default::default()).await.unwrap();
+    assert_eq!(info.size, 20 * 1024 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.tsv");
+    assert_eq!(store.copy_to_file(&big, &file).await.unwrap(), info.size);
+    let back = std::fs::read(&file).unwrap();
+    for (i, c) in back.chunks(1024 * 1024).enumerate() {
+        assert_eq!(c[0] as usize, i);
+        assert_eq!(&c[1..], &piece[1..], "piece {i}");
+    }
+    store.delete(&big).await.unwrap();
+
     for k in [&key, &other, &elsewhere] {
         store.delete(k).await.unwrap();
         assert!(store.head(k).await.unwrap().is_none());

@@ -192,6 +192,12 @@ impl ObjectStore for LocalStore {
             .map_err(|e| Error::storage(key.as_str(), e))
     }
 
+    async fn copy_to_file(&self, key: &ObjectKey, path: &std::path::Path) -> Result<u64> {
+        tokio::fs::copy(self.path(key), path)
+            .await
+            .map_err(|e| Error::storage(key.as_str(), e))
+    }
+
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>> {
         self.info(key.clone())
     }

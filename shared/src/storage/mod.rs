@@ -6,7 +6,9 @@
 //! store writes a temporary file and renames it), so a crash mid-extract never leaves a
 //! partial object and a retry rewrites the same name.
 
+mod gcs;
 mod local;
+pub use gcs::{install_crypto, object_info, GcsStore, UPLOAD_PREFIX};
 pub use local::LocalStore;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -16,7 +18,7 @@ use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A checked object name: relative, `/`-separated, no empty, `.` or `..` segments.
 #[derive(
@@ -93,6 +95,8 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>>;
     /// Read a whole (small) object, e.g. a plan.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
+    /// Stream an object into a local file (bounded memory); returns its size.
+    async fn copy_to_file(&self, key: &ObjectKey, path: &Path) -> Result<u64>;
     /// Metadata of one object, `None` when absent.
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>>;
     /// Objects whose name starts with `prefix`, sorted by name.
@@ -122,17 +126,28 @@ pub trait ObjectStoreExt: ObjectStore {
 
 impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}
 
-/// Open a store from `PGP_STORAGE_URL` (`file:///abs/dir`), creating its folder.
-pub fn open(url: &str) -> Result<std::sync::Arc<dyn ObjectStore>> {
-    open_with(url, true)
+/// Open a store from `PGP_STORAGE_URL` (`file:///abs/dir`, created when missing, or
+/// `gs://bucket`); `gcs_endpoint` (`PGP_GCS_ENDPOINT`) points gs:// at an emulator.
+pub async fn open(
+    url: &str,
+    gcs_endpoint: Option<&str>,
+) -> Result<std::sync::Arc<dyn ObjectStore>> {
+    open_with(url, gcs_endpoint, true).await
 }
 
 /// Open a store without creating anything (for `pgp plan`).
-pub fn open_existing(url: &str) -> Result<std::sync::Arc<dyn ObjectStore>> {
-    open_with(url, false)
+pub async fn open_existing(
+    url: &str,
+    gcs_endpoint: Option<&str>,
+) -> Result<std::sync::Arc<dyn ObjectStore>> {
+    open_with(url, gcs_endpoint, false).await
 }
 
-fn open_with(url: &str, create: bool) -> Result<std::sync::Arc<dyn ObjectStore>> {
+async fn open_with(
+    url: &str,
+    gcs_endpoint: Option<&str>,
+    create: bool,
+) -> Result<std::sync::Arc<dyn ObjectStore>> {
     let parsed =
         url::Url::parse(url).map_err(|e| Error::Config(format!("PGP_STORAGE_URL {url:?}: {e}")))?;
     match parsed.scheme() {
@@ -148,10 +163,17 @@ fn open_with(url: &str, create: bool) -> Result<std::sync::Arc<dyn ObjectStore>>
                 LocalStore::at(path)?
             }))
         }
-        "gs" => Err(Error::Config(format!(
-            "PGP_STORAGE_URL {url:?}: gs:// storage is served by the Cloud Run functions; \
-             this build's embedded mode stages on local files (file:///dir)"
-        ))),
+        "gs" => {
+            let bucket = parsed.host_str().unwrap_or_default();
+            if !matches!(parsed.path(), "" | "/") {
+                return Err(Error::Config(format!(
+                    "PGP_STORAGE_URL {url:?}: use gs://bucket (objects are named by pgp)"
+                )));
+            }
+            Ok(std::sync::Arc::new(
+                GcsStore::connect(bucket, gcs_endpoint).await?,
+            ))
+        }
         s => Err(Error::Config(format!(
             "PGP_STORAGE_URL {url:?}: unknown scheme {s:?} (file:// or gs://)"
         ))),

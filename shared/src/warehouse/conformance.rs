@@ -174,9 +174,18 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     assert_eq!((again.rows, again.already), (2, true));
     assert_eq!(wh.row_count(&stage).await.unwrap(), 3);
 
+    // the ledger tells which objects of the run landed, and their rows
+    assert_eq!(
+        wh.loaded_objects(&stage, "run1").await.unwrap(),
+        vec![(k1.to_string(), 2), (k2.to_string(), 1)]
+    );
+    assert!(wh.loaded_objects(&stage, "other").await.unwrap().is_empty());
+
     // nothing is visible in the target until the publish, which happens once
     assert_eq!(wh.row_count(&target).await.unwrap(), 0);
+    assert!(!wh.published(&target, "run1").await.unwrap());
     let p = wh.publish_append(&stage, &target, "run1").await.unwrap();
+    assert!(wh.published(&target, "run1").await.unwrap());
     assert_eq!((p.rows, p.already), (3, false));
     assert_eq!(wh.row_count(&target).await.unwrap(), 3);
     assert_eq!(wh.columns(&stage).await.unwrap(), None, "stage dropped");

@@ -279,15 +279,20 @@ impl Warehouse for DuckDb {
         object: &ObjectKey,
         compression: Compression,
     ) -> Result<Loaded> {
-        let path = self.store.local_path(object).ok_or_else(|| {
-            Error::warehouse(
-                format!("load {object}"),
-                format!(
-                    "DuckDB reads local files only; {} has no local path",
-                    self.store.url()
-                ),
-            )
-        })?;
+        // DuckDB reads local files: a remote object (gs://) is streamed to a temporary
+        // file first, removed when the load is done.
+        let mut _download = None;
+        let path = match self.store.local_path(object) {
+            Some(p) => p,
+            None => {
+                let dir = tempfile::tempdir()
+                    .map_err(|e| Error::warehouse(format!("load {object}"), e))?;
+                let p = dir.path().join(format!("chunk.{}", compression.suffix()));
+                self.store.copy_to_file(object, &p).await?;
+                _download = Some(dir);
+                p
+            }
+        };
         let sql = Self::load_sql(table, schema, run, &path, compression);
         let (target, run_id, obj) = (table.to_string(), run.run_id.clone(), object.to_string());
         let ctx = format!("load {object} into {table}");
@@ -409,6 +414,41 @@ impl Warehouse for DuckDb {
         self.with(move |c| {
             c.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0))
                 .map_err(|e| Error::warehouse(ctx, e))
+        })
+        .await
+    }
+
+    async fn loaded_objects(&self, table: &TableName, run_id: &str) -> Result<Vec<(String, u64)>> {
+        let (target, run_id) = (table.to_string(), run_id.to_string());
+        let ctx = format!("ledger of {table}");
+        self.with(move |c| {
+            let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
+            let mut st = c
+                .prepare(
+                    "SELECT object, rows FROM _pgp.loads WHERE target = ? AND run_id = ? ORDER BY object",
+                )
+                .map_err(e)?;
+            let rows = st
+                .query_map(params![target, run_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(e)?;
+            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(e)
+        })
+        .await
+    }
+
+    async fn published(&self, target: &TableName, run_id: &str) -> Result<bool> {
+        let (t, run_id) = (target.to_string(), run_id.to_string());
+        let ctx = format!("publish ledger of {target}");
+        self.with(move |c| {
+            c.query_row(
+                "SELECT count(*) FROM _pgp.publishes WHERE target = ? AND run_id = ?",
+                params![t, run_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| Error::warehouse(ctx, e))
         })
         .await
     }

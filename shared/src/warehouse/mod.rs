@@ -32,7 +32,7 @@ pub const TASK_INSTANCE: &str = "_task_instance";
 
 /// The columns of a warehouse table pgp creates or loads: the query's columns, then
 /// the metadata columns.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableSchema {
     /// Columns from the source query, in query order.
     pub columns: Vec<Column>,
@@ -41,7 +41,7 @@ pub struct TableSchema {
 }
 
 /// Values of the metadata columns for one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunMeta {
     /// The run id, recorded in the load ledger.
     pub run_id: String,
@@ -113,6 +113,11 @@ pub trait Warehouse: Send + Sync {
         object: &ObjectKey,
         compression: Compression,
     ) -> Result<Loaded>;
+    /// The objects the load ledger holds for (`table`, run), with their row counts:
+    /// how a loader that handled one chunk learns whether the run's last one landed.
+    async fn loaded_objects(&self, table: &TableName, run_id: &str) -> Result<Vec<(String, u64)>>;
+    /// Whether `run_id` was already published into `target` (append or swap).
+    async fn published(&self, target: &TableName, run_id: &str) -> Result<bool>;
     /// Append `stage` to `target` and drop `stage`, atomically, once per run.
     async fn publish_append(
         &self,
@@ -216,4 +221,17 @@ fn open_with(
     Err(Error::Config(format!(
         "PGP_WAREHOUSE_URL: unsupported scheme {scheme:?} in this build (duckdb:///path)"
     )))
+}
+
+/// A warehouse URL fit for logs: any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable warehouse url>".into(),
+    }
 }

@@ -1,0 +1,34 @@
+//! The binary's `--help` is the operator's reference: it must list every variable of
+//! the fixed configuration contract.
+
+#[test]
+fn help_lists_the_configuration_variables() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for v in [
+        "PORT",
+        "PGP_STORAGE_URL",
+        "PGP_GCS_ENDPOINT",
+        "PGP_WAREHOUSE_URL",
+    ] {
+        assert!(help.contains(v), "{v} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn missing_configuration_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("PGP_STORAGE_URL") || err.contains("storage-url"),
+        "{err}"
+    );
+}

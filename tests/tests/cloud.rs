@@ -1,0 +1,455 @@
+//! The Cloud Run flow end to end on this machine: the official Pub/Sub emulator, the
+//! GCS emulator, PostgreSQL, the three service binaries and an embedded DuckDB.
+//!
+//! Topics and **push subscriptions** deliver load requests to the planner and chunk
+//! tasks to the extractors; the harness produces GCS finalize events (no emulator
+//! emits them) as Pub/Sub notifications and Eventarc CloudEvents, each object at
+//! least twice and in shuffled order. Every load request is also published twice
+//! with the same run id. The warehouse must end up equal to the source, once.
+
+use pgp_e2e::cloud::*;
+use pgp_e2e::{Pg, TestDb, CONNECTION_INFO};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+struct Stack {
+    name: String,
+    dir: tempfile::TempDir,
+    db: TestDb,
+    admin: Admin,
+    planner: Proc,
+    extractor: Proc,
+    _loader: Proc,
+    extractor_port: u16,
+    env: BTreeMap<String, String>,
+    _feeder: FinalizeFeeder,
+}
+
+impl Stack {
+    async fn new(name: &str, setup: &str, tables: &str) -> Stack {
+        let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
+        let db = Pg::get().fresh_db(name).await;
+        db.exec(setup).await;
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("manifest.yaml"),
+            format!("{CONNECTION_INFO}tables:\n{tables}"),
+        )
+        .unwrap();
+        let admin = Admin::new(emu);
+        let (requests, extract, gcs) = (
+            format!("{name}-requests"),
+            format!("{name}-extract"),
+            format!("{name}-gcs"),
+        );
+        for t in [&requests, &extract, &gcs] {
+            admin.create_topic(t).await;
+        }
+        let mut env = db.env();
+        for (k, v) in [
+            ("PGP_STORAGE_URL", format!("gs://{BUCKET}")),
+            ("PGP_GCS_ENDPOINT", emu.gcs_url()),
+            (
+                "PGP_WAREHOUSE_URL",
+                format!("duckdb://{}", dir.path().join("warehouse.duckdb").display()),
+            ),
+            ("PGP_PUBSUB_PROJECT", PROJECT.to_string()),
+            ("PGP_PUBSUB_ENDPOINT", emu.pubsub_url()),
+            ("PGP_EXTRACT_TOPIC", extract.clone()),
+            ("PGP_MANIFEST_DIR", manifests.display().to_string()),
+            ("PGP_WAREHOUSE_WAIT", "120".to_string()),
+        ] {
+            env.insert(k.to_string(), v);
+        }
+        let (pp, ep, lp) = (free_port(), free_port(), free_port());
+        let planner = start_service("planner", pp, &env);
+        let extractor = start_service("extractor", ep, &env);
+        let loader = start_service("loader", lp, &env);
+        admin
+            .push_subscription(
+                &format!("{name}-plan"),
+                &requests,
+                &format!("http://127.0.0.1:{pp}/"),
+            )
+            .await;
+        admin
+            .push_subscription(
+                &format!("{name}-extract"),
+                &extract,
+                &format!("http://127.0.0.1:{ep}/"),
+            )
+            .await;
+        admin
+            .push_subscription(
+                &format!("{name}-load"),
+                &gcs,
+                &format!("http://127.0.0.1:{lp}/"),
+            )
+            .await;
+        let feeder = FinalizeFeeder::start(
+            admin.clone(),
+            format!("{name}/"),
+            gcs.clone(),
+            format!("http://127.0.0.1:{lp}/"),
+        );
+        Stack {
+            name: name.to_string(),
+            dir,
+            db,
+            admin,
+            planner,
+            extractor,
+            _loader: loader,
+            extractor_port: ep,
+            env,
+            _feeder: feeder,
+        }
+    }
+
+    fn duckdb_path(&self) -> PathBuf {
+        self.dir.path().join("warehouse.duckdb")
+    }
+
+    /// Publish a load request twice (same run id), as a retrying Airflow task might.
+    async fn request(&self, req: serde_json::Value) {
+        let topic = format!("{}-requests", self.name);
+        let data = req.to_string();
+        self.admin
+            .publish(&topic, data.as_bytes(), &BTreeMap::new())
+            .await;
+        self.admin
+            .publish(&topic, data.as_bytes(), &BTreeMap::new())
+            .await;
+    }
+
+    /// A DuckDB query, read-only, retried while a service holds the file.
+    fn duck(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let cfg = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .unwrap();
+        let c = duckdb::Connection::open_with_flags(self.duckdb_path(), cfg)
+            .map_err(|e| e.to_string())?;
+        let mut st = c.prepare(sql).map_err(|e| e.to_string())?;
+        let rows = st
+            .query_map([], |r| {
+                let n = r.as_ref().column_count();
+                (0..n)
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Wait until `sql` (one value) returns `want`.
+    async fn wait_value(&self, sql: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.duck(sql) {
+                Ok(rows) if rows.first().and_then(|r| r[0].as_deref()) == Some(want) => return,
+                Ok(rows) => last = format!("{rows:?}"),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "{sql}: wanted {want}, last {last}\n--- planner\n{}\n--- extractor\n{}",
+            self.planner.output(),
+            self.extractor.output()
+        );
+    }
+
+    async fn pg(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let rows = self.db.client.query(sql, &[]).await.unwrap();
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+const SETUP: &str = r#"
+CREATE TABLE items (id bigint PRIMARY KEY, txt text, num numeric(20,5), ts timestamptz);
+INSERT INTO items VALUES
+  (1, NULL, NULL, NULL), (2, '', 0, '2024-01-01 00:00:00+00'),
+  (3, E'tab\there\nnewline \\ backslash', -1.5, '1999-12-31 23:59:59.999999+05:30'),
+  (4, '\N', 12345678901234.12345, '2024-06-30 12:00:00-07'), (5, 'ünï©ødé 🐘 "quoted"', 1, now());
+INSERT INTO items SELECT g, 'row ' || g, g / 7.0, timestamptz '2024-01-01' + g * interval '1 hour'
+  FROM generate_series(6, 1000) g;
+CREATE TABLE events (id bigint PRIMARY KEY, kind text, updated_at timestamp NOT NULL);
+INSERT INTO events SELECT g, 'k' || (g % 3), timestamp '2024-01-01 00:00:00' + g * interval '1 minute'
+  FROM generate_series(1, 600) g;
+CREATE TABLE big (id bigint PRIMARY KEY, payload text, amount numeric(12,2));
+INSERT INTO big SELECT g, repeat(md5(g::text), 3), g * 1.25 FROM generate_series(1, 5000) g;
+"#;
+
+fn tables(schema: &str) -> String {
+    format!(
+        "  items:
+    import_db: TEST_DB
+    export_schema: '{schema}'
+    export_table: 'items'
+    export_table_primary_key: id
+    import_query: SELECT id, txt, num, ts FROM items
+  events:
+    import_db: TEST_DB
+    export_schema: '{schema}'
+    export_table: 'events'
+    export_table_primary_key: id
+    advanced_metadata: true
+    import_query: |-
+      SELECT id, kind, updated_at
+      FROM events
+      WHERE updated_at BETWEEN '{{BEGIN_TIMESTAMP}}'::timestamp AND '{{END_TIMESTAMP}}'::timestamp
+  big:
+    import_db: TEST_DB
+    export_schema: '{schema}'
+    export_table: 'big'
+    export_table_primary_key: id
+    import_query: SELECT id, payload, amount FROM big
+"
+    )
+}
+
+const ITEMS_PG: &str = "SELECT id::text, txt, num::text, (extract(epoch FROM ts) * 1000000)::bigint::text FROM items ORDER BY id";
+
+fn items_duck(schema: &str, extra: &str) -> String {
+    format!(
+        "SELECT CAST(id AS VARCHAR), txt, CAST(num AS VARCHAR), CAST(epoch_us(ts) AS VARCHAR) \
+         FROM {schema}.items {extra} ORDER BY id"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scd_incremental_and_chunked_backfill_through_the_services() {
+    let s = Stack::new("cloudflow", SETUP, &tables("cloudflow")).await;
+    let minute = Duration::from_secs(120);
+
+    // SCD: the first run creates `items` (swap), a second run appends a snapshot.
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd", "run_id": "scd-1"}),
+    )
+    .await;
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.items",
+        "1000",
+        minute,
+    )
+    .await;
+    assert_eq!(
+        s.duck(&items_duck("cloudflow", "")).unwrap(),
+        s.pg(ITEMS_PG).await
+    );
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd", "run_id": "scd-2",
+        "tables": ["items"]}),
+    )
+    .await;
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.items",
+        "2000",
+        minute,
+    )
+    .await;
+    let second = items_duck(
+        "cloudflow",
+        "WHERE _uploaded_at = (SELECT max(_uploaded_at) FROM cloudflow.items)",
+    );
+    assert_eq!(s.duck(&second).unwrap(), s.pg(ITEMS_PG).await);
+
+    // Incremental: a backfill first, then one window, with the task instance.
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["events"], "run_id": "events-backfill"}),
+    )
+    .await;
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.events",
+        "600",
+        minute,
+    )
+    .await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "incremental",
+        "tables": ["events"], "execution_date": "2024-01-01T05:00:00Z", "hours": 2,
+        "task_instance": "airflow-ti-1"}),
+    )
+    .await;
+    // The two publishes have different message ids, so without a run id they are two
+    // runs: the same window appended twice (121 rows each, BETWEEN is inclusive).
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.events WHERE _task_instance = 'airflow-ti-1'",
+        "242",
+        minute,
+    )
+    .await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "incremental",
+        "tables": ["events"], "execution_date": "2024-01-01T08:00:00Z", "hours": 1,
+        "task_instance": "airflow-ti-2", "run_id": "incr-2"}),
+    )
+    .await;
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.events WHERE _task_instance = 'airflow-ti-2'",
+        "61",
+        minute,
+    )
+    .await;
+    let window = s
+        .duck("SELECT CAST(min(id) AS VARCHAR), CAST(max(id) AS VARCHAR) FROM cloudflow.events WHERE _task_instance = 'airflow-ti-2'")
+        .unwrap();
+    assert_eq!(window, vec![vec![Some("420".into()), Some("480".into())]]);
+
+    // Backfill in 8 key-range chunks, swapped in; then again after the source changed.
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 700, "run_id": "big-1"}),
+    )
+    .await;
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.big",
+        "5000",
+        minute,
+    )
+    .await;
+    let chunks = s
+        .duck("SELECT CAST(count(*) AS VARCHAR) FROM _pgp.loads WHERE run_id = 'big-1'")
+        .unwrap();
+    assert_eq!(
+        chunks[0][0].as_deref(),
+        Some("8"),
+        "one ledger entry per chunk"
+    );
+    s.db.exec(
+        "DELETE FROM big WHERE id % 10 = 0; UPDATE big SET payload = 'changed' WHERE id < 100;",
+    )
+    .await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 1000, "run_id": "big-2"}),
+    )
+    .await;
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudflow.big WHERE payload = 'changed'",
+        "90",
+        minute,
+    )
+    .await;
+    let duck = s
+        .duck("SELECT CAST(id AS VARCHAR), payload, CAST(amount AS VARCHAR) FROM cloudflow.big ORDER BY id")
+        .unwrap();
+    assert_eq!(
+        duck,
+        s.pg("SELECT id::text, payload, amount::text FROM big ORDER BY id")
+            .await
+    );
+
+    // Nothing left half-done: no stage tables, every run published once.
+    let stages = s
+        .duck("SELECT CAST(count(*) AS VARCHAR) FROM information_schema.tables WHERE table_name LIKE '%_PGP_STAGE_%' OR table_name LIKE '%_TEMP'")
+        .unwrap();
+    assert_eq!(stages[0][0].as_deref(), Some("0"));
+    let publishes = s
+        .duck("SELECT CAST(count(*) AS VARCHAR), CAST(count(DISTINCT target || run_id) AS VARCHAR) FROM _pgp.publishes")
+        .unwrap();
+    assert_eq!(publishes[0][0], publishes[0][1]);
+
+    // A poison chunk task is acknowledged with its reason, not redelivered forever;
+    // a request for an unknown table likewise.
+    let before = s.extractor.count("rejected permanently");
+    s.admin
+        .publish(
+            &format!("{}-extract", s.name),
+            b"{not json",
+            &BTreeMap::new(),
+        )
+        .await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd", "tables": ["nope"]}),
+    )
+    .await;
+    s.extractor
+        .wait_for("invalid chunk task", Duration::from_secs(30));
+    s.planner
+        .wait_for("no table `nope`", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.extractor.count("rejected permanently"),
+        before + 1,
+        "{}",
+        s.extractor.output()
+    );
+    assert_eq!(
+        s.planner.count("no table `nope`"),
+        2,
+        "two publishes, two rejections, no retries"
+    );
+
+    // Logs are JSON lines with a severity; the password never appears.
+    for p in [&s.planner, &s.extractor] {
+        let out = p.output();
+        assert!(
+            !out.contains(pgp_e2e::PASSWORD),
+            "{} logged the password",
+            p.name
+        );
+        let first = out
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .expect("a JSON log line");
+        let v: serde_json::Value = serde_json::from_str(first).unwrap();
+        assert!(v.get("severity").is_some(), "{first}");
+    }
+    let _ = &s.env;
+    let _ = s.extractor_port;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_extractor_killed_mid_stream_is_retried_to_completion() {
+    let setup = "CREATE TABLE wide (id bigint PRIMARY KEY, payload text);
+        INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 300000) g;";
+    let tables = "  wide:
+    import_db: TEST_DB
+    export_schema: 'cloudkill'
+    export_table: 'wide'
+    export_table_primary_key: id
+    import_query: SELECT id, payload FROM wide
+";
+    let mut s = Stack::new("cloudkill", setup, tables).await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "run_id": "kill-1", "chunk_rows": 1000000}),
+    )
+    .await;
+    s.extractor.wait_for("extracting", Duration::from_secs(60));
+    s.extractor.kill();
+    let finalized = s.admin.list("cloudkill/").await;
+    assert!(
+        finalized.is_empty(),
+        "a killed upload finalized {finalized:?}"
+    );
+    // The same instance comes back (Cloud Run starts a new one); Pub/Sub redelivers.
+    s.extractor = start_service("extractor", s.extractor_port, &s.env);
+    s.wait_value(
+        "SELECT CAST(count(*) AS VARCHAR) FROM cloudkill.wide",
+        "300000",
+        Duration::from_secs(180),
+    )
+    .await;
+    s.extractor.wait_for("extracted", Duration::from_secs(5));
+    let sums = s
+        .duck("SELECT CAST(sum(id) AS VARCHAR), CAST(count(DISTINCT payload) AS VARCHAR) FROM cloudkill.wide")
+        .unwrap();
+    assert_eq!(
+        sums,
+        vec![vec![Some("45000150000".into()), Some("300000".into())]]
+    );
+}
