@@ -127,6 +127,18 @@ impl Stack {
 
     /// A DuckDB query, read-only, retried while a service holds the file.
     fn duck(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.duck_once(sql) {
+                Err(e) if e.contains("lock") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn duck_once(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         let cfg = duckdb::Config::default()
             .access_mode(duckdb::AccessMode::ReadOnly)
             .unwrap();
@@ -214,17 +226,18 @@ fn tables(schema: &str) -> String {
     export_schema: '{schema}'
     export_table: 'big'
     export_table_primary_key: id
-    import_query: SELECT id, payload, amount FROM big
+    import_query: SELECT * FROM big
 "
     )
 }
 
-const ITEMS_PG: &str = "SELECT id::text, txt, num::text, (extract(epoch FROM ts) * 1000000)::bigint::text FROM items ORDER BY id";
+const ITEMS_PG: &str = "SELECT id::text, txt, num::text, (extract(epoch FROM ts) * 1000000)::bigint::text FROM items ORDER BY items.id";
 
+/// DuckDB names `CAST(id AS VARCHAR)` "id", so ORDER BY casts back to sort by number.
 fn items_duck(schema: &str, extra: &str) -> String {
     format!(
         "SELECT CAST(id AS VARCHAR), txt, CAST(num AS VARCHAR), CAST(epoch_us(ts) AS VARCHAR) \
-         FROM {schema}.items {extra} ORDER BY id"
+         FROM {schema}.items {extra} ORDER BY CAST(id AS BIGINT)"
     )
 }
 
@@ -235,7 +248,8 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
 
     // SCD: the first run creates `items` (swap), a second run appends a snapshot.
     s.request(
-        serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd", "run_id": "scd-1"}),
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd", "run_id": "scd-1",
+            "tables": ["items"]}),
     )
     .await;
     s.wait_value(
@@ -308,7 +322,8 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
         .unwrap();
     assert_eq!(window, vec![vec![Some("420".into()), Some("480".into())]]);
 
-    // Backfill in 8 key-range chunks, swapped in; then again after the source changed.
+    // Backfill in 8 key-range chunks, swapped in; then again after the source's schema
+    // changed (a backfill of an unchanged table is skipped).
     s.request(
         serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
         "tables": ["big"], "chunk_rows": 700, "run_id": "big-1"}),
@@ -329,7 +344,8 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
         "one ledger entry per chunk"
     );
     s.db.exec(
-        "DELETE FROM big WHERE id % 10 = 0; UPDATE big SET payload = 'changed' WHERE id < 100;",
+        "DELETE FROM big WHERE id % 10 = 0; UPDATE big SET payload = 'changed' WHERE id < 100;
+         ALTER TABLE big ADD COLUMN note text DEFAULT E'added\\tcolumn';",
     )
     .await;
     s.request(
@@ -344,11 +360,11 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
     )
     .await;
     let duck = s
-        .duck("SELECT CAST(id AS VARCHAR), payload, CAST(amount AS VARCHAR) FROM cloudflow.big ORDER BY id")
+        .duck("SELECT CAST(id AS VARCHAR), payload, CAST(amount AS VARCHAR), note FROM cloudflow.big ORDER BY CAST(id AS BIGINT)")
         .unwrap();
     assert_eq!(
         duck,
-        s.pg("SELECT id::text, payload, amount::text FROM big ORDER BY id")
+        s.pg("SELECT id::text, payload, amount::text, note FROM big ORDER BY big.id")
             .await
     );
 
