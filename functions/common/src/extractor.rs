@@ -11,6 +11,7 @@ use crate::events::{self, Delivery};
 use crate::service::{health, Reply};
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
@@ -62,7 +63,8 @@ async fn handle(State(st): State<Arc<ExtractorState>>, headers: HeaderMap, body:
         return Reply::Rejected(e);
     }
     let span = tracing::info_span!("extract", run_id = %task.run_id, table = %task.table, chunk = task.chunk);
-    extract(&st, task).instrument(span).await
+    let reply = extract(&st, task).instrument(span.clone()).await;
+    span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
 async fn extract(st: &ExtractorState, task: ChunkTask) -> Reply {
