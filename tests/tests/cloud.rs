@@ -469,3 +469,14 @@ async fn an_extractor_killed_mid_stream_is_retried_to_completion() {
         vec![vec![Some("45000150000".into()), Some("300000".into())]]
     );
 }
+
+/// The GCS store passes the same storage conformance suite as local files, against the
+/// GCS emulator (streamed resumable uploads, finalize by rewrite, reads, listing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_store_passes_the_storage_conformance_suite() {
+    let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
+    let store = pgp::storage::GcsStore::connect(BUCKET, Some(&emu.gcs_url()))
+        .await
+        .unwrap();
+    pgp::storage::conformance::run(&store).await;
+}
