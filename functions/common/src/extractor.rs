@@ -12,6 +12,7 @@ use crate::service::{health, Reply};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use pgp::dist::TableRun;
@@ -62,7 +63,8 @@ async fn handle(State(st): State<Arc<ExtractorState>>, headers: HeaderMap, body:
         return Reply::Rejected(e);
     }
     let span = tracing::info_span!("extract", run_id = %task.run_id, table = %task.table, chunk = task.chunk);
-    extract(&st, task).instrument(span).await
+    let reply = extract(&st, task).instrument(span.clone()).await;
+    span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
 async fn extract(st: &ExtractorState, task: ChunkTask) -> Reply {

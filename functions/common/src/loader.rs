@@ -14,6 +14,7 @@ use crate::service::{health, Reply};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use pgp::dist::{TableRun, RUNS_PREFIX};
@@ -87,9 +88,10 @@ async fn handle(State(st): State<Arc<LoaderState>>, headers: HeaderMap, body: By
         return Reply::Rejected(format!("{name}: bad chunk/rows metadata"));
     };
     let span = tracing::info_span!("load", run_id = %run_id, table = %table, chunk = chunk);
-    load(&st, name.to_string(), run_id, table, chunk, rows)
-        .instrument(span)
-        .await
+    let reply = load(&st, name.to_string(), run_id, table, chunk, rows)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
 async fn load(

@@ -14,6 +14,7 @@ use crate::service::{health, Reply};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use chrono::Utc;
@@ -91,7 +92,8 @@ async fn handle(State(st): State<Arc<PlannerState>>, headers: HeaderMap, body: B
         Err(e) => return reject(e),
     };
     let span = tracing::info_span!("plan", run_id = %run_id, load_type = %req.load_type);
-    plan(&st, req, run_id, plain).instrument(span).await
+    let reply = plan(&st, req, run_id, plain).instrument(span.clone()).await;
+    span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
 /// The run id: the request's own, else one derived from the delivery so that a

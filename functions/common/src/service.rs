@@ -29,6 +29,9 @@ pub enum Reply {
     BadRequest(String),
     /// Not acknowledged: redeliver later.
     Retry(String),
+    /// Already turned into a response (and logged) inside the event's span, so the
+    /// log line carries its run id, table and chunk.
+    Sent(Response),
 }
 
 impl Reply {
@@ -46,6 +49,7 @@ impl Reply {
             Reply::Ok(_) | Reply::Rejected(_) => StatusCode::OK,
             Reply::BadRequest(_) => StatusCode::BAD_REQUEST,
             Reply::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Reply::Sent(r) => r.status(),
         }
     }
 }
@@ -66,7 +70,8 @@ impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Reply::Ok(_) => {}
+            Reply::Sent(_) => {}
+            Reply::Ok(v) => tracing::info!(status = %v["status"].as_str().unwrap_or("ok"), "done"),
             Reply::Rejected(r) => {
                 tracing::error!(reason = %r, "rejected permanently; acknowledged")
             }
@@ -76,6 +81,7 @@ impl IntoResponse for Reply {
             }
         }
         let body = match self {
+            Reply::Sent(r) => return r,
             Reply::Ok(v) => v,
             Reply::Rejected(r) => serde_json::json!({"status": "rejected", "reason": r}),
             Reply::BadRequest(r) => serde_json::json!({"status": "bad_request", "reason": r}),
