@@ -444,3 +444,57 @@ pub async fn post_cloudevent(
         tokio::time::sleep(Duration::from_millis(200 * (attempt + 1).min(5))).await;
     }
 }
+
+/// fakesnow (PyPI), the Snowflake emulator: one per test process.
+pub struct FakeSnow {
+    pub port: u16,
+    _proc: Proc,
+}
+
+static FAKESNOW: OnceLock<FakeSnow> = OnceLock::new();
+
+impl FakeSnow {
+    pub fn get() -> &'static FakeSnow {
+        FAKESNOW.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let port = free_port();
+                let mut cmd = Command::new("python3");
+                cmd.args([
+                    "-m",
+                    "fakesnow",
+                    "-s",
+                    "-p",
+                    &port.to_string(),
+                    "--host",
+                    "127.0.0.1",
+                ]);
+                let p = Proc::spawn("fakesnow", cmd);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "fakesnow did not start (pip install 'fakesnow[server]==0.12.1' \
+                         'snowflake-connector-python==4.8.1'):\n{}",
+                        p.output()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                tx.send(FakeSnow { port, _proc: p }).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().unwrap()
+        })
+    }
+
+    /// A `PGP_WAREHOUSE_URL` for database `db` on the emulator, with the emulator
+    /// fallbacks (`copy=staged`, `swap=rename`).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "snowflake://pgp@emulator/{db}?host=127.0.0.1&port={}&protocol=http&copy=staged&swap=rename",
+            self.port
+        )
+    }
+}

@@ -11,7 +11,9 @@
 //!   twice for one run.
 
 mod duckdb;
+pub mod snowflake;
 pub use self::duckdb::DuckDb;
+pub use self::snowflake::Snowflake;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -217,9 +219,18 @@ fn open_with(
             DuckDb::open(path, store)?
         }));
     }
+    if url.starts_with("snowflake://") {
+        // Reads nothing and changes nothing until the first statement (which logs in).
+        let cfg = snowflake::config::SnowflakeConfig::from_url(
+            url,
+            &crate::params::ProcessEnv,
+            &store.url(),
+        )?;
+        return Ok(Arc::new(Snowflake::new(cfg)?));
+    }
     let scheme = url.split("://").next().unwrap_or(url);
     Err(Error::Config(format!(
-        "PGP_WAREHOUSE_URL: unsupported scheme {scheme:?} in this build (duckdb:///path)"
+        "PGP_WAREHOUSE_URL: unsupported scheme {scheme:?} (duckdb:///path or snowflake://USER@ACCOUNT/DATABASE)"
     )))
 }
 
