@@ -490,10 +490,10 @@ impl FakeSnow {
     }
 
     /// A `PGP_WAREHOUSE_URL` for database `db` on the emulator, with the emulator
-    /// fallbacks (`copy=staged`, `swap=rename`).
+    /// fallbacks (`copy=staged`, `swap=rename`, `arrays=variant`).
     pub fn url(&self, db: &str) -> String {
         format!(
-            "snowflake://pgp@emulator/{db}?host=127.0.0.1&port={}&protocol=http&copy=staged&swap=rename",
+            "snowflake://pgp@emulator/{db}?host=127.0.0.1&port={}&protocol=http&copy=staged&swap=rename&arrays=variant",
             self.port
         )
     }

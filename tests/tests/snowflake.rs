@@ -127,7 +127,7 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
     let mut c = Client::new(cfg).unwrap();
     let sf = c
         .query(
-            "SELECT ID::TEXT, BODY, BODY IS NULL, AMOUNT::TEXT, DATE_PART(EPOCH_MICROSECOND, AT)::TEXT, AT IS NULL, \
+            "SELECT ID::TEXT, BODY, BODY IS NULL, AMOUNT::TEXT, DATE_PART(EPOCH_MICROSECOND, \"AT\")::TEXT, \"AT\" IS NULL, \
              TO_JSON(TAGS), TO_JSON(PROPS) FROM TAPDB.SFTAP.NOTES ORDER BY ID",
         )
         .await
@@ -136,7 +136,7 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
         .client
         .query(
             "SELECT id::text, body, (body IS NULL)::text, amount::text, (extract(epoch FROM at) * 1000000)::bigint::text, (at IS NULL)::text, \
-             to_json(tags)::text, props::text FROM notes ORDER BY id",
+             to_json(tags)::text, props::text FROM notes ORDER BY notes.id",
             &[],
         )
         .await

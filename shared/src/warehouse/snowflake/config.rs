@@ -2,7 +2,8 @@
 //! ?warehouse=WH&role=ROLE` plus environment variables for the secret and the stage.
 //!
 //! Optional URL parameters: `host`, `port`, `protocol=http` (to reach an emulator),
-//! `swap=rename` and `copy=staged` (the emulator fallbacks described in `mod.rs`).
+//! `swap=rename`, `copy=staged` and `arrays=variant` (the emulator fallbacks described
+//! in `mod.rs`).
 //! Secrets: `PGP_SNOWFLAKE_PRIVATE_KEY_PATH` (PEM, PKCS#8 or PKCS#1, optionally
 //! encrypted with `PGP_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE`) or `PGP_SNOWFLAKE_PASSWORD`.
 //! Stage: `PGP_SNOWFLAKE_STAGE` (an existing stage) or one pgp creates from the storage
@@ -79,6 +80,9 @@ pub struct SnowflakeConfig {
     pub stage: Stage,
     pub swap: SwapMode,
     pub copy: CopyMode,
+    /// The warehouse reports `ARRAY` columns as `VARIANT` in its information schema
+    /// (fakesnow does; Snowflake reports `ARRAY`): the schema check expects `VARIANT`.
+    pub arrays_as_variant: bool,
 }
 
 fn name_ok(s: &str) -> bool {
@@ -123,6 +127,7 @@ impl SnowflakeConfig {
         let mut protocol = "https".to_string();
         let mut swap = SwapMode::Swap;
         let mut copy = CopyMode::Transform;
+        let mut arrays_as_variant = false;
         for (k, v) in u.query_pairs() {
             let v = v.into_owned();
             match k.as_ref() {
@@ -135,6 +140,8 @@ impl SnowflakeConfig {
                 "swap" if v == "swap" => swap = SwapMode::Swap,
                 "copy" if v == "staged" => copy = CopyMode::Staged,
                 "copy" if v == "transform" => copy = CopyMode::Transform,
+                "arrays" if v == "variant" => arrays_as_variant = true,
+                "arrays" if v == "array" => arrays_as_variant = false,
                 other => return Err(bad(&format!("unknown or invalid parameter {other}={v:?}"))),
             }
         }
@@ -217,6 +224,7 @@ impl SnowflakeConfig {
             stage,
             swap,
             copy,
+            arrays_as_variant,
         })
     }
 

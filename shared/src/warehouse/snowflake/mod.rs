@@ -16,14 +16,17 @@
 //! Publishing: append is one transaction (`INSERT INTO target SELECT * FROM stage` plus
 //! the `_PGP.PUBLISHES` row). Swap is `ALTER TABLE <t>_TEMP SWAP WITH <t>` (or a rename
 //! when the target is missing), atomic for readers; DDL commits any open transaction,
-//! so the swap is claimed first: a `MERGE` on `_PGP.LOCKS` (Snowflake serializes MERGEs
-//! on a table) guards the ledger check and a `swapping` row; the new table carries the
+//! so the swap is claimed first: an `UPDATE` of the target's row in `_PGP.LOCKS`
+//! (Snowflake runs one UPDATE/DELETE/MERGE per table at a time, holding it to the end of
+//! the transaction) guards the ledger check and a `swapping` row; the new table carries the
 //! comment `pgp run <id>`, which tells a retry after a crash whether the swap happened.
 //!
-//! Emulator fallbacks (`copy=staged`, `swap=rename` in the URL; used against fakesnow,
-//! which lacks COPY transformations and `SWAP WITH`): COPY into an all-text scratch
-//! table then `INSERT ... SELECT` with the same casts; rename the target away and the
-//! temp in. Production SQL is unit-tested below as text.
+//! Emulator fallbacks (`copy=staged`, `swap=rename`, `arrays=variant` in the URL; used
+//! against fakesnow, which lacks COPY transformations, several FILE_FORMAT options,
+//! `SWAP WITH` and an ARRAY type of its own): COPY into an all-text scratch table with
+//! the format minus its default-valued options, then `INSERT ... SELECT` with the same
+//! casts; rename the target away and the temp in; expect `VARIANT` where an `ARRAY` was
+//! created. Production SQL is unit-tested below as text.
 
 pub mod client;
 pub mod config;
@@ -103,6 +106,29 @@ fn file_format(c: Compression) -> String {
         }
     };
     format!("({fmt})")
+}
+
+/// Options of [`SNOWFLAKE_FILE_FORMAT`] that only restate Snowflake's documented CSV
+/// defaults. The emulator (fakesnow) refuses options it does not implement, so the
+/// emulator-only `copy=staged` path leaves these out: the format it sends means the
+/// same to Snowflake. Production (`copy=transform`) always sends the full format.
+const DEFAULT_VALUED_OPTIONS: [&str; 7] = [
+    "RECORD_DELIMITER = '\\n'",
+    "ESCAPE = NONE",
+    "TRIM_SPACE = FALSE",
+    "ERROR_ON_COLUMN_COUNT_MISMATCH = TRUE",
+    "REPLACE_INVALID_CHARACTERS = FALSE",
+    "ENCODING = 'UTF8'",
+    "TIMESTAMP_FORMAT = AUTO",
+];
+
+/// [`file_format`] without [`DEFAULT_VALUED_OPTIONS`], for the emulator path.
+fn emulator_file_format(c: Compression) -> String {
+    let mut fmt = file_format(c);
+    for option in DEFAULT_VALUED_OPTIONS {
+        fmt = fmt.replace(&format!(" {option}"), "");
+    }
+    fmt
 }
 
 /// Target column list and value expressions (over fields named by `field(i)`) of a load.
@@ -262,12 +288,24 @@ impl Snowflake {
     }
 
     /// Serialize publishers of one target (see the module doc).
-    fn lock_sql(&self, target: &str) -> String {
+    /// Makes sure `target` has its row in `_PGP.LOCKS`; run outside the transaction. A
+    /// race may insert the row twice, which is harmless: the lock is the UPDATE's.
+    fn lock_row_sql(&self, target: &str) -> String {
         format!(
-            "MERGE INTO {l} USING (SELECT {t} AS TARGET) s ON {l}.TARGET = s.TARGET \
-             WHEN MATCHED THEN UPDATE SET N = {l}.N + 1 WHEN NOT MATCHED THEN INSERT (TARGET, N) VALUES (s.TARGET, 1)",
+            "INSERT INTO {l} (TARGET, N) SELECT {t}, 0 WHERE NOT EXISTS (SELECT 1 FROM {l} WHERE TARGET = {t})",
             l = self.ledger("LOCKS"),
             t = lit(target)
+        )
+    }
+
+    /// The first statement of a publishing transaction: Snowflake does not run two
+    /// UPDATE/DELETE/MERGE statements on one table at once, so this UPDATE holds
+    /// every other publisher of any table until this transaction ends.
+    fn lock_sql(&self, target: &str) -> String {
+        format!(
+            "UPDATE {} SET N = N + 1 WHERE TARGET = {}",
+            self.ledger("LOCKS"),
+            lit(target)
         )
     }
 
@@ -338,7 +376,10 @@ impl Warehouse for Snowflake {
     }
 
     fn render_type(&self, ty: &ColumnType) -> String {
-        render(ty)
+        match ty {
+            ColumnType::List(_) if self.cfg.arrays_as_variant => "VARIANT".into(),
+            ty => render(ty),
+        }
     }
 
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
@@ -473,7 +514,7 @@ impl Warehouse for Snowflake {
                     "COPY INTO {scratch} FROM {} FILES = ({}) FILE_FORMAT = {} ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
                     self.stage_ref(),
                     lit(object.as_str()),
-                    file_format(compression)
+                    emulator_file_format(compression)
                 );
                 let insert = format!(
                     "INSERT INTO {tbl} ({}) SELECT {} FROM {scratch}",
@@ -550,6 +591,7 @@ impl Warehouse for Snowflake {
             self.table(stage)
         );
         let mut c = self.client.lock().await;
+        c.query(&self.lock_row_sql(&t)).await?;
         let published = self
             .in_transaction(&mut c, async |c: &mut Client| {
                 c.query(&lock).await?;
@@ -587,6 +629,7 @@ impl Warehouse for Snowflake {
         let marker = format!("pgp run {run_id}");
         let mut c = self.client.lock().await;
         // 1. Claim the swap (or learn it happened).
+        c.query(&self.lock_row_sql(&t)).await?;
         let claim = self
             .in_transaction(&mut c, async |c: &mut Client| {
                 c.query(&self.lock_sql(&t)).await?;
@@ -799,6 +842,28 @@ mod tests {
             "ALTER TABLE \"RAW\".\"GITLAB_COM\".\"USERS_TEMP\" SWAP WITH \"RAW\".\"GITLAB_COM\".\"USERS\""
         );
         assert!(file_format(Compression::None).contains("COMPRESSION = NONE"));
+    }
+
+    #[test]
+    fn emulator_format_drops_only_default_valued_options() {
+        let full = file_format(Compression::Gzip);
+        let emu = emulator_file_format(Compression::Gzip);
+        for option in DEFAULT_VALUED_OPTIONS {
+            assert!(
+                full.contains(option),
+                "{option} is not in the production format"
+            );
+            assert!(
+                !emu.contains(option),
+                "{option} left in the emulator format"
+            );
+        }
+        assert_eq!(
+            emu,
+            "(TYPE = CSV FIELD_DELIMITER = '\\t' FIELD_OPTIONALLY_ENCLOSED_BY = '\"' \
+             ESCAPE_UNENCLOSED_FIELD = NONE EMPTY_FIELD_AS_NULL = TRUE NULL_IF = () \
+             SKIP_HEADER = 0 COMPRESSION = GZIP)"
+        );
     }
 
     #[test]
