@@ -23,6 +23,29 @@ fn env(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `pgp tap MANIFEST ARGS…` with exactly `env`; panics with its output unless it
+/// succeeds, and when the output shows the source password.
+async fn tap(manifest: &std::path::Path, env: &BTreeMap<String, String>, args: &[&str]) {
+    let mut cmd = std::process::Command::new(service_binary("pgp"));
+    cmd.arg("tap")
+        .arg(manifest)
+        .args(args)
+        .arg("--keep-objects")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgp tap {args:?}: {text}");
+    assert!(!text.contains(pgp_e2e::PASSWORD), "password in output");
+}
+
 async fn create_database(url: &str, env: &BTreeMap<String, String>, db: &str) {
     let cfg = SnowflakeConfig::from_url(url, env, "gs://unused").unwrap();
     let mut c = Client::new(cfg).unwrap();
@@ -93,35 +116,12 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
     ]);
     e.extend(db.env());
     create_database(&url, &e, "TAPDB").await;
-    let out = tokio::task::spawn_blocking({
-        let (manifest, e) = (manifest.clone(), e.clone());
-        move || {
-            std::process::Command::new(service_binary("pgp"))
-                .args([
-                    "tap",
-                    manifest.to_str().unwrap(),
-                    "--load-type",
-                    "backfill",
-                    "--chunk-rows",
-                    "700",
-                    "--keep-objects",
-                ])
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .envs(&e)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(!text.contains(pgp_e2e::PASSWORD), "password in output");
+    tap(
+        &manifest,
+        &e,
+        &["--load-type", "backfill", "--chunk-rows", "700"],
+    )
+    .await;
 
     let cfg = SnowflakeConfig::from_url(&url, &e, &format!("gs://{BUCKET}")).unwrap();
     let mut c = Client::new(cfg).unwrap();
@@ -181,4 +181,41 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
         .await
         .unwrap();
     assert_eq!(loads.scalar(), Some("3"));
+
+    // A source column added: the SCD run sees the changed schema and re-syncs through
+    // `_TEMP` and the swap (rename fallback here) onto the existing target.
+    db.exec("ALTER TABLE notes ADD COLUMN extra int DEFAULT 7")
+        .await;
+    tap(&manifest, &e, &["--load-type", "scd"]).await;
+    let q = |sql: &'static str| {
+        let cfg = SnowflakeConfig::from_url(&url, &e, &format!("gs://{BUCKET}")).unwrap();
+        async move {
+            let mut c = Client::new(cfg).unwrap();
+            let r = c.query(sql).await.unwrap();
+            r.rows
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|v| v.clone().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let counts =
+        "SELECT COUNT(*), COUNT(\"EXTRA\"), MIN(\"EXTRA\"), MAX(\"EXTRA\"), COUNT(DISTINCT \"_UPLOADED_AT\") FROM TAPDB.SFTAP.NOTES";
+    assert_eq!(q(counts).await, "2000|2000|7|7|1");
+    let tables = "SELECT TABLE_NAME FROM TAPDB.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = 'SFTAP' ORDER BY 1";
+    assert_eq!(
+        q(tables).await,
+        "NOTES",
+        "no _TEMP, stage or old table left"
+    );
+
+    // Same schema: the next SCD run appends a second snapshot.
+    tap(&manifest, &e, &["--load-type", "scd"]).await;
+    assert_eq!(q(counts).await, "4000|4000|7|7|2");
+    assert_eq!(q(tables).await, "NOTES");
 }
