@@ -28,6 +28,17 @@ struct Stack {
 
 impl Stack {
     async fn new(name: &str, setup: &str, tables: &str) -> Stack {
+        Stack::with_warehouse(name, setup, tables, None).await
+    }
+
+    /// A stack whose services load into `warehouse` (URL and its extra environment)
+    /// instead of the stack's own DuckDB file.
+    async fn with_warehouse(
+        name: &str,
+        setup: &str,
+        tables: &str,
+        warehouse: Option<(String, BTreeMap<String, String>)>,
+    ) -> Stack {
         let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
         let db = Pg::get().fresh_db(name).await;
         db.exec(setup).await;
@@ -63,6 +74,10 @@ impl Stack {
             ("PGP_WAREHOUSE_WAIT", "120".to_string()),
         ] {
             env.insert(k.to_string(), v);
+        }
+        if let Some((url, extra)) = warehouse {
+            env.insert("PGP_WAREHOUSE_URL".into(), url);
+            env.extend(extra);
         }
         let (pp, ep, lp) = (free_port(), free_port(), free_port());
         let planner = start_service("planner", pp, &env);
@@ -479,4 +494,139 @@ async fn gcs_store_passes_the_storage_conformance_suite() {
         .await
         .unwrap();
     pgp::storage::conformance::run(&store).await;
+}
+
+/// The services with the Snowflake backend (fakesnow; the stage is the GCS emulator's
+/// data folder, and the emulator fallbacks of `tests/tests/snowflake.rs` apply): a
+/// 4-chunk backfill and an SCD run, every request and finalize event delivered at
+/// least twice and out of order, land once and equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_services_load_into_snowflake() {
+    use pgp::warehouse::snowflake::client::Client;
+    use pgp::warehouse::snowflake::config::SnowflakeConfig;
+    let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
+    let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
+    let url = fs.url("SFSVC");
+    let sf_env: BTreeMap<String, String> = [
+        (
+            "PGP_SNOWFLAKE_PASSWORD",
+            "unused-by-the-emulator".to_string(),
+        ),
+        (
+            "PGP_SNOWFLAKE_STAGE_URL",
+            format!(
+                "file://{}/",
+                emu.gcs_dir.join(".cloudstorage").join(BUCKET).display()
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let client = || {
+        let cfg = SnowflakeConfig::from_url(&url, &sf_env, &format!("gs://{BUCKET}")).unwrap();
+        Client::new(cfg).unwrap()
+    };
+    client()
+        .query("CREATE DATABASE IF NOT EXISTS SFSVC")
+        .await
+        .unwrap();
+    let s = Stack::with_warehouse(
+        "sfsvc",
+        SETUP,
+        &tables("sfsvc"),
+        Some((url.clone(), sf_env.clone())),
+    )
+    .await;
+    let query = |sql: String| {
+        let mut c = client();
+        async move {
+            c.query(&sql)
+                .await
+                .map(|r| r.rows)
+                .map_err(|e| e.to_string())
+        }
+    };
+    let wait = |sql: &'static str, want: &'static str| {
+        let query = &query;
+        let s = &s;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut last = String::new();
+            while Instant::now() < deadline {
+                match query(sql.to_string()).await {
+                    Ok(rows) if rows.first().and_then(|r| r[0].as_deref()) == Some(want) => return,
+                    Ok(rows) => last = format!("{rows:?}"),
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            panic!(
+                "{sql}: wanted {want}, last {last}\n--- planner\n{}\n--- extractor\n{}",
+                s.planner.output(),
+                s.extractor.output()
+            );
+        }
+    };
+
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 1300, "run_id": "sf-big-1"}),
+    )
+    .await;
+    wait("SELECT COUNT(*) FROM SFSVC.SFSVC.BIG", "5000").await;
+    let sf = query(
+        "SELECT \"ID\"::TEXT, \"PAYLOAD\", \"AMOUNT\"::TEXT FROM SFSVC.SFSVC.BIG ORDER BY \"ID\""
+            .into(),
+    )
+    .await
+    .unwrap();
+    let pg = s
+        .pg("SELECT id::text, payload, amount::text FROM big ORDER BY big.id")
+        .await;
+    assert_eq!(sf, pg);
+    let loads = query(
+        "SELECT COUNT(*), SUM(ROWS)::TEXT FROM SFSVC.\"_PGP\".LOADS WHERE RUN_ID = 'sf-big-1'"
+            .into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        loads[0][0].as_deref(),
+        Some("4"),
+        "one load per chunk: {loads:?}"
+    );
+    let publishes =
+        query("SELECT ACTION FROM SFSVC.\"_PGP\".PUBLISHES WHERE RUN_ID = 'sf-big-1'".into())
+            .await
+            .unwrap();
+    assert_eq!(publishes, vec![vec![Some("swap".to_string())]]);
+
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd",
+        "tables": ["items"], "run_id": "sf-items-1"}),
+    )
+    .await;
+    wait("SELECT COUNT(*) FROM SFSVC.SFSVC.ITEMS", "1000").await;
+    let sf = query(
+        "SELECT \"ID\"::TEXT, \"TXT\", \"NUM\"::TEXT, DATE_PART(EPOCH_MICROSECOND, \"TS\")::TEXT \
+         FROM SFSVC.SFSVC.ITEMS ORDER BY \"ID\""
+            .into(),
+    )
+    .await
+    .unwrap();
+    let pg = s.pg(ITEMS_PG).await;
+    assert_eq!(sf.len(), pg.len());
+    for (sf, pg) in sf.iter().zip(&pg) {
+        // fakesnow reads a quoted empty field as NULL and a NULL timestamp as epoch 0
+        // (Snowflake keeps '' with EMPTY_FIELD_AS_NULL + FIELD_OPTIONALLY_ENCLOSED_BY):
+        // the emulator cannot prove those two, the DuckDB runs above do.
+        let fakesnow_gap = pg[1].as_deref() == Some("") || pg[3].is_none();
+        if !fakesnow_gap {
+            assert_eq!(sf, pg);
+        } else {
+            assert_eq!(sf[0], pg[0]);
+        }
+    }
+    let _ = &s.env;
 }
