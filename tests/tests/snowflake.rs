@@ -8,6 +8,10 @@
 //! unit-tested as text in `shared/src/warehouse/snowflake/mod.rs`. It cannot read
 //! `gcs://`, so the stage URL is the GCS emulator's data folder (`file://`), where the
 //! objects the extractor uploaded lie raw.
+//!
+//! fakesnow accepts any login, so key-pair authentication, session renewal, polling of
+//! long queries and error pass-through are tested against Snowflake's documented
+//! connector wire format with a local HTTP server (`the_client_speaks_…` below).
 
 use pgp::warehouse::snowflake::client::Client;
 use pgp::warehouse::snowflake::config::SnowflakeConfig;
@@ -218,4 +222,266 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
     tap(&manifest, &e, &["--load-type", "scd"]).await;
     assert_eq!(q(counts).await, "4000|4000|7|7|2");
     assert_eq!(q(tables).await, "NOTES");
+}
+
+/// What the local Snowflake endpoint saw, in order.
+#[derive(Clone, Default)]
+struct Wire {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    public_pem: String,
+    fingerprint: String,
+}
+
+/// A local HTTP server answering as Snowflake's connector endpoints do (no emulator
+/// covers key-pair login or token renewal): login checks the JWT with the user's public
+/// key; the first query gets "session expired" (390112), the retry after renewal gets
+/// "in progress" (333334) and its result is fetched from `getResultUrl`; a query on a
+/// missing table gets a compilation error.
+fn wire_router(w: Wire) -> axum::Router {
+    use axum::extract::{Json, Query, State};
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+    use serde_json::{json, Value};
+    fn auth(h: &HeaderMap) -> String {
+        h.get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+    axum::Router::new()
+        .route(
+            "/session/v1/login-request",
+            post(
+                |State(w): State<Wire>,
+                 Query(q): Query<BTreeMap<String, String>>,
+                 Json(b): Json<Value>| async move {
+                    let d = &b["data"];
+                    let dec = jsonwebtoken::DecodingKey::from_rsa_pem(w.public_pem.as_bytes())
+                        .unwrap();
+                    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+                    v.set_required_spec_claims(&["iss", "sub", "exp", "iat"]);
+                    let verdict = match jsonwebtoken::decode::<Value>(
+                        d["TOKEN"].as_str().unwrap_or(""),
+                        &dec,
+                        &v,
+                    ) {
+                        Ok(t) => format!(
+                            "login {} {} iss={} sub={} db={} wh={} role={} password={}",
+                            d["AUTHENTICATOR"].as_str().unwrap_or("-"),
+                            d["LOGIN_NAME"].as_str().unwrap_or("-"),
+                            t.claims["iss"].as_str().unwrap_or("-").replace(&w.fingerprint, "FP"),
+                            t.claims["sub"].as_str().unwrap_or("-"),
+                            q.get("databaseName").map(String::as_str).unwrap_or("-"),
+                            q.get("warehouse").map(String::as_str).unwrap_or("-"),
+                            q.get("roleName").map(String::as_str).unwrap_or("-"),
+                            d.get("PASSWORD").is_some(),
+                        ),
+                        Err(e) => format!("login with a bad JWT: {e}"),
+                    };
+                    let ok = verdict.starts_with("login SNOWFLAKE_JWT");
+                    w.seen.lock().unwrap().push(verdict);
+                    Json(if ok {
+                        json!({"success": true, "data": {"token": "T1", "masterToken": "M1"}})
+                    } else {
+                        json!({"success": false, "code": "390144", "message": "JWT token is invalid.", "data": null})
+                    })
+                },
+            ),
+        )
+        .route(
+            "/session/token-request",
+            post(
+                |State(w): State<Wire>, h: HeaderMap, Json(b): Json<Value>| async move {
+                    w.seen.lock().unwrap().push(format!(
+                        "renew {} old={} {}",
+                        auth(&h),
+                        b["oldSessionToken"].as_str().unwrap_or("-"),
+                        b["requestType"].as_str().unwrap_or("-")
+                    ));
+                    Json(json!({"success": true, "data": {"sessionToken": "T2", "validityInSecondsST": 3600}}))
+                },
+            ),
+        )
+        .route(
+            "/queries/v1/query-request",
+            post(
+                |State(w): State<Wire>, h: HeaderMap, Json(b): Json<Value>| async move {
+                    let sql = b["sqlText"].as_str().unwrap_or("").to_string();
+                    let token = auth(&h);
+                    w.seen.lock().unwrap().push(format!("query {token} {sql}"));
+                    Json(if token.contains("T1") {
+                        json!({"success": false, "code": "390112", "message": "Your session has expired. Please login again.", "data": null})
+                    } else if sql.contains("MISSING") {
+                        json!({"success": false, "code": "002003", "message": "SQL compilation error:\nObject 'MISSING' does not exist or not authorized.", "data": {"sqlState": "42S02"}})
+                    } else {
+                        json!({"success": true, "code": "333334", "message": "Asynchronous execution in progress.",
+                               "data": {"queryId": "q-1", "getResultUrl": "/queries/q-1/result"}})
+                    })
+                },
+            ),
+        )
+        .route(
+            "/queries/q-1/result",
+            get(|State(w): State<Wire>, h: HeaderMap| async move {
+                w.seen.lock().unwrap().push(format!("result {}", auth(&h)));
+                Json(json!({"success": true, "data": {
+                    "rowtype": [{"name": "N", "type": "fixed", "scale": 2}, {"name": "T", "type": "text"}],
+                    "rowset": [["12.50", "tab\there"], [null, ""]],
+                    "total": 2, "queryResultFormat": "json"}}))
+            }),
+        )
+        .with_state(w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_speaks_snowflakes_wire_protocol_with_a_key_pair() {
+    use base64::Engine;
+    use sha2::Digest;
+    // The key pair as Snowflake's guide makes it (openssl, encrypted PKCS#8), with a
+    // modest PBKDF2 count so the debug build decrypts it quickly.
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("rsa_key.p8");
+    let pub_path = dir.path().join("rsa_key.pub");
+    let passphrase = "key passphrase 🔑";
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .env("PASS", passphrase)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let plain = dir.path().join("plain.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        plain.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-v2",
+        "aes-256-cbc",
+        "-v2prf",
+        "hmacWithSHA256",
+        "-iter",
+        "1000",
+        "-in",
+        plain.to_str().unwrap(),
+        "-out",
+        key_path.to_str().unwrap(),
+        "-passout",
+        "env:PASS",
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        plain.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        pub_path.to_str().unwrap(),
+    ]);
+    let public_pem = std::fs::read_to_string(&pub_path).unwrap();
+    let der: String = public_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(der)
+        .unwrap();
+    let fingerprint = format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&der))
+    );
+    let wire = Wire {
+        public_pem,
+        fingerprint,
+        ..Wire::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = axum::serve(listener, wire_router(wire.clone()));
+    tokio::spawn(async move { server.await.unwrap() });
+
+    let e = env(&[
+        (
+            "PGP_SNOWFLAKE_PRIVATE_KEY_PATH",
+            key_path.display().to_string(),
+        ),
+        (
+            "PGP_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+            passphrase.to_string(),
+        ),
+        ("PGP_SNOWFLAKE_STAGE", "RAW._PGP.PGP_STAGE".to_string()),
+    ]);
+    let url = format!(
+        "snowflake://pgp_service@myorg-acct/RAW?warehouse=LOADING&role=PGP_LOADER&host=127.0.0.1&port={port}&protocol=http"
+    );
+    let cfg = SnowflakeConfig::from_url(&url, &e, "gs://postgres_pipeline").unwrap();
+    assert!(!format!("{cfg:?}").contains("PRIVATE KEY"), "key in Debug");
+    let mut c = Client::new(cfg).unwrap();
+
+    let rows = c.query("SELECT N, T FROM X").await.unwrap();
+    assert_eq!(rows.columns, vec!["N", "T"]);
+    assert_eq!(
+        rows.rows,
+        vec![
+            vec![Some("12.50".to_string()), Some("tab\there".to_string())],
+            vec![None, Some(String::new())]
+        ]
+    );
+    let err = c
+        .query("SELECT * FROM MISSING")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("002003")
+            && err.contains(
+                "SQL compilation error:\nObject 'MISSING' does not exist or not authorized."
+            ),
+        "{err}"
+    );
+    assert!(
+        !err.contains(passphrase) && !err.contains("PRIVATE"),
+        "{err}"
+    );
+    let seen = wire.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "login SNOWFLAKE_JWT pgp_service iss=MYORG-ACCT.PGP_SERVICE.FP sub=MYORG-ACCT.PGP_SERVICE \
+             db=RAW wh=LOADING role=PGP_LOADER password=false",
+            "query Snowflake Token=\"T1\" SELECT N, T FROM X",
+            "renew Snowflake Token=\"M1\" old=T1 RENEW",
+            "query Snowflake Token=\"T2\" SELECT N, T FROM X",
+            "result Snowflake Token=\"T2\"",
+            "query Snowflake Token=\"T2\" SELECT * FROM MISSING",
+        ]
+    );
+
+    // A wrong passphrase is a clear configuration error that shows no key material.
+    let bad = env(&[
+        (
+            "PGP_SNOWFLAKE_PRIVATE_KEY_PATH",
+            key_path.display().to_string(),
+        ),
+        ("PGP_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", "wrong".to_string()),
+        ("PGP_SNOWFLAKE_STAGE", "RAW._PGP.PGP_STAGE".to_string()),
+    ]);
+    let cfg = SnowflakeConfig::from_url(&url, &bad, "gs://postgres_pipeline").unwrap();
+    let err = Client::new(cfg)
+        .err()
+        .expect("wrong passphrase refused")
+        .to_string();
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!err.contains("BEGIN") && !err.contains(passphrase), "{err}");
 }
