@@ -91,20 +91,64 @@ pub fn claims_names(account: &str, user: &str, fingerprint: &str) -> (String, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+
+    /// Runs openssl (as Snowflake's key-pair guide does) in `dir`; returns the file.
+    fn openssl(dir: &std::path::Path, out: &str, args: &[&str]) -> String {
+        let path = dir.join(out);
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .arg("-out")
+            .arg(&path)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(path).unwrap()
+    }
 
     #[test]
     fn signs_a_token_that_verifies_with_the_public_key() {
-        let mut rng = rand_core::OsRng;
-        let key = RsaPrivateKey::new(&mut rng, 2048).unwrap();
-        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        // Keys made by openssl: generating RSA keys in a debug build takes a minute.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pem = openssl(
+            d,
+            "k.p8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        );
+        let enc = openssl(
+            d,
+            "k.enc.p8",
+            &[
+                "pkcs8",
+                "-topk8",
+                "-in",
+                "k.p8",
+                "-v2",
+                "aes-256-cbc",
+                "-iter",
+                "1000",
+                "-passout",
+                "pass:pass phrase",
+            ],
+        );
+        let pkcs1 = openssl(d, "k.rsa", &["rsa", "-in", "k.p8", "-traditional"]);
+        assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"));
         let kp = KeyPair::from_pem(&pem, None).unwrap();
         assert!(kp.fingerprint.starts_with("SHA256:"));
         let token = kp
             .token("myorg-acct.us-east-1", "pgp_service", 1_700_000_000)
             .unwrap();
 
-        let public_pem = key
+        let public_pem = RsaPrivateKey::from_pkcs8_pem(&pem)
+            .unwrap()
             .to_public_key()
             .to_public_key_pem(LineEnding::LF)
             .unwrap();
@@ -124,10 +168,7 @@ mod tests {
             59 * 60
         );
 
-        // the same key encrypted with a passphrase gives the same fingerprint
-        let enc = key
-            .to_pkcs8_encrypted_pem(&mut rng, b"pass phrase", LineEnding::LF)
-            .unwrap();
+        // the same key encrypted with a passphrase, or as PKCS#1, has the same fingerprint
         assert!(KeyPair::from_pem(&enc, None).is_err());
         let wrong = KeyPair::from_pem(&enc, Some("nope"))
             .err()
@@ -138,6 +179,10 @@ mod tests {
             KeyPair::from_pem(&enc, Some("pass phrase"))
                 .unwrap()
                 .fingerprint,
+            kp.fingerprint
+        );
+        assert_eq!(
+            KeyPair::from_pem(&pkcs1, None).unwrap().fingerprint,
             kp.fingerprint
         );
         assert!(KeyPair::from_pem("garbage", None).is_err());
