@@ -10,7 +10,8 @@ use crate::types::{Column, ColumnType};
 use bytes::Bytes;
 use std::io::Write;
 
-fn col(name: &str, ty: ColumnType) -> Column {
+/// A column with no PostgreSQL type name, for tests.
+pub fn col(name: &str, ty: ColumnType) -> Column {
     Column {
         name: Ident::parse("column", name).unwrap(),
         ty,

@@ -783,14 +783,7 @@ impl Warehouse for Snowflake {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn col(n: &str, ty: ColumnType) -> Column {
-        Column {
-            name: Ident::parse("c", n).unwrap(),
-            ty,
-            pg_type: String::new(),
-        }
-    }
+    use crate::warehouse::conformance::col;
 
     #[test]
     fn production_copy_and_swap_sql() {
