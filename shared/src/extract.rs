@@ -8,8 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::Compression;
-use crate::source::PgSource;
-use crate::storage::{Metadata, ObjectKey, ObjectStore};
+use crate::source::{ChunkQuery, Source};
+use crate::storage::{Metadata, ObjectInfo, ObjectKey, ObjectStore};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::io::Write;
@@ -73,14 +73,14 @@ pub struct Destination<'a> {
     pub metadata: Metadata,
 }
 
-/// Stream `copy_sql` from `src` into the destination object.
+/// Stream one chunk from `src` into the destination object; returns the counts and the
+/// finished object. On any error nothing is finalized.
 pub async fn extract_chunk(
-    src: &PgSource,
-    table: &str,
-    copy_sql: &str,
+    src: &dyn Source,
+    chunk: &ChunkQuery<'_>,
     dest: Destination<'_>,
     progress: ProgressFn<'_>,
-) -> Result<Extracted> {
+) -> Result<(Extracted, ObjectInfo)> {
     let Destination {
         store,
         key,
@@ -130,19 +130,21 @@ pub async fn extract_chunk(
     };
 
     let read_loop = async move {
-        let stream = src.copy_out(table, copy_sql).await?;
-        futures::pin_mut!(stream);
+        let mut stream = src.copy_chunk(chunk).await?;
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut batch = BytesMut::with_capacity(BATCH + 64 * 1024);
         while let Some(item) = stream.next().await {
-            let row =
-                item.map_err(|e| Error::source(format!("table `{table}`: COPY stream"), e))?;
+            let row = item?;
             rows += 1;
             bytes += row.len() as u64;
             batch.extend_from_slice(&row);
             if batch.len() >= BATCH {
                 raw_tx.send(batch.split().freeze()).await.map_err(|_| {
-                    Error::storage(key.as_str(), "the compressor or writer stopped")
+                    Error::storage(
+                        key.as_str(),
+                        "the compressor or writer stopped",
+                        crate::error::ErrorKind::Transient,
+                    )
                 })?;
                 progress(rows, bytes);
             }
@@ -151,7 +153,13 @@ pub async fn extract_chunk(
             raw_tx
                 .send(batch.freeze())
                 .await
-                .map_err(|_| Error::storage(key.as_str(), "the compressor or writer stopped"))?;
+                .map_err(|_| {
+                    Error::storage(
+                        key.as_str(),
+                        "the compressor or writer stopped",
+                        crate::error::ErrorKind::Transient,
+                    )
+                })?;
         }
         drop(raw_tx);
         progress(rows, bytes);
@@ -161,8 +169,12 @@ pub async fn extract_chunk(
     let (read, (writer, written)) = tokio::join!(read_loop, write_loop);
     let compressed = match compressor {
         Some(h) => match h.await {
-            Ok(r) => r.map_err(|e| Error::storage(key.as_str(), format!("gzip: {e}"))),
-            Err(e) => Err(Error::storage(key.as_str(), format!("gzip worker: {e}"))),
+            Ok(r) => r.map_err(|e| Error::storage_io(key.as_str(), e)),
+            Err(e) => Err(Error::storage(
+                key.as_str(),
+                format!("gzip worker: {e}"),
+                crate::error::ErrorKind::Transient,
+            )),
         },
         None => Ok(()),
     };
@@ -180,8 +192,8 @@ pub async fn extract_chunk(
     match result {
         Ok(x) => {
             metadata.insert("rows".into(), x.rows.to_string());
-            writer.finish(metadata).await?;
-            Ok(x)
+            let info = writer.finish(metadata).await?;
+            Ok((x, info))
         }
         Err(e) => {
             writer.abort().await;

@@ -8,11 +8,13 @@
 //! - [`plan`] decides per table what a run does; [`source`] reads PostgreSQL;
 //!   [`extract`] streams one chunk into [`storage`] in the [`format`] every warehouse
 //!   reads; [`warehouse`] loads, checks and publishes;
-//! - [`run`] strings the steps together for one machine (`pgp tap`). The Cloud Run
-//!   services call the same steps one event at a time, sharing a [`dist::TableRun`]
-//!   record through the bucket.
+//! - [`protocol`] is the load protocol: the planner, extractor and loader steps, the
+//!   only orchestration there is. The Cloud Run services run them one event at a time;
+//!   [`run`] runs them through an in-process queue for one machine (`pgp tap`);
+//!   [`sim`] runs them in a deterministic simulation with injected faults that checks
+//!   the protocol's guarantees ([`clock`] and [`queue`] are what it injects).
 
-pub mod dist;
+pub mod clock;
 pub mod error;
 pub mod extract;
 pub mod format;
@@ -20,8 +22,12 @@ pub mod ident;
 pub mod manifest;
 pub mod params;
 pub mod plan;
+pub mod protocol;
 pub mod query;
+pub mod queue;
 pub mod run;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod source;
 pub mod storage;
 pub mod types;

@@ -8,7 +8,7 @@ use crate::ident::{Ident, TableName};
 use crate::manifest::{PrimaryKey, TableSpec};
 use crate::params::{Resolver, WINDOW_RELATED};
 use crate::query::{self, KeyRange, Kind};
-use crate::source::PgSource;
+use crate::source::Source;
 use crate::types::{Column, ColumnType};
 use crate::warehouse::{schema_state, SchemaState, TableSchema, Warehouse, TASK_INSTANCE};
 
@@ -104,9 +104,6 @@ pub struct TablePlan {
     /// The key the ranges are over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<Ident>,
-    /// Resuming an interrupted `_TEMP` load after this key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume_after: Option<i64>,
     /// Row cap of a test load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
@@ -124,6 +121,10 @@ pub struct TablePlan {
     pub target_name: Option<TableName>,
     #[serde(skip)]
     pub load_name: Option<TableName>,
+    /// Where a loading plan's rows become visible: the target, or the scratch table
+    /// `<table>_PGP_TEST` of a test load.
+    #[serde(skip)]
+    pub visible_name: Option<TableName>,
 }
 
 impl TablePlan {
@@ -138,13 +139,13 @@ impl TablePlan {
             load_table: None,
             chunks: Vec::new(),
             key: None,
-            resume_after: None,
             limit: None,
             query: None,
             copy_sql: None,
             schema: None,
             target_name: Some(spec.target.clone()),
             load_name: None,
+            visible_name: None,
         }
     }
 
@@ -195,31 +196,12 @@ pub fn chunk_rows_for(mean_row_bytes: Option<f64>) -> u64 {
     }
 }
 
-/// Key ranges for a re-sync, resuming after `resume_after` when given.
-pub fn chunk_ranges(
-    bounds: Option<(i64, i64)>,
-    resume_after: Option<i64>,
-    step: u64,
-) -> Vec<KeyRange> {
-    match (bounds, resume_after) {
-        (None, None) => vec![KeyRange::ALL],
-        (Some((lo, hi)), None) => query::key_ranges(lo, hi, step),
-        (b, Some(done)) => {
-            let start = done.saturating_add(1);
-            match b {
-                Some((_, hi)) if hi >= start => {
-                    let mut r = query::key_ranges(start, hi, step);
-                    r[0].lo = Some(start);
-                    r[0].nulls = false;
-                    r
-                }
-                _ => vec![KeyRange {
-                    lo: Some(start),
-                    hi: None,
-                    nulls: false,
-                }],
-            }
-        }
+/// Key ranges for a re-sync: the whole key span in `step`-wide ranges that together
+/// cover every possible key (and NULL), or one range for an empty table.
+pub fn chunk_ranges(bounds: Option<(i64, i64)>, step: u64) -> Vec<KeyRange> {
+    match bounds {
+        None => vec![KeyRange::ALL],
+        Some((lo, hi)) => query::key_ranges(lo, hi, step),
     }
 }
 
@@ -267,7 +249,7 @@ pub async fn plan_table(
     spec: &TableSpec,
     opts: &PlanOptions,
     resolver: &Resolver<'_>,
-    src: &PgSource,
+    src: &dyn Source,
     wh: &dyn Warehouse,
 ) -> Result<TablePlan> {
     let kind = query::classify(&spec.import_query);
@@ -307,15 +289,14 @@ pub async fn plan_table(
         SchemaState::Changed(d) => Some(format!("target {target} changed: {d}")),
     };
 
+    // Every run loads into a table of its own.
+    let load = target.with_suffix(&format!("_PGP_LOAD_{}", stage_suffix(&opts.run_id)))?;
     match (opts.load_type, changed) {
         (LoadType::Scd | LoadType::Incremental, None) => {
             p.action = Action::Load;
             p.mode = Mode::Append;
             p.chunks = vec![KeyRange::ALL];
-            let stage =
-                target.with_suffix(&format!("_PGP_STAGE_{}", stage_suffix(&opts.run_id)))?;
-            p.load_table = Some(stage.to_string());
-            p.load_name = Some(stage);
+            p.visible_name = Some(target.clone());
         }
         (LoadType::Incremental, Some(why)) => {
             p.action = Action::Backfill;
@@ -327,22 +308,15 @@ pub async fn plan_table(
             p.action = Action::Backfill;
             p.mode = Mode::Swap;
             p.reason = Some(why);
-            let temp = target.with_suffix("_TEMP")?;
+            p.visible_name = Some(target.clone());
             match integer_key(spec, &columns) {
                 Ok(key) => {
-                    // Resume only into a _TEMP of exactly this shape.
-                    let temp_cols = wh.columns(&temp).await?;
-                    let resume_after = match schema_state(wh, &columns, temp_cols.as_deref()) {
-                        SchemaState::Same => wh.max_key(&temp, &key).await?,
-                        _ => None,
-                    };
                     let bounds = src.key_bounds(&spec.name, &query, &key).await?;
                     let step = match opts.chunk_rows {
                         Some(n) => n,
                         None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
                     };
-                    p.chunks = chunk_ranges(bounds, resume_after, step);
-                    p.resume_after = resume_after;
+                    p.chunks = chunk_ranges(bounds, step);
                     p.key = Some(key);
                 }
                 Err(why) if opts.load_type == LoadType::Backfill => {
@@ -356,8 +330,6 @@ pub async fn plan_table(
                 // scd rebuilds of a keyless table go in one chunk.
                 Err(_) => p.chunks = vec![KeyRange::ALL],
             }
-            p.load_table = Some(temp.to_string());
-            p.load_name = Some(temp);
         }
         (LoadType::Backfill, None) | (LoadType::Test, None) => {
             return Ok(p.skip(format!("target {target} is up to date with the query")));
@@ -368,13 +340,23 @@ pub async fn plan_table(
             p.reason = Some(why);
             p.limit = Some(opts.test_rows);
             p.chunks = vec![KeyRange::ALL];
-            let scratch = target.with_suffix("_PGP_TEST")?;
-            p.load_table = Some(scratch.to_string());
-            p.load_name = Some(scratch);
+            p.visible_name = Some(target.with_suffix("_PGP_TEST")?);
         }
     }
+    p.load_table = Some(load.to_string());
+    p.load_name = Some(load);
     p.schema = Some(schema);
-    p.copy_sql = Some(crate::run::chunk_copy_sql(&p, &KeyRange::ALL)?);
+    p.copy_sql = Some(
+        crate::source::ChunkQuery {
+            table: &p.table,
+            query: p.query.as_deref().unwrap_or_default(),
+            columns: &p.schema.as_ref().expect("set above").columns,
+            key: p.key.as_ref(),
+            range: &KeyRange::ALL,
+            limit: p.limit,
+        }
+        .copy_sql(),
+    );
     Ok(p)
 }
 
@@ -391,25 +373,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resume_starts_after_the_last_loaded_key() {
-        let r = chunk_ranges(Some((1, 100)), Some(50), 20);
-        assert_eq!(
-            r[0],
-            KeyRange {
-                lo: Some(51),
-                hi: Some(71),
-                nulls: false
-            }
-        );
+    fn ranges_cover_every_key_and_null() {
+        let r = chunk_ranges(Some((1, 100)), 20);
+        assert_eq!(r.len(), 5);
+        assert_eq!(r[0].lo, None);
+        assert!(r[0].nulls);
         assert_eq!(r.last().unwrap().hi, None);
-        assert_eq!(
-            chunk_ranges(Some((1, 100)), Some(100), 20),
-            vec![KeyRange {
-                lo: Some(101),
-                hi: None,
-                nulls: false
-            }]
-        );
+        for w in r.windows(2) {
+            assert_eq!(w[0].hi, w[1].lo);
+        }
+        assert_eq!(chunk_ranges(None, 20), vec![KeyRange::ALL]);
     }
 
     #[test]

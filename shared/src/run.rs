@@ -1,25 +1,34 @@
-//! Running a manifest on one machine: plan each table, extract its chunks into the
-//! object store, load them into the warehouse, check counts, publish atomically.
+//! `pgp tap` on one machine: the load protocol's three steps ([`crate::protocol`]) run
+//! through an in-process queue by a pool of workers, the way the Cloud Run services
+//! run them one HTTP request at a time. Nothing here decides anything about a table's
+//! run; it plans (step 1), hands each chunk task to an extraction worker (step 2),
+//! hands each finished object to the loader (step 3), and reports how each table's run
+//! ended. Extraction of later chunks overlaps loading of earlier ones.
 //!
-//! The steps are the same functions the Cloud Run services call (`extract_chunk`,
-//! `load_chunk`, `publish`); here they run in-process, one after another.
+//! Retries stand in for redelivery: a transient or busy failure of a step is retried
+//! with backoff a few times; a permanent one ends the table (the protocol records the
+//! run as abandoned with the reason). One failing table never stops the others.
 
+use crate::clock::{Clock, Ids, RandomIds, SystemClock};
 use crate::error::{Error, Result};
-use crate::extract::{extract_chunk, Destination, Extracted};
-use crate::format::{copy_statement, Compression};
-use crate::ident::TableName;
-use crate::manifest::{Manifest, TableSpec};
-use crate::params::{Env, Resolver, RunParams, Window};
-use crate::plan::{plan_table, Action, LoadType, Mode, PlanOptions, TablePlan};
-use crate::query::{self, KeyRange, Kind};
-use crate::source::{PgSource, SourceConfig};
-use crate::storage::{Metadata, ObjectKey, ObjectStore};
-use crate::types::projection;
-use crate::warehouse::{Published, RunMeta, TableSchema, Warehouse};
+use crate::extract::Extracted;
+use crate::format::Compression;
+use crate::manifest::Manifest;
+use crate::params::{Env, RunParams, Window};
+use crate::plan::{Action, LoadType, Mode, TablePlan};
+use crate::protocol::extract::{extract_step, ExtractOutcome};
+use crate::protocol::load::{load_step, LoadOutcome};
+use crate::protocol::plan::{plan_step, plan_tables, PlannedTable};
+use crate::protocol::publish::Finished;
+use crate::protocol::{ChunkTask, Parts, RunHeader};
+use crate::query::Kind;
+use crate::source::{Connector, PgConnector};
+use crate::storage::{ObjectInfo, ObjectStore};
+use crate::warehouse::Warehouse;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Settings of one run.
 #[derive(Debug, Clone)]
@@ -33,18 +42,21 @@ pub struct RunOptions {
     /// Row cap of test loads.
     pub test_rows: u64,
     pub compression: Compression,
-    /// Names objects, stages and ledger entries; a retry with the same id is a no-op
-    /// for what already landed.
+    /// Names objects, load tables and ledger entries; a retry with the same id is a
+    /// no-op for what already landed.
     pub run_id: String,
     /// The run's start: default execution date and `_uploaded_at`.
     pub started_at: DateTime<Utc>,
-    /// Keep staged objects after a successful load (default: delete them).
+    /// Keep staged objects and run records after a table is published (default:
+    /// delete them).
     pub keep_objects: bool,
     /// Only extract into the object store (kept); load nothing (`pgp extract`).
     pub extract_only: bool,
-    /// Chunks extracted at once, each on its own PostgreSQL connection. Loads still
-    /// happen in key order, so an interrupted re-sync resumes without a gap.
+    /// Chunks extracted at once, each on its own PostgreSQL connection.
     pub parallel: usize,
+    /// Tries of a step that fails transiently before its table fails (the table's run
+    /// then stays open; the next request for it resumes it).
+    pub attempts: u32,
 }
 
 impl RunOptions {
@@ -62,6 +74,7 @@ impl RunOptions {
             keep_objects: false,
             extract_only: false,
             parallel: 2,
+            attempts: 6,
         }
     }
 }
@@ -98,13 +111,17 @@ pub struct TableReport {
     pub target: String,
     pub kind: Kind,
     pub outcome: Outcome,
-    /// Rows made visible (or loaded into the scratch table).
+    /// Rows made visible (or loaded into the scratch table; or extracted).
     pub rows: u64,
     /// Uncompressed bytes read from PostgreSQL.
     pub bytes: u64,
     /// Bytes staged in the object store.
     pub object_bytes: u64,
+    /// Chunks extracted by this run.
     pub chunks: usize,
+    /// The run the table loaded under, when it resumed an earlier one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<String>,
     pub seconds: f64,
 }
 
@@ -144,82 +161,48 @@ pub trait Progress: Send + Sync {
 pub struct Quiet;
 impl Progress for Quiet {}
 
-/// The pipeline's parts.
+/// The pipeline's parts on one machine.
 pub struct Pipeline {
     pub store: Arc<dyn ObjectStore>,
     pub warehouse: Arc<dyn Warehouse>,
     pub env: Arc<dyn Env + Send + Sync>,
 }
 
-/// The object name of a chunk: `<schema>/<table>/<run id>/<chunk>.tsv.gz`.
-pub fn object_key(
-    target: &TableName,
-    run_id: &str,
-    chunk: usize,
-    c: Compression,
-) -> Result<ObjectKey> {
-    ObjectKey::parse(&format!(
-        "{}/{}/{}/{:05}.{}",
-        target.schema,
-        target.table,
-        crate::plan::stage_suffix(run_id),
-        chunk,
-        c.suffix()
-    ))
-}
-
-/// The COPY statement of one chunk of a plan.
-pub fn chunk_copy_sql(plan: &TablePlan, range: &KeyRange) -> Result<String> {
-    let q = plan.query.as_deref().ok_or_else(|| Error::Unsupported {
-        table: plan.table.clone(),
-        message: "plan has no query".into(),
-    })?;
-    let schema = plan.schema.as_ref().expect("a loading plan has a schema");
-    let wrapped = query::wrap(
-        q,
-        &projection(&schema.columns),
-        plan.key.as_ref().map(|k| (k, range)),
-        plan.limit,
-    );
-    Ok(copy_statement(&wrapped))
+/// A table's state while its run goes on.
+struct Live {
+    report: TableReport,
+    header: Option<RunHeader>,
+    started: Instant,
+    /// Set when the table has ended (published, failed, ...).
+    done: bool,
+    /// Chunks extracted so far (for progress).
+    extracted: usize,
 }
 
 impl Pipeline {
+    /// The protocol's parts: this pipeline's store and warehouse, PostgreSQL from the
+    /// environment, the system clock, random ids, no queue (tasks come back).
+    pub fn parts(&self) -> Parts {
+        Parts {
+            store: self.store.clone(),
+            warehouse: Some(self.warehouse.clone()),
+            sources: Arc::new(PgConnector {
+                env: self.env.clone(),
+            }) as Arc<dyn Connector>,
+            queue: None,
+            clock: Arc::new(SystemClock::default()) as Arc<dyn Clock>,
+            ids: Arc::new(RandomIds) as Arc<dyn Ids>,
+            env: self.env.clone(),
+        }
+    }
+
     /// Plan every selected table (reads only).
     pub async fn plan(
         &self,
         manifest: &Manifest,
         opts: &RunOptions,
     ) -> Result<(Vec<TablePlan>, Option<Window>)> {
-        let specs = select_tables(manifest, &opts.tables)?;
-        let params = opts.params.clone();
-        let window = match opts.load_type {
-            LoadType::Incremental => Some(params.window(opts.started_at)?),
-            _ => params.window(opts.started_at).ok(),
-        };
-        let resolver = Resolver::new(&params, self.env.as_ref(), window);
-        let popts = PlanOptions {
-            load_type: opts.load_type,
-            chunk_rows: opts.chunk_rows,
-            test_rows: opts.test_rows,
-            run_id: opts.run_id.clone(),
-        };
-        let cfg = SourceConfig::from_connection_info(&manifest.connection_info, self.env.as_ref());
-        let src = match cfg {
-            Ok(cfg) => PgSource::connect(&cfg).await,
-            Err(e) => Err(e),
-        };
-        let mut plans = Vec::new();
-        for spec in specs {
-            let plan = match &src {
-                Ok(src) => plan_table(spec, &popts, &resolver, src, self.warehouse.as_ref())
-                    .await
-                    .unwrap_or_else(|e| TablePlan::error(spec, &e)),
-                Err(e) => TablePlan::error(spec, e),
-            };
-            plans.push(plan);
-        }
-        Ok((plans, window))
+        plan_tables(&self.parts(), self.warehouse.as_ref(), manifest, opts).await
     }
 
     /// Plan and run every selected table; one failing table does not stop the others.
@@ -229,287 +212,233 @@ impl Pipeline {
         opts: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<RunReport> {
-        let (plans, window) = self.plan(manifest, opts).await?;
-        let meta = RunMeta {
-            run_id: opts.run_id.clone(),
-            uploaded_at: opts.started_at,
-            task_instance: opts.params.task_instance.clone(),
-        };
-        let cfg = SourceConfig::from_connection_info(&manifest.connection_info, self.env.as_ref());
-        let mut reports = Vec::new();
-        for plan in plans {
-            let start = Instant::now();
-            progress.table_started(&plan);
-            let mut report = TableReport {
-                table: plan.table.clone(),
-                target: plan.target.clone(),
-                kind: plan.kind,
-                outcome: Outcome::Skipped(String::new()),
-                rows: 0,
-                bytes: 0,
-                object_bytes: 0,
-                chunks: 0,
-                seconds: 0.0,
+        let parts = self.parts();
+        let report = retry("plan", opts.attempts, || plan_step(&parts, manifest, opts, opts.extract_only)).await?;
+        let live: Mutex<HashMap<String, Live>> = Mutex::new(HashMap::new());
+        let mut order = Vec::new();
+        let mut tasks: Vec<ChunkTask> = Vec::new();
+        for t in &report.tables {
+            order.push(t.plan.table.clone());
+            progress.table_started(&t.plan);
+            let mut l = Live {
+                report: initial_report(t, &opts.run_id),
+                header: t.header.clone(),
+                started: Instant::now(),
+                done: false,
+                extracted: 0,
             };
-            report.outcome = match (plan.action, plan.mode) {
-                (Action::Error, _) => Outcome::Failed(plan.reason.clone().unwrap_or_default()),
-                (Action::Skip, _) => Outcome::Skipped(plan.reason.clone().unwrap_or_default()),
-                (Action::Backfill, Mode::None) => {
-                    Outcome::NeedsBackfill(plan.reason.clone().unwrap_or_default())
-                }
-                _ => match &cfg {
-                    Err(e) => Outcome::Failed(e.to_string()),
-                    Ok(cfg) => match self
-                        .execute(&plan, opts, &meta, cfg, &mut report, progress)
-                        .await
-                    {
-                        Ok(o) => o,
-                        Err(e) => {
-                            tracing::error!(table = %plan.table, error = %e, "table failed");
-                            Outcome::Failed(e.to_string())
+            if let Some(outcome) = planned_outcome(t) {
+                l.report.outcome = outcome;
+                l.done = true;
+            }
+            if let Some(f) = &t.finished {
+                finish(&mut l, f, progress);
+            }
+            if !l.done {
+                tasks.extend(t.tasks.iter().cloned());
+            }
+            live.lock().unwrap().insert(t.plan.table.clone(), l);
+        }
+
+        // Extraction workers feed the loader through a bounded channel, so extraction
+        // of later chunks overlaps loading of earlier ones without piling up objects.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkTask, ObjectInfo)>(opts.parallel.max(1));
+        let queue = Mutex::new(std::collections::VecDeque::from(tasks));
+        let extract = async {
+            let worker = |_: usize| {
+                let tx = tx.clone();
+                let (parts, live, queue) = (&parts, &live, &queue);
+                async move {
+                    loop {
+                        let Some(task) = queue.lock().unwrap().pop_front() else { break };
+                        if live.lock().unwrap().get(&task.table).is_none_or(|l| l.done) {
+                            continue;
                         }
-                    },
-                },
+                        let table = task.table.clone();
+                        let chunk = task.chunk as usize;
+                        let cb = |rows: u64, bytes: u64| progress.chunk_progress(&table, chunk, rows, bytes);
+                        match retry("extract", opts.attempts, || extract_step(parts, &task, &cb)).await {
+                            Ok(out) => {
+                                let of = task.chunks as usize;
+                                let stats = match &out {
+                                    ExtractOutcome::Extracted { stats, .. } => *stats,
+                                    _ => Extracted::default(),
+                                };
+                                if let Some(l) = live.lock().unwrap().get_mut(&task.table) {
+                                    l.report.bytes += stats.bytes;
+                                    l.report.object_bytes += stats.object_bytes;
+                                    l.report.chunks += 1;
+                                    l.extracted += 1;
+                                    if opts.extract_only {
+                                        l.report.rows += stats.rows;
+                                    }
+                                }
+                                progress.chunk_done(&task.table, chunk, of, &stats);
+                                if opts.extract_only {
+                                    continue;
+                                }
+                                let object = out.object().clone();
+                                if tx.send((task, object)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => fail(live, &task.table, &e, progress),
+                        }
+                    }
+                }
             };
-            report.seconds = start.elapsed().as_secs_f64();
-            progress.table_finished(&report);
-            reports.push(report);
+            futures::future::join_all((0..opts.parallel.max(1)).map(worker)).await;
+            drop(tx);
+        };
+        let load = async {
+            // Every extracted object is loaded, even after its table failed elsewhere:
+            // what loads now, a later request resuming the run does not read again.
+            while let Some((task, object)) = rx.recv().await {
+                match retry("load", opts.attempts, || load_step(&parts, &object)).await {
+                    Ok(LoadOutcome::Finished(f)) => {
+                        if let Some(l) = live.lock().unwrap().get_mut(&task.table) {
+                            finish(l, &f, progress);
+                        }
+                    }
+                    Err(e) if live.lock().unwrap().get(&task.table).is_some_and(|l| l.done) => {
+                        tracing::warn!(table = %task.table, error = %e, "a chunk of a failed table did not load");
+                    }
+                    Ok(_) => {}
+                    Err(e) => fail(&live, &task.table, &e, progress),
+                }
+            }
+        };
+        tokio::join!(extract, load);
+
+        let mut live = live.into_inner().unwrap();
+        let mut tables = Vec::new();
+        for name in order {
+            let mut l = live.remove(&name).expect("every table is tracked");
+            if !l.done {
+                l.report.outcome = if opts.extract_only {
+                    Outcome::Extracted
+                } else {
+                    Outcome::Failed("the run ended with chunks neither loaded nor failed".into())
+                };
+                l.report.seconds = l.started.elapsed().as_secs_f64();
+                progress.table_finished(&l.report);
+            }
+            if !opts.keep_objects && !opts.extract_only {
+                if let (Some(h), Outcome::Appended | Outcome::Swapped | Outcome::Tested) =
+                    (&l.header, &l.report.outcome)
+                {
+                    cleanup(self.store.as_ref(), h, &opts.run_id).await;
+                }
+            }
+            tables.push(l.report);
         }
         Ok(RunReport {
             run_id: opts.run_id.clone(),
             load_type: opts.load_type,
             window: if opts.load_type == LoadType::Incremental {
-                window
+                report.window
             } else {
                 None
             },
-            tables: reports,
+            tables,
         })
     }
+}
 
-    async fn execute(
-        &self,
-        plan: &TablePlan,
-        opts: &RunOptions,
-        meta: &RunMeta,
-        src: &SourceConfig,
-        report: &mut TableReport,
-        progress: &dyn Progress,
-    ) -> Result<Outcome> {
-        let wh = self.warehouse.as_ref();
-        let schema = plan.schema.as_ref().expect("a loading plan has a schema");
-        let target = plan.target_name.clone().expect("target");
-        let load = plan
-            .load_name
-            .clone()
-            .expect("a loading plan has a load table");
-        if opts.extract_only {
-            self.process_chunks(plan, opts, src, &target, ChunkSink::Keep, report, progress)
-                .await?;
-            return Ok(Outcome::Extracted);
-        }
-        if plan.resume_after.is_none() {
-            wh.create_table(&load, schema).await?;
-        } else {
-            tracing::info!(table = %plan.table, after = ?plan.resume_after, "resuming {load}");
-        }
-        let sink = ChunkSink::Load {
-            table: &load,
-            schema,
-            meta,
-        };
-        let result = self
-            .process_chunks(plan, opts, src, &target, sink, report, progress)
-            .await;
-        if let Err(e) = result {
-            // A per-run stage is useless after a failure; a _TEMP is kept for resume.
-            if plan.mode == Mode::Append {
-                let _ = wh.drop_table(&load).await;
+fn initial_report(t: &PlannedTable, run_id: &str) -> TableReport {
+    TableReport {
+        table: t.plan.table.clone(),
+        target: t.plan.target.clone(),
+        kind: t.plan.kind,
+        outcome: Outcome::Skipped(String::new()),
+        rows: 0,
+        bytes: 0,
+        object_bytes: 0,
+        chunks: 0,
+        resumed: t
+            .header
+            .as_ref()
+            .filter(|h| h.run_id != run_id)
+            .map(|h| h.run_id.clone()),
+        seconds: 0.0,
+    }
+}
+
+/// The outcome of a table that loads nothing this run.
+fn planned_outcome(t: &PlannedTable) -> Option<Outcome> {
+    let reason = t.plan.reason.clone().unwrap_or_default();
+    match (t.plan.action, t.plan.mode) {
+        (Action::Error, _) => Some(Outcome::Failed(reason)),
+        (Action::Skip, _) => Some(Outcome::Skipped(reason)),
+        (Action::Backfill, Mode::None) => Some(Outcome::NeedsBackfill(reason)),
+        _ if t.header.is_none() => Some(Outcome::Skipped(reason)),
+        _ => None,
+    }
+}
+
+fn finish(l: &mut Live, f: &Finished, progress: &dyn Progress) {
+    if l.done {
+        return;
+    }
+    let mode = l.header.as_ref().map(|h| h.mode).unwrap_or(Mode::None);
+    l.report.outcome = match f {
+        Finished::Published { rows } | Finished::AlreadyPublished { rows } => {
+            l.report.rows = *rows;
+            match mode {
+                Mode::Append => Outcome::Appended,
+                Mode::Swap => Outcome::Swapped,
+                _ => Outcome::Tested,
             }
-            return Err(e);
         }
-        let p = publish(wh, plan.mode, &load, &target, &meta.run_id).await?;
-        report.rows = p.rows;
-        Ok(match plan.mode {
-            Mode::Append => Outcome::Appended,
-            Mode::Swap => Outcome::Swapped,
-            _ => Outcome::Tested,
-        })
-    }
+        Finished::Abandoned { reason } => Outcome::Failed(reason.clone()),
+    };
+    l.done = true;
+    l.report.seconds = l.started.elapsed().as_secs_f64();
+    progress.table_finished(&l.report);
+}
 
-    /// Extract every chunk of a plan; load and check each one into `sink`'s table, or
-    /// keep the objects (`pgp extract`).
-    #[allow(clippy::too_many_arguments)]
-    async fn process_chunks(
-        &self,
-        plan: &TablePlan,
-        opts: &RunOptions,
-        src: &SourceConfig,
-        target: &TableName,
-        sink: ChunkSink<'_>,
-        report: &mut TableReport,
-        progress: &dyn Progress,
-    ) -> Result<()> {
-        let n = plan.chunks.len();
-        let store = self.store.as_ref();
-        let mut jobs = Vec::with_capacity(n);
-        for (i, range) in plan.chunks.iter().enumerate() {
-            let key = object_key(target, &opts.run_id, i, opts.compression)?;
-            let sql = chunk_copy_sql(plan, range)?;
-            let md = chunk_metadata(&opts.run_id, &plan.table, i, n, range);
-            jobs.push(async move {
-                let table = plan.table.clone();
-                let cb =
-                    move |rows: u64, bytes: u64| progress.chunk_progress(&table, i, rows, bytes);
-                let conn = PgSource::connect(src).await?;
-                let dest = Destination {
-                    store,
-                    key: &key,
-                    compression: opts.compression,
-                    metadata: md,
-                };
-                let x = extract_chunk(&conn, &plan.table, &sql, dest, &cb).await?;
-                Ok::<_, Error>((i, range, key, x))
-            });
+fn fail(live: &Mutex<HashMap<String, Live>>, table: &str, e: &Error, progress: &dyn Progress) {
+    tracing::error!(table, error = %e, "table failed");
+    if let Some(l) = live.lock().unwrap().get_mut(table) {
+        if !l.done {
+            l.report.outcome = Outcome::Failed(e.to_string());
+            l.done = true;
+            l.report.seconds = l.started.elapsed().as_secs_f64();
+            progress.table_finished(&l.report);
         }
-        // Extract up to `parallel` chunks at once, but take (and load) them in key
-        // order: a failure stops before any later chunk is loaded, so `_TEMP` never
-        // holds a gap that resume-after-max(key) would skip. Dropping the stream cancels
-        // the extractions still running (their objects never finalize).
-        let results = futures::stream::iter(jobs).buffered(opts.parallel.max(1));
-        futures::pin_mut!(results);
-        while let Some(done) = results.next().await {
-            let (i, range, key, x) = done?;
-            if let ChunkSink::Load {
-                table,
-                schema,
-                meta,
-            } = sink
-            {
-                let chunk = format!("{i} {range}");
-                load_chunk(
-                    self.warehouse.as_ref(),
-                    &plan.table,
-                    &chunk,
-                    table,
-                    schema,
-                    meta,
-                    &key,
-                    opts.compression,
-                    x.rows,
-                )
-                .await?;
-                if !opts.keep_objects {
-                    store.delete(&key).await?;
-                }
+    }
+}
+
+/// Run a step, retrying transient and busy failures with backoff (the redelivery of
+/// the services).
+async fn retry<T, F, Fut>(what: &str, attempts: u32, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = Duration::from_millis(250);
+    for attempt in 1.. {
+        match step().await {
+            Err(e) if e.is_retriable() && attempt < attempts => {
+                tracing::warn!(step = what, attempt, error = %e, kind = %e.kind(), "retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(8));
             }
-            report.add(&x);
-            progress.chunk_done(&plan.table, i, n, &x);
+            r => return r,
         }
-        Ok(())
     }
+    unreachable!("the loop returns")
 }
 
-/// Where extracted chunks go.
-#[derive(Clone, Copy)]
-enum ChunkSink<'a> {
-    /// Loaded into this table (a stage, `_TEMP` or the scratch table).
-    Load {
-        table: &'a TableName,
-        schema: &'a TableSchema,
-        meta: &'a RunMeta,
-    },
-    /// Kept in the object store only.
-    Keep,
-}
-
-/// Load one staged object into `load` and check the warehouse's count against the
-/// rows PostgreSQL sent for it; a mismatch fails before anything is published. The
-/// step the Cloud Run loader runs per object-finalize event.
-#[allow(clippy::too_many_arguments)]
-pub async fn load_chunk(
-    wh: &dyn Warehouse,
-    table: &str,
-    chunk: &str,
-    load: &TableName,
-    schema: &TableSchema,
-    meta: &RunMeta,
-    key: &ObjectKey,
-    compression: Compression,
-    source_rows: u64,
-) -> Result<crate::warehouse::Loaded> {
-    let loaded = wh.load(load, schema, meta, key, compression).await?;
-    if loaded.rows != source_rows {
-        return Err(Error::CountMismatch {
-            table: table.to_string(),
-            chunk: chunk.to_string(),
-            source_rows,
-            loaded_rows: loaded.rows,
-        });
+/// Remove a published table's objects and run records (its own, and this request's
+/// pointer to it when it was resumed).
+async fn cleanup(store: &dyn ObjectStore, h: &RunHeader, request: &str) {
+    let records = |run: &str| format!("{}{run}/{}.", crate::protocol::RUNS_PREFIX, h.table);
+    for prefix in [h.run_prefix(), records(&h.run_id), records(request)] {
+        if let Ok(objects) = store.list(&prefix).await {
+            for o in objects {
+                let _ = store.delete(&o.key).await;
+            }
+        }
     }
-    Ok(loaded)
-}
-
-/// The metadata stored with a chunk's object (`rows` is added when it is finished).
-pub(crate) fn chunk_metadata(
-    run_id: &str,
-    table: &str,
-    i: usize,
-    n: usize,
-    range: &KeyRange,
-) -> Metadata {
-    let mut md = Metadata::new();
-    md.insert("run_id".into(), run_id.to_string());
-    md.insert("table".into(), table.to_string());
-    md.insert("chunk".into(), i.to_string());
-    md.insert("chunks".into(), n.to_string());
-    md.insert("range".into(), range.to_string());
-    md
-}
-
-/// Make a loaded run visible: append the stage or swap `_TEMP` in (once per run, by
-/// the warehouse's publish ledger); a test load only counts its scratch table.
-pub async fn publish(
-    wh: &dyn Warehouse,
-    mode: Mode,
-    load: &TableName,
-    target: &TableName,
-    run_id: &str,
-) -> Result<Published> {
-    match mode {
-        Mode::Append => wh.publish_append(load, target, run_id).await,
-        Mode::Swap => wh.publish_swap(load, target, run_id).await,
-        Mode::Test => Ok(Published {
-            rows: wh.row_count(load).await?,
-            already: false,
-        }),
-        Mode::None => Err(Error::Unsupported {
-            table: target.to_string(),
-            message: "nothing to publish for a plan that loads nothing".into(),
-        }),
-    }
-}
-
-impl TableReport {
-    fn add(&mut self, x: &Extracted) {
-        self.bytes += x.bytes;
-        self.object_bytes += x.object_bytes;
-        self.chunks += 1;
-        self.rows += x.rows;
-    }
-}
-
-fn select_tables<'a>(manifest: &'a Manifest, names: &[String]) -> Result<Vec<&'a TableSpec>> {
-    if names.is_empty() {
-        return Ok(manifest.tables.iter().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            manifest.table(n).ok_or_else(|| Error::Manifest {
-                file: manifest.path.clone(),
-                message: format!("no table `{n}` in this manifest"),
-            })
-        })
-        .collect()
 }

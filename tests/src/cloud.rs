@@ -348,10 +348,25 @@ pub struct FinalizeFeeder {
     stop: Arc<std::sync::atomic::AtomicBool>,
     task: Option<tokio::task::JoinHandle<()>>,
     pub delivered: Arc<std::sync::atomic::AtomicUsize>,
+    /// Objects whose name contains one of these are never announced (a lost event).
+    pub lose: Arc<Mutex<Vec<String>>>,
 }
 
 impl FinalizeFeeder {
     pub fn start(admin: Admin, prefix: String, topic: String, loader: String) -> FinalizeFeeder {
+        FinalizeFeeder::to_loaders(admin, prefix, topic, vec![loader])
+    }
+
+    /// Announce every new object to `topic` (pushed to one loader) and, at the same
+    /// moment, as a CloudEvent to every loader in `loaders`.
+    pub fn to_loaders(
+        admin: Admin,
+        prefix: String,
+        topic: String,
+        loaders: Vec<String>,
+    ) -> FinalizeFeeder {
+        let lose: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lose2 = lose.clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (stop2, delivered2) = (stop.clone(), delivered.clone());
@@ -361,9 +376,13 @@ impl FinalizeFeeder {
             while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
                 let mut fresh = Vec::new();
                 for o in admin.list(&prefix).await {
-                    let id = format!("{}#{}", o["name"].as_str().unwrap_or(""), o["generation"]);
+                    let name = o["name"].as_str().unwrap_or("").to_string();
+                    let id = format!("{name}#{}", o["generation"]);
                     if seen.insert(id) {
-                        fresh.push(o);
+                        let lost = lose2.lock().unwrap().iter().any(|l| name.contains(l.as_str()));
+                        if !lost {
+                            fresh.push(o);
+                        }
                     }
                 }
                 // Shuffle (a cheap deterministic permutation is enough for reordering).
@@ -380,13 +399,14 @@ impl FinalizeFeeder {
                     .into_iter()
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .collect();
-                    let (admin, topic, loader) = (admin.clone(), topic.clone(), loader.clone());
+                    let (admin, topic, loaders) = (admin.clone(), topic.clone(), loaders.clone());
                     let delivered = delivered2.clone();
                     sends.push(async move {
-                        admin
-                            .publish(&topic, o.to_string().as_bytes(), &attrs)
-                            .await;
-                        post_cloudevent(&admin.http, &loader, &o, n).await;
+                        let posts = loaders.iter().map(|l| post_cloudevent(&admin.http, l, &o, n));
+                        futures::join!(
+                            admin.publish(&topic, o.to_string().as_bytes(), &attrs),
+                            futures::future::join_all(posts)
+                        );
                         delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     });
                 }
@@ -398,6 +418,7 @@ impl FinalizeFeeder {
             stop,
             task: Some(task),
             delivered,
+            lose,
         }
     }
 }

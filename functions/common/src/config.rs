@@ -55,8 +55,11 @@ pub struct PubSubArgs {
 ///
 /// A server warehouse (Snowflake) is one shared client. An embedded DuckDB file admits
 /// one writing process at a time, and planner and loader are separate processes: each
-/// request opens the file, works, and closes it, waiting (up to `PGP_WAREHOUSE_WAIT`)
-/// while another process holds it; requests inside one process take turns.
+/// request takes an exclusive `flock` on `<file>.lock` (non-blocking, retried with
+/// backoff up to `PGP_WAREHOUSE_WAIT`), opens the file, works, closes it and releases
+/// the lock; requests inside one process take turns. A lock still held when the wait
+/// ends is a busy error (the request is redelivered), decided by the `flock` result,
+/// not by reading an error message.
 pub struct WarehouseAccess {
     url: String,
     store: Arc<dyn ObjectStore>,
@@ -68,7 +71,31 @@ pub struct WarehouseAccess {
 /// A warehouse for the duration of one request.
 pub struct Lease {
     pub wh: Arc<dyn Warehouse>,
+    // Field order is drop order: the warehouse closes before the file lock goes.
+    _file_lock: Option<std::fs::File>,
     _turn: Option<OwnedMutexGuard<()>>,
+}
+
+/// Take an exclusive, non-blocking `flock` on `path`; `Ok(None)` when another process
+/// holds it.
+fn try_flock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock on a file descriptor we own for the duration of the call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(Some(f));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }
 
 impl WarehouseAccess {
@@ -99,29 +126,46 @@ impl WarehouseAccess {
                 .get_or_try_init(|| async { pgp::warehouse::open(&self.url, self.store.clone()) })
                 .await?
                 .clone();
-            return Ok(Lease { wh, _turn: None });
+            return Ok(Lease {
+                wh,
+                _file_lock: None,
+                _turn: None,
+            });
         }
         let turn = self.turn.clone().lock_owned().await;
+        let lock_path = format!("{}.lock", self.url.trim_start_matches("duckdb://"));
         let deadline = Instant::now() + self.wait;
         let mut pause = Duration::from_millis(20);
-        loop {
-            let (url, store) = (self.url.clone(), self.store.clone());
-            let opened = tokio::task::spawn_blocking(move || pgp::warehouse::open(&url, store))
-                .await
-                .map_err(|e| pgp::Error::Config(format!("warehouse open: {e}")))?;
-            match opened {
-                Ok(wh) => {
-                    return Ok(Lease {
-                        wh,
-                        _turn: Some(turn),
-                    })
-                }
-                Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+        let file_lock = loop {
+            let io = |e: std::io::Error| {
+                pgp::Error::warehouse(
+                    format!("lock {lock_path}"),
+                    &e,
+                    pgp::error::ErrorKind::from_io(&e),
+                )
+            };
+            match try_flock(std::path::Path::new(&lock_path)).map_err(io)? {
+                Some(f) => break f,
+                None if Instant::now() < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => return Err(e),
+                None => {
+                    return Err(pgp::Error::Busy(format!(
+                        "{} is held by another process",
+                        self.url()
+                    )))
+                }
             }
-        }
+        };
+        let (url, store) = (self.url.clone(), self.store.clone());
+        let wh = tokio::task::spawn_blocking(move || pgp::warehouse::open(&url, store))
+            .await
+            .map_err(|e| pgp::Error::Config(format!("warehouse open: {e}")))??;
+        Ok(Lease {
+            wh,
+            _file_lock: Some(file_lock),
+            _turn: Some(turn),
+        })
     }
 }

@@ -40,17 +40,9 @@ pub struct LoadRequest {
     pub chunk_rows: Option<u64>,
 }
 
-/// One chunk to extract: the data of a message on the extract topic. It names the
-/// run record the planner stored; it carries no SQL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChunkTask {
-    pub run_id: String,
-    /// The manifest's name of the table.
-    pub table: String,
-    pub chunk: usize,
-    pub chunks: usize,
-}
+/// One chunk to extract: the data of a message on the extract topic (the protocol's
+/// own type: run id, table, chunk number and count, key range; never SQL).
+pub use pgp::protocol::ChunkTask;
 
 /// Run ids become parts of object and table names: keep them to a safe alphabet.
 pub fn check_run_id(id: &str) -> Result<(), String> {

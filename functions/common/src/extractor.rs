@@ -1,10 +1,11 @@
 //! The extractor service: one chunk task in, one finalized object out.
 //!
-//! It reads the run record the planner stored, connects to PostgreSQL with the
-//! manifest's `connection_info` variables, and streams the chunk's COPY into its
-//! object (`extract_chunk`, as `pgp tap` does). A task whose object already exists for
-//! the same run is a no-op, so redeliveries and duplicates cost one metadata read. A
-//! crash mid-stream finalizes nothing; the redelivered task rewrites the same name.
+//! The work is the protocol's second step ([`pgp::protocol::extract::extract_step`],
+//! as `pgp tap` runs it): the run header read, the chunk's COPY streamed into a new
+//! object of its own name. A task whose chunk has an object already copies it under a
+//! new name (the loader hears of it again; a no-op there if loaded). A crash mid-stream
+//! finalizes nothing. The step runs in a task of its own, so a client that goes away
+//! does not cut an upload half-way.
 
 use crate::contract::{check_run_id, ChunkTask};
 use crate::events::{self, Delivery};
@@ -15,9 +16,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use pgp::dist::TableRun;
+use pgp::clock::{RandomIds, SystemClock};
 use pgp::params::Env;
-use pgp::source::{PgSource, SourceConfig};
+use pgp::protocol::extract::{extract_step, ExtractOutcome};
+use pgp::protocol::Parts;
+use pgp::source::PgConnector;
 use pgp::storage::ObjectStore;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -63,57 +66,47 @@ async fn handle(State(st): State<Arc<ExtractorState>>, headers: HeaderMap, body:
         return Reply::Rejected(e);
     }
     let span = tracing::info_span!("extract", run_id = %task.run_id, table = %task.table, chunk = task.chunk);
-    let reply = extract(&st, task).instrument(span.clone()).await;
+    let work = {
+        let (st, span) = (st.clone(), span.clone());
+        tokio::spawn(async move { extract(&st, task).instrument(span).await })
+    };
+    let reply = work
+        .await
+        .unwrap_or_else(|e| Reply::Retry(format!("extraction task failed: {e}")));
     span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
 async fn extract(st: &ExtractorState, task: ChunkTask) -> Reply {
-    let key = match TableRun::key(&task.run_id, &task.table) {
-        Ok(k) => k,
-        Err(e) => return Reply::Rejected(e.to_string()),
-    };
-    let rec = match crate::planner::record(st.store.as_ref(), &key).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Reply::Rejected(format!("no run record {key}")),
-        Err(e) => return Reply::from_error(&e),
-    };
-    let chunk = match rec.chunk(task.chunk) {
-        Ok(c) => c,
-        Err(e) => return Reply::Rejected(e.to_string()),
-    };
-    match st.store.head(&chunk.object).await {
-        Ok(Some(info)) if info.metadata.get("run_id") == Some(&rec.run_id) => {
-            tracing::info!(object = %chunk.object, "already extracted");
-            return Reply::Ok(serde_json::json!({
-                "status": "already_extracted", "object": chunk.object,
-                "rows": info.metadata.get("rows"),
-            }));
-        }
-        Ok(_) => {}
-        Err(e) => return Reply::from_error(&e),
-    }
-    let cfg = match SourceConfig::from_connection_info(&rec.connection_info, st.env.as_ref()) {
-        Ok(c) => c,
-        Err(e) => return Reply::Rejected(e.to_string()),
-    };
-    let src = match PgSource::connect(&cfg).await {
-        Ok(s) => s,
-        Err(e) => return Reply::from_error(&e),
+    let parts = Parts {
+        store: st.store.clone(),
+        warehouse: None,
+        sources: Arc::new(PgConnector {
+            env: st.env.clone(),
+        }),
+        queue: None,
+        clock: Arc::new(SystemClock::default()),
+        ids: Arc::new(RandomIds),
+        env: st.env.clone(),
     };
     let started = std::time::Instant::now();
-    tracing::info!(object = %chunk.object, range = %chunk.range, "extracting");
-    match rec
-        .extract(task.chunk, &src, st.store.as_ref(), &|_, _| {})
-        .await
-    {
-        Ok(x) => {
-            tracing::info!(object = %chunk.object, rows = x.rows, bytes = x.bytes,
-                object_bytes = x.object_bytes, seconds = started.elapsed().as_secs_f64(), "extracted");
+    tracing::info!(range = %task.range, "extracting");
+    match extract_step(&parts, &task, &|_, _| {}).await {
+        Ok(ExtractOutcome::Extracted { object, stats }) => {
+            tracing::info!(object = %object.key, rows = stats.rows, bytes = stats.bytes,
+                object_bytes = stats.object_bytes, seconds = started.elapsed().as_secs_f64(), "extracted");
             Reply::Ok(serde_json::json!({
-                "status": "extracted", "object": chunk.object, "rows": x.rows,
-                "bytes": x.bytes, "object_bytes": x.object_bytes,
+                "status": "extracted", "object": object.key, "rows": stats.rows,
+                "bytes": stats.bytes, "object_bytes": stats.object_bytes,
             }))
         }
+        Ok(ExtractOutcome::Reannounced { object }) => Reply::Ok(serde_json::json!({
+            "status": "already_extracted", "object": object.key,
+            "rows": object.metadata.get("rows"),
+        })),
+        // Acknowledged: the failure object carries the reason to the loader.
+        Ok(ExtractOutcome::Failed { object, reason }) => Reply::Ok(serde_json::json!({
+            "status": "failed", "object": object.key, "reason": reason,
+        })),
         Err(e) => Reply::from_error(&e),
     }
 }

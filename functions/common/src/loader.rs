@@ -1,12 +1,12 @@
 //! The loader service: an object-finalize event in; the chunk loaded into the run's
-//! load table; when the run's last chunk has landed, the schema check and the one
-//! atomic append or swap.
+//! load table; when the run's ledger holds every chunk, the publish.
 //!
-//! Every step is idempotent: the warehouse's load ledger skips an object it already
-//! loaded for the run, and its publish ledger never appends or swaps a run twice. Two
-//! loaders finishing a table's last chunks at once may both try to publish; the
-//! warehouse lets one win and the other finds the run published (or, on a transaction
-//! conflict, answers 503 and finds it so on redelivery).
+//! The work is the protocol's third step ([`pgp::protocol::load::load_step`], as `pgp
+//! tap` runs it): the COPY, the count check and the ledger row in one transaction, each
+//! attempt's rows stamped so that the publish takes one attempt per chunk however many
+//! loaders loaded it; the publish under the target's lock, checked against the ledger's
+//! totals. The step runs in a task of its own, so a client that goes away (or a
+//! deadline that passes) does not leave a warehouse session inside a transaction.
 
 use crate::config::WarehouseAccess;
 use crate::events::{self, Delivery};
@@ -17,10 +17,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use pgp::dist::{TableRun, RUNS_PREFIX};
-use pgp::plan::Mode;
-use pgp::storage::{ObjectStore, UPLOAD_PREFIX};
-use pgp::warehouse::{schema_state, SchemaState};
+use pgp::clock::{RandomIds, SystemClock};
+use pgp::protocol::load::{load_step, LoadOutcome};
+use pgp::protocol::publish::Finished;
+use pgp::protocol::Parts;
+use pgp::storage::ObjectStore;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -72,114 +73,56 @@ async fn handle(State(st): State<Arc<LoaderState>>, headers: HeaderMap, body: By
     if !finalized {
         return ignored(format!("event type {event_type}"));
     }
-    let Some(name) = object["name"].as_str() else {
-        return Reply::Rejected("object resource without a name".into());
+    let info = match pgp::storage::object_info(&object) {
+        Ok(i) => i,
+        Err(e) => return Reply::Rejected(format!("object resource: {e}")),
     };
-    if name.starts_with(RUNS_PREFIX) || name.starts_with(UPLOAD_PREFIX) {
-        return ignored(format!("{name} is not a chunk"));
-    }
-    let md = |k: &str| object["metadata"][k].as_str().map(str::to_string);
-    let (Some(run_id), Some(table), Some(chunk), Some(rows)) =
-        (md("run_id"), md("table"), md("chunk"), md("rows"))
-    else {
-        return ignored(format!("{name} carries no pgp chunk metadata"));
+    let md = |k: &str| info.metadata.get(k).cloned().unwrap_or_default();
+    let span = tracing::info_span!("load", run_id = %md("run_id"), table = %md("table"), chunk = %md("chunk"));
+    let work = {
+        let (st, span) = (st.clone(), span.clone());
+        tokio::spawn(async move { load(&st, info).instrument(span).await })
     };
-    let (Ok(chunk), Ok(rows)) = (chunk.parse::<usize>(), rows.parse::<u64>()) else {
-        return Reply::Rejected(format!("{name}: bad chunk/rows metadata"));
-    };
-    let span = tracing::info_span!("load", run_id = %run_id, table = %table, chunk = chunk);
-    let reply = load(&st, name.to_string(), run_id, table, chunk, rows)
-        .instrument(span.clone())
-        .await;
+    let reply = work
+        .await
+        .unwrap_or_else(|e| Reply::Retry(format!("loading task failed: {e}")));
     span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
-async fn load(
-    st: &LoaderState,
-    name: String,
-    run_id: String,
-    table: String,
-    chunk: usize,
-    rows: u64,
-) -> Reply {
-    let key = match TableRun::key(&run_id, &table) {
-        Ok(k) => k,
-        Err(e) => return Reply::Rejected(e.to_string()),
-    };
-    let rec = match crate::planner::record(st.store.as_ref(), &key).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Reply::Rejected(format!("{name}: no run record {key}")),
-        Err(e) => return Reply::from_error(&e),
-    };
-    match rec.chunk(chunk) {
-        Ok(c) if c.object.as_str() == name => {}
-        Ok(c) => {
-            return ignored(format!(
-                "{name} is not chunk {chunk}'s object ({})",
-                c.object
-            ))
-        }
-        Err(e) => return Reply::Rejected(e.to_string()),
-    }
+async fn load(st: &LoaderState, info: pgp::storage::ObjectInfo) -> Reply {
     let lease = match st.warehouse.lease().await {
         Ok(l) => l,
         Err(e) => return Reply::from_error(&e),
     };
-    let wh = lease.wh.as_ref();
-    if rec.mode != Mode::Test {
-        match wh.published(&rec.target, &rec.run_id).await {
-            Ok(true) => {
-                return ignored(format!(
-                    "run {} already published to {}",
-                    rec.run_id, rec.target
-                ))
-            }
-            Ok(false) => {}
-            Err(e) => return Reply::from_error(&e),
-        }
-    }
-    let loaded = match rec.load(wh, chunk, rows).await {
-        Ok(l) => l,
-        Err(e) => return Reply::from_error(&e),
+    let parts = Parts {
+        store: st.store.clone(),
+        warehouse: Some(lease.wh.clone()),
+        sources: Arc::new(pgp::source::PgConnector {
+            env: Arc::new(pgp::params::ProcessEnv),
+        }),
+        queue: None,
+        clock: Arc::new(SystemClock::default()),
+        ids: Arc::new(RandomIds),
+        env: Arc::new(pgp::params::ProcessEnv),
     };
-    tracing::info!(
-        rows = loaded.rows,
-        already = loaded.already,
-        "chunk loaded into {}",
-        rec.load
-    );
-    let complete = match rec.complete(wh).await {
-        Ok(c) => c,
-        Err(e) => return Reply::from_error(&e),
-    };
-    if !complete {
-        return Reply::Ok(serde_json::json!({
-            "status": "loaded", "object": name, "rows": loaded.rows, "already": loaded.already,
-        }));
-    }
-    if rec.mode == Mode::Append {
-        // The target must still have the columns the run was planned against.
-        let actual = match wh.columns(&rec.target).await {
-            Ok(a) => a,
-            Err(e) => return Reply::from_error(&e),
-        };
-        match schema_state(wh, &rec.schema.columns, actual.as_deref()) {
-            SchemaState::Same => {}
-            s => {
-                return Reply::Rejected(format!(
-                    "{} changed since run {} was planned ({s:?}); not appended, the stage {} is kept; run a backfill",
-                    rec.target, rec.run_id, rec.load
-                ))
-            }
-        }
-    }
-    match rec.publish(wh).await {
-        Ok(p) => {
-            tracing::info!(rows = p.rows, already = p.already, mode = ?rec.mode, "published {}", rec.target);
+    let object = info.key.to_string();
+    match load_step(&parts, &info).await {
+        Ok(LoadOutcome::Ignored(reason)) => ignored(reason),
+        Ok(LoadOutcome::Loaded { rows, already }) => {
+            tracing::info!(rows, already, "chunk loaded");
             Reply::Ok(serde_json::json!({
-                "status": if p.already { "already_published" } else { "published" },
-                "object": name, "target": rec.target.to_string(), "mode": rec.mode, "rows": p.rows,
+                "status": "loaded", "object": object, "rows": rows, "already": already,
             }))
+        }
+        Ok(LoadOutcome::Finished(f)) => {
+            match &f {
+                Finished::Published { rows } => tracing::info!(rows, "published"),
+                Finished::AlreadyPublished { rows } => tracing::info!(rows, "already published"),
+                Finished::Abandoned { reason } => tracing::error!(%reason, "run abandoned"),
+            }
+            let mut v = serde_json::to_value(&f).expect("serializes");
+            v["object"] = object.into();
+            Reply::Ok(v)
         }
         Err(e) => Reply::from_error(&e),
     }

@@ -1,15 +1,18 @@
 //! The planner service: a load request in, one chunk task per table and key range out.
 //!
-//! It plans exactly as `pgp tap` does (`Pipeline::plan`), freezes each loading table's
-//! plan as a [`TableRun`] record in the bucket, creates the table chunks load into,
-//! then publishes the chunk tasks. A redelivered request (same run id) finds the
-//! records and re-publishes the same tasks, which every later step treats as no-ops
-//! once done.
+//! The work is the protocol's first step ([`pgp::protocol::plan::plan_step`]), the one
+//! `pgp tap` runs: each loading table's run recorded once (create-only), its load
+//! table created, the tasks of its missing chunks published. A redelivered request
+//! (same run id) finds the records and re-publishes the missing chunks; a request for
+//! a target whose earlier run of the same kind stalled resumes that run.
+//!
+//! The step runs in a task of its own, so a client that goes away (or a deadline that
+//! passes) does not cancel it half-way through a warehouse transaction.
 
 use crate::config::WarehouseAccess;
-use crate::contract::{check_run_id, ChunkTask, LoadRequest};
+use crate::contract::{check_run_id, LoadRequest};
 use crate::events::{self, Delivery};
-use crate::queue::{Outgoing, TaskQueue};
+use crate::queue::TaskQueue;
 use crate::service::{health, Reply};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -18,13 +21,14 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use chrono::Utc;
-use pgp::dist::TableRun;
+use pgp::clock::{RandomIds, SystemClock};
 use pgp::manifest::Manifest;
 use pgp::params::{Env, RunParams};
-use pgp::plan::TablePlan;
-use pgp::run::{default_run_id, Pipeline, RunOptions};
-use pgp::source::{PgSource, SourceConfig};
-use pgp::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
+use pgp::protocol::plan::{plan_step, PlannedTable};
+use pgp::protocol::Parts;
+use pgp::run::{default_run_id, RunOptions};
+use pgp::source::PgConnector;
+use pgp::storage::{ObjectKey, ObjectStore};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use tracing::Instrument;
@@ -92,7 +96,13 @@ async fn handle(State(st): State<Arc<PlannerState>>, headers: HeaderMap, body: B
         Err(e) => return reject(e),
     };
     let span = tracing::info_span!("plan", run_id = %run_id, load_type = %req.load_type);
-    let reply = plan(&st, req, run_id, plain).instrument(span.clone()).await;
+    let work = {
+        let (st, span) = (st.clone(), span.clone());
+        tokio::spawn(async move { plan(&st, req, run_id, plain).instrument(span).await })
+    };
+    let reply = work
+        .await
+        .unwrap_or_else(|e| Reply::Retry(format!("planning task failed: {e}")));
     span.in_scope(|| Reply::Sent(reply.into_response()))
 }
 
@@ -138,6 +148,7 @@ async fn plan(st: &PlannerState, req: LoadRequest, run_id: String, plain: bool) 
     opts.run_id = run_id.clone();
     opts.chunk_rows = req.chunk_rows;
     opts.test_rows = st.test_rows;
+    opts.tables = req.tables.clone();
     opts.params = RunParams {
         execution_date: req.execution_date,
         hours: req.hours,
@@ -146,163 +157,64 @@ async fn plan(st: &PlannerState, req: LoadRequest, run_id: String, plain: bool) 
         task_instance: req.task_instance.clone(),
         vars: Default::default(),
     };
-    let selected: Vec<String> = if req.tables.is_empty() {
-        manifest.tables.iter().map(|t| t.name.clone()).collect()
-    } else {
-        for t in &req.tables {
-            if manifest.table(t).is_none() {
-                return Reply::Rejected(format!(
-                    "manifest {}: no table `{t}`",
-                    manifest.path.display()
-                ));
-            }
-        }
-        req.tables.clone()
-    };
-
-    // One planning at a time per warehouse (a DuckDB file admits one process; the
-    // Cloud Run planner runs with max-instances 1): two deliveries of one request
-    // never both create the run's load tables.
+    // An embedded DuckDB file admits one writing process: requests take turns.
     let lease = match st.warehouse.lease().await {
         Ok(l) => l,
         Err(e) => return Reply::from_error(&e),
     };
-    // Tables already planned under this run id (a redelivery) keep their record.
-    let mut records = Vec::new();
-    let mut fresh = Vec::new();
-    for t in &selected {
-        let key = match TableRun::key(&run_id, t) {
-            Ok(k) => k,
-            Err(e) => return Reply::Rejected(e.to_string()),
-        };
-        match read_record(st.store.as_ref(), &key).await {
-            Ok(Some(r)) => records.push(r),
-            Ok(None) => fresh.push(t.clone()),
-            Err(e) => return Reply::from_error(&e),
-        }
-    }
-    let mut report = Vec::new();
-    if !fresh.is_empty() {
-        // A source that is down now is a reason to retry, not a planning error.
-        let cfg =
-            match SourceConfig::from_connection_info(&manifest.connection_info, st.env.as_ref()) {
-                Ok(c) => c,
-                Err(e) => return Reply::Rejected(e.to_string()),
-            };
-        if let Err(e) = PgSource::connect(&cfg).await {
-            return Reply::from_error(&e);
-        }
-        let pipeline = Pipeline {
-            store: st.store.clone(),
-            warehouse: lease.wh.clone(),
+    let parts = Parts {
+        store: st.store.clone(),
+        warehouse: Some(lease.wh.clone()),
+        sources: Arc::new(PgConnector {
             env: st.env.clone(),
-        };
-        opts.tables = fresh;
-        let plans = match pipeline.plan(&manifest, &opts).await {
-            Ok((plans, _)) => plans,
-            Err(e) => return Reply::from_error(&e),
-        };
-        for plan in plans {
-            let rec = match TableRun::from_plan(&plan, &opts, &manifest.connection_info) {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    report.push(table_report(&plan, None));
-                    continue;
-                }
-                Err(e) => {
-                    report.push(table_report(&plan, Some(&e.to_string())));
-                    continue;
-                }
-            };
-            if !rec.resumed {
-                if let Err(e) = lease.wh.create_table(&rec.load, &rec.schema).await {
-                    return Reply::from_error(&e);
-                }
-            }
-            let key = TableRun::key(&run_id, &rec.table).expect("checked above");
-            let body = serde_json::to_vec_pretty(&rec).expect("a record serializes");
-            if let Err(e) = st.store.put(&key, body.into(), Default::default()).await {
-                return Reply::from_error(&e);
-            }
-            report.push(table_report(&plan, None));
-            records.push(rec);
-        }
-    }
+        }),
+        queue: Some(st.queue.clone()),
+        clock: Arc::new(SystemClock::default()),
+        ids: Arc::new(RandomIds),
+        env: st.env.clone(),
+    };
+    let report = match plan_step(&parts, &manifest, &opts, false).await {
+        Ok(r) => r,
+        Err(e) => return Reply::from_error(&e),
+    };
     drop(lease);
-
-    let mut messages = Vec::new();
-    for rec in &records {
-        for c in &rec.chunks {
-            let task = ChunkTask {
-                run_id: run_id.clone(),
-                table: rec.table.clone(),
-                chunk: c.index,
-                chunks: rec.chunks.len(),
-            };
-            messages.push(Outgoing {
-                data: serde_json::to_vec(&task).expect("a task serializes"),
-                attributes: [
-                    ("run_id".to_string(), run_id.clone()),
-                    ("table".to_string(), rec.table.clone()),
-                    ("chunk".to_string(), c.index.to_string()),
-                ]
-                .into(),
-            });
-        }
-    }
-    let n = messages.len();
-    if let Err(e) = st.queue.publish(messages).await {
-        return Reply::Retry(e.to_string());
-    }
-    tracing::info!(
-        tables = records.len(),
-        messages = n,
-        "planned and published"
-    );
-    let planned: Vec<_> = records
+    let messages: usize = report.tables.iter().map(|t| t.tasks.len()).sum();
+    tracing::info!(tables = report.tables.len(), messages, "planned and published");
+    let planned: Vec<_> = report
+        .tables
         .iter()
-        .map(|r| {
+        .filter_map(|t| table_json(t, &run_id))
+        .collect();
+    let not_loaded: Vec<_> = report
+        .tables
+        .iter()
+        .filter(|t| t.header.is_none())
+        .map(|t| {
+            tracing::warn!(table = %t.plan.table, action = ?t.plan.action, reason = ?t.plan.reason, "table not loaded");
             serde_json::json!({
-                "table": r.table, "target": r.target.to_string(), "load_table": r.load.to_string(),
-                "mode": r.mode, "chunks": r.chunks.len(),
+                "table": t.plan.table, "action": t.plan.action, "loads": false,
+                "reason": t.plan.reason,
             })
         })
         .collect();
     Reply::Ok(serde_json::json!({
         "status": "planned",
         "run_id": run_id,
-        "messages": n,
+        "messages": messages,
         "planned": planned,
-        "not_loaded": report.into_iter().filter(|r| r["loads"] == false).collect::<Vec<_>>(),
+        "not_loaded": not_loaded,
     }))
 }
 
-fn table_report(plan: &TablePlan, error: Option<&str>) -> serde_json::Value {
-    let loads = error.is_none()
-        && matches!(
-            plan.action,
-            pgp::plan::Action::Load | pgp::plan::Action::Backfill
-        )
-        && plan.mode != pgp::plan::Mode::None;
-    if !loads {
-        tracing::warn!(table = %plan.table, action = ?plan.action, reason = ?plan.reason.as_deref().or(error), "table not loaded");
-    }
-    serde_json::json!({
-        "table": plan.table,
-        "action": plan.action,
-        "loads": loads,
-        "reason": error.or(plan.reason.as_deref()),
-    })
-}
-
-async fn read_record(store: &dyn ObjectStore, key: &ObjectKey) -> pgp::Result<Option<TableRun>> {
-    if store.head(key).await?.is_none() {
-        return Ok(None);
-    }
-    let bytes = store.get(key).await?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| pgp::Error::Config(format!("run record {key} is unreadable: {e}")))
+fn table_json(t: &PlannedTable, run_id: &str) -> Option<serde_json::Value> {
+    let h = t.header.as_ref()?;
+    Some(serde_json::json!({
+        "table": h.table, "target": h.target.to_string(), "load_table": h.load_table.to_string(),
+        "mode": h.mode, "chunks": h.chunks, "tasks": t.tasks.len(),
+        "run_id": h.run_id,
+        "resumes": (h.run_id != run_id).then(|| h.run_id.clone()),
+        "finished": t.finished,
+    }))
 }
 
 /// Read a manifest: a `gs://bucket/path` URL, or a path under the manifest folder.
@@ -335,10 +247,4 @@ async fn load_manifest(st: &PlannerState, name: &str) -> pgp::Result<Manifest> {
     Manifest::from_file(&path)
 }
 
-/// Exposed for the extractor and loader: read a run record.
-pub(crate) async fn record(
-    store: &dyn ObjectStore,
-    key: &ObjectKey,
-) -> pgp::Result<Option<TableRun>> {
-    read_record(store, key).await
-}
+

@@ -1,40 +1,15 @@
 //! Publishing chunk tasks: the planner's one outgoing edge.
 //!
-//! One small trait with two implementations: Google Pub/Sub (the official
-//! `google-cloud-pubsub` publisher, batched, over gRPC; anonymous against the emulator)
-//! and an in-process queue (handler tests, and anyone wiring the services together in
-//! one process). The conformance suite in the services' tests runs against both.
+//! The trait and the in-process queue live in the library ([`pgp::queue`]); here is the
+//! Google Pub/Sub one (the official `google-cloud-pubsub` publisher, batched, over gRPC;
+//! anonymous against the emulator). A failed publish is always transient: the planner
+//! answers 503 and the request comes back.
 
 use async_trait::async_trait;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 
-/// One message to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub data: Vec<u8>,
-    pub attributes: BTreeMap<String, String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("publish to {topic}: {message}")]
-pub struct PublishError {
-    pub topic: String,
-    pub message: String,
-}
-
-/// A topic the planner publishes to.
-#[async_trait]
-pub trait TaskQueue: Send + Sync {
-    /// The topic's full name, for messages.
-    fn topic(&self) -> String;
-    /// Publish all messages; returns their ids in order. Fails if any failed (the
-    /// planner then answers 5xx and the request is redelivered; re-publishing is
-    /// harmless because every step downstream is idempotent).
-    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, PublishError>;
-}
+pub use pgp::queue::{MemoryQueue, Outgoing, PublishError, TaskQueue};
 
 /// Google Pub/Sub.
 pub struct PubSubQueue {
@@ -98,32 +73,5 @@ impl TaskQueue for PubSubQueue {
             })?);
         }
         Ok(ids)
-    }
-}
-
-/// An in-process queue: messages are kept in order until taken.
-#[derive(Default)]
-pub struct MemoryQueue {
-    messages: Mutex<Vec<Outgoing>>,
-}
-
-impl MemoryQueue {
-    /// Take everything published so far.
-    pub fn take(&self) -> Vec<Outgoing> {
-        std::mem::take(&mut self.messages.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-#[async_trait]
-impl TaskQueue for MemoryQueue {
-    fn topic(&self) -> String {
-        "memory".into()
-    }
-
-    async fn publish(&self, messages: Vec<Outgoing>) -> Result<Vec<String>, PublishError> {
-        let mut q = self.messages.lock().unwrap_or_else(|p| p.into_inner());
-        let first = q.len();
-        q.extend(messages);
-        Ok((first..q.len()).map(|i| i.to_string()).collect())
     }
 }

@@ -9,8 +9,11 @@
 //!   ERROR with the reason and acknowledged: retrying cannot help;
 //! - `400`: a body that is no event at all (no real delivery looks like that), or a
 //!   malformed plain load request (Cloud Scheduler shows the error);
-//! - `503`: transient (database unreachable, warehouse busy or locked, storage or
-//!   Pub/Sub errors): redelivered until it works or reaches the dead-letter topic.
+//! - `503`: transient or busy (database unreachable, warehouse busy or locked, storage
+//!   or Pub/Sub errors): redelivered until it works or reaches the dead-letter topic.
+//!
+//! Which is which follows from the error's kind alone ([`pgp::error::ErrorKind`]), set
+//! where the error arose from a SQLSTATE, an HTTP status or an I/O error kind.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,12 +38,14 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Classify a library error: transient ones are retried, the rest rejected.
+    /// Answer a library error by its kind: transient and busy ones are redelivered,
+    /// permanent ones acknowledged.
     pub fn from_error(e: &pgp::Error) -> Reply {
-        if e.is_retriable() || is_busy(e) {
-            Reply::Retry(e.to_string())
-        } else {
-            Reply::Rejected(e.to_string())
+        match e.kind() {
+            pgp::error::ErrorKind::Permanent => Reply::Rejected(e.to_string()),
+            pgp::error::ErrorKind::Transient | pgp::error::ErrorKind::Busy => {
+                Reply::Retry(format!("{}: {e}", e.kind()))
+            }
         }
     }
 
@@ -51,18 +56,6 @@ impl Reply {
             Reply::Retry(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reply::Sent(r) => r.status(),
         }
-    }
-}
-
-/// A warehouse error that goes away by itself (a lock held by another process, a
-/// transaction conflict between two loaders finishing at once).
-fn is_busy(e: &pgp::Error) -> bool {
-    match e {
-        pgp::Error::Warehouse { message, .. } => {
-            let m = message.to_ascii_lowercase();
-            m.contains("lock") || m.contains("conflict") || m.contains("busy")
-        }
-        _ => false,
     }
 }
 

@@ -1,9 +1,70 @@
 //! The source: PostgreSQL, read with `COPY (query) TO STDOUT`.
 //!
-//! There is one real implementation (there is nothing to stand in for PostgreSQL: tests
-//! start a real server), so this is a concrete type rather than a trait.
+//! A small trait so that the load protocol's steps run unchanged over the simulation's
+//! in-memory source ([`crate::sim`]); PostgreSQL ([`PgSource`]) is the one real
+//! implementation, and the tests run it against a real server.
 
 mod postgres;
 mod tls;
-pub use self::postgres::{PgSource, SourceConfig};
+pub use self::postgres::{PgConnector, PgSource, SourceConfig};
 pub use self::tls::{SslMode, TlsConfig};
+
+use crate::error::Result;
+use crate::ident::Ident;
+use crate::manifest::ConnectionInfo;
+use crate::query::KeyRange;
+use crate::types::Column;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// What one chunk reads: the table's resolved query, the columns it ships, and the
+/// chunk's key range (or a row cap for test loads).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkQuery<'a> {
+    /// The manifest's name of the table (for messages).
+    pub table: &'a str,
+    /// The resolved query (window or full table).
+    pub query: &'a str,
+    pub columns: &'a [Column],
+    /// The key the range is over; `None` reads the whole query.
+    pub key: Option<&'a Ident>,
+    pub range: &'a KeyRange,
+    pub limit: Option<u64>,
+}
+
+impl ChunkQuery<'_> {
+    /// The exact `COPY` statement PostgreSQL runs for this chunk.
+    pub fn copy_sql(&self) -> String {
+        let wrapped = crate::query::wrap(
+            self.query,
+            &crate::types::projection(self.columns),
+            self.key.map(|k| (k, self.range)),
+            self.limit,
+        );
+        crate::format::copy_statement(&wrapped)
+    }
+}
+
+/// A read connection to the source.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// `postgres://user@host:port/db` (never a password).
+    fn name(&self) -> String;
+    /// The result columns of `query` (prepared, not run).
+    async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>>;
+    /// `min` and `max` of an integer key over the query's rows (`None` when empty).
+    async fn key_bounds(&self, table: &str, query: &str, key: &Ident)
+        -> Result<Option<(i64, i64)>>;
+    /// The mean size in bytes of the query's rows, from a sample.
+    async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>>;
+    /// Stream a chunk in the staged format ([`crate::format`]), one item per row.
+    async fn copy_chunk(&self, chunk: &ChunkQuery<'_>)
+        -> Result<BoxStream<'static, Result<Bytes>>>;
+}
+
+/// Opens source connections from a manifest's `connection_info`.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(&self, info: &ConnectionInfo) -> Result<Box<dyn Source>>;
+}

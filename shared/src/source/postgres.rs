@@ -7,14 +7,19 @@
 //! contain it.
 
 use super::tls::{SslMode, TlsConfig};
+use super::{ChunkQuery, Connector, Source};
 use crate::error::{Error, Result};
 use crate::format::PG_SESSION_SETTINGS;
 use crate::ident::Ident;
 use crate::manifest::ConnectionInfo;
 use crate::params::Env;
 use crate::types::{columns_from_pg, Column};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{CopyOutStream, NoTls};
@@ -102,6 +107,50 @@ where
 {
     if let Err(e) = connection.await {
         tracing::warn!(error = %e, "postgres connection closed");
+    }
+}
+
+/// Connects to PostgreSQL with the variables a manifest's `connection_info` names.
+pub struct PgConnector {
+    pub env: Arc<dyn Env + Send + Sync>,
+}
+
+#[async_trait]
+impl Connector for PgConnector {
+    async fn connect(&self, info: &ConnectionInfo) -> Result<Box<dyn Source>> {
+        let cfg = SourceConfig::from_connection_info(info, self.env.as_ref())?;
+        Ok(Box::new(PgSource::connect(&cfg).await?))
+    }
+}
+
+#[async_trait]
+impl Source for PgSource {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>> {
+        PgSource::describe(self, table, query).await
+    }
+    async fn key_bounds(
+        &self,
+        table: &str,
+        query: &str,
+        key: &Ident,
+    ) -> Result<Option<(i64, i64)>> {
+        PgSource::key_bounds(self, table, query, key).await
+    }
+    async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>> {
+        PgSource::mean_row_bytes(self, table, query).await
+    }
+    async fn copy_chunk(
+        &self,
+        chunk: &ChunkQuery<'_>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let table = chunk.table.to_string();
+        let stream = self.copy_out(chunk.table, &chunk.copy_sql()).await?;
+        Ok(stream
+            .map(move |r| r.map_err(|e| Error::source(format!("table `{table}`: COPY stream"), e)))
+            .boxed())
     }
 }
 

@@ -13,10 +13,16 @@
 //! `_pgp_uploads/`, then `rewriteTo`s the final name with the complete metadata (a
 //! metadata-only copy inside one bucket and storage class) and deletes the upload. The
 //! final name is finalized exactly once per attempt, complete, with its row count; a
-//! crash leaves at most a hidden upload, removed by the bucket's lifecycle rule.
+//! crash leaves at most a hidden upload, removed by the bucket's lifecycle rule. A
+//! create-only finish sends the rewrite with `ifGenerationMatch=0`, which GCS fulfils
+//! only when no live object has the name and otherwise answers 412
+//! (<https://cloud.google.com/storage/docs/request-preconditions>).
+//!
+//! Error kinds: from the HTTP status (408, 429 and 5xx transient, 404 and other 4xx
+//! permanent); a request that got no answer is transient.
 
 use super::{Metadata, ObjectInfo, ObjectKey, ObjectStore, ObjectWriter};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
@@ -119,7 +125,9 @@ impl GcsStore {
             .creds
             .headers(http::Extensions::new())
             .await
-            .map_err(|e| Error::storage(self.url(), format!("credentials: {e}")))?;
+            .map_err(|e| {
+                Error::storage(self.url(), format!("credentials: {e}"), ErrorKind::Transient)
+            })?;
         Ok(match headers {
             CacheableResource::New { data, .. } => req.headers(data),
             CacheableResource::NotModified => req,
@@ -132,15 +140,29 @@ impl GcsStore {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<Option<serde_json::Value>> {
+        self.json_unless(what, req, None).await.map(|r| r.ok().flatten())
+    }
+
+    /// Send a JSON API request; `Ok(None)` on 404, `Err(status)` inside `Ok` when the
+    /// answer has the status `unless` (a precondition the caller handles).
+    async fn json_unless(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+        unless: Option<reqwest::StatusCode>,
+    ) -> Result<std::result::Result<Option<serde_json::Value>, reqwest::StatusCode>> {
         let resp = self
             .auth(req)
             .await?
             .send()
             .await
-            .map_err(|e| Error::storage(what, format!("request failed: {e}")))?;
+            .map_err(|e| Error::storage(what, format!("request failed: {e}"), ErrorKind::Transient))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+            return Ok(Ok(None));
+        }
+        if Some(status) == unless {
+            return Ok(Err(status));
         }
         let body = resp.bytes().await.unwrap_or_default();
         if !status.is_success() {
@@ -150,24 +172,36 @@ impl GcsStore {
                     "HTTP {status}: {}",
                     String::from_utf8_lossy(&body[..body.len().min(500)])
                 ),
+                ErrorKind::from_http_status(status.as_u16()),
             ));
         }
         if body.is_empty() {
-            return Ok(Some(serde_json::Value::Null));
+            return Ok(Ok(Some(serde_json::Value::Null)));
         }
         serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| Error::storage(what, format!("bad JSON reply: {e}")))
+            .map(|v| Ok(Some(v)))
+            .map_err(|e| Error::storage(what, format!("bad JSON reply: {e}"), ErrorKind::Transient))
     }
 
-    /// Rewrite `from` to `to` with `metadata` (the finalizing step of a writer).
-    async fn rewrite(&self, from: &str, to: &ObjectKey, metadata: &Metadata) -> Result<ObjectInfo> {
-        let url = format!(
+    /// Rewrite `from` to `to` with `metadata` (the finalizing step of a writer, and a
+    /// copy); `create_only` adds `ifGenerationMatch=0`, and then `None` means `to`
+    /// existed and nothing was written.
+    async fn rewrite(
+        &self,
+        from: &str,
+        to: &ObjectKey,
+        metadata: &Metadata,
+        create_only: bool,
+    ) -> Result<Option<ObjectInfo>> {
+        let mut url = format!(
             "{}/rewriteTo/b/{}/o/{}",
             self.object_url(from),
             self.bucket,
             urlencode(to.as_str())
         );
+        if create_only {
+            url.push_str("?ifGenerationMatch=0");
+        }
         let body = serde_json::json!({
             "metadata": metadata,
             "contentType": "application/octet-stream",
@@ -178,18 +212,28 @@ impl GcsStore {
             if let Some(t) = &token {
                 req = req.query(&[("rewriteToken", t)]);
             }
-            let reply = self
-                .json(to.as_str(), req)
-                .await?
-                .ok_or_else(|| Error::storage(to.as_str(), "upload vanished before finalize"))?;
+            let unless = create_only.then_some(reqwest::StatusCode::PRECONDITION_FAILED);
+            let reply = match self.json_unless(to.as_str(), req, unless).await? {
+                // 412: an object of that name exists; nothing was written.
+                Err(_) => return Ok(None),
+                Ok(r) => r,
+            }
+            .ok_or_else(|| {
+                Error::storage(
+                    to.as_str(),
+                    format!("{from} vanished before the rewrite"),
+                    ErrorKind::Permanent,
+                )
+            })?;
             if reply["done"].as_bool() == Some(true) {
-                return object_info(&reply["resource"]);
+                return object_info(&reply["resource"]).map(Some);
             }
             token = reply["rewriteToken"].as_str().map(str::to_string);
             if token.is_none() {
                 return Err(Error::storage(
                     to.as_str(),
                     "rewrite neither done nor resumable",
+                    ErrorKind::Transient,
                 ));
             }
         }
@@ -242,7 +286,7 @@ struct GcsWriter {
     key: ObjectKey,
     upload: String,
     tx: Option<mpsc::Sender<std::result::Result<Bytes, std::io::Error>>>,
-    task: tokio::task::JoinHandle<std::result::Result<(), String>>,
+    task: tokio::task::JoinHandle<std::result::Result<(), (String, ErrorKind)>>,
 }
 
 #[async_trait]
@@ -255,22 +299,55 @@ impl ObjectWriter for GcsWriter {
             let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
             let msg = match task.await {
                 Ok(Err(e)) => e,
-                Ok(Ok(())) => "upload ended early".into(),
-                Err(e) => e.to_string(),
+                Ok(Ok(())) => ("upload ended early".into(), ErrorKind::Transient),
+                Err(e) => (e.to_string(), ErrorKind::Transient),
             };
-            return Err(Error::storage(self.key.as_str(), msg));
+            return Err(Error::storage(self.key.as_str(), msg.0, msg.1));
         }
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>, metadata: Metadata) -> Result<ObjectInfo> {
+    async fn finish(self: Box<Self>, metadata: Metadata) -> Result<ObjectInfo> {
+        let key = self.key.clone();
+        self.complete(metadata, false).await?.ok_or_else(|| {
+            Error::storage(key.as_str(), "rewrite refused", ErrorKind::Transient)
+        })
+    }
+
+    async fn finish_if_absent(self: Box<Self>, metadata: Metadata) -> Result<Option<ObjectInfo>> {
+        self.complete(metadata, true).await
+    }
+    async fn abort(mut self: Box<Self>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(std::io::Error::other("aborted by pgp"))).await;
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl GcsWriter {
+    /// Wait for the upload, rewrite it to the final name, delete it.
+    async fn complete(
+        mut self: Box<Self>,
+        metadata: Metadata,
+        create_only: bool,
+    ) -> Result<Option<ObjectInfo>> {
         drop(self.tx.take());
         match (&mut self.task).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::storage(self.key.as_str(), e)),
-            Err(e) => return Err(Error::storage(self.key.as_str(), e.to_string())),
+            Ok(Err((m, kind))) => return Err(Error::storage(self.key.as_str(), m, kind)),
+            Err(e) => {
+                return Err(Error::storage(
+                    self.key.as_str(),
+                    e.to_string(),
+                    ErrorKind::Transient,
+                ))
+            }
         }
-        let info = self.store.rewrite(&self.upload, &self.key, &metadata).await;
+        let info = self
+            .store
+            .rewrite(&self.upload, &self.key, &metadata, create_only)
+            .await;
         // The hidden upload is garbage either way; the lifecycle rule is the backstop.
         let _ = self
             .store
@@ -281,12 +358,14 @@ impl ObjectWriter for GcsWriter {
             .await;
         info
     }
+}
 
-    async fn abort(mut self: Box<Self>) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(std::io::Error::other("aborted by pgp"))).await;
-        }
-        let _ = (&mut self.task).await;
+/// The kind of a failure of the storage client: its HTTP status when the server
+/// answered, else transient (I/O, timeouts, connections).
+fn client_kind(e: &google_cloud_storage::Error) -> ErrorKind {
+    match e.http_status_code() {
+        Some(status) => ErrorKind::from_http_status(status),
+        None => ErrorKind::Transient,
     }
 }
 
@@ -327,7 +406,7 @@ impl ObjectStore for GcsStore {
                 .send_buffered()
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("upload failed: {e}"))
+                .map_err(|e| (format!("upload failed: {e}"), client_kind(&e)))
         });
         Ok(Box::new(GcsWriter {
             store: self.clone(),
@@ -352,6 +431,12 @@ impl ObjectStore for GcsStore {
         Ok(Bytes::from(out))
     }
 
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo> {
+        self.rewrite(from.as_str(), to, &metadata, false)
+            .await?
+            .ok_or_else(|| Error::storage(to.as_str(), "rewrite refused", ErrorKind::Transient))
+    }
+
     async fn copy_to_file(&self, key: &ObjectKey, path: &Path) -> Result<u64> {
         let mut resp = self
             .client
@@ -359,8 +444,10 @@ impl ObjectStore for GcsStore {
             .send()
             .await
             .map_err(|e| read_error(key, e))?;
-        let io =
-            |e: std::io::Error| Error::storage(key.as_str(), format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| {
+            let kind = ErrorKind::from_io(&e);
+            Error::storage(key.as_str(), format!("{}: {e}", path.display()), kind)
+        };
         let mut file = tokio::fs::File::create(path).await.map_err(io)?;
         let mut n = 0u64;
         while let Some(chunk) = resp.next().await {
@@ -392,7 +479,11 @@ impl ObjectStore for GcsStore {
                 req = req.query(&[("pageToken", p)]);
             }
             let Some(v) = self.json(prefix, req).await? else {
-                return Err(Error::storage(self.url(), "bucket not found"));
+                return Err(Error::storage(
+                    self.url(),
+                    "bucket not found",
+                    ErrorKind::Permanent,
+                ));
             };
             for item in v["items"].as_array().into_iter().flatten() {
                 let name = item["name"].as_str().unwrap_or_default();
@@ -427,11 +518,15 @@ impl ObjectStore for GcsStore {
         let url = format!("{}/storage/v1/b/{}", self.endpoint, self.bucket);
         match self.json("bucket", self.http.get(url)).await? {
             Some(_) => Ok(()),
-            None => Err(Error::storage(self.url(), "bucket not found")),
+            None => Err(Error::storage(
+                self.url(),
+                "bucket not found",
+                ErrorKind::Permanent,
+            )),
         }
     }
 }
 
 fn read_error(key: &ObjectKey, e: google_cloud_storage::Error) -> Error {
-    Error::storage(key.as_str(), format!("read failed: {e}"))
+    Error::storage(key.as_str(), format!("read failed: {e}"), client_kind(&e))
 }

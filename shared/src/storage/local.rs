@@ -23,7 +23,7 @@ impl LocalStore {
     pub fn new(root: PathBuf) -> Result<Self> {
         let s = Self::at(root)?;
         std::fs::create_dir_all(&s.root)
-            .map_err(|e| Error::storage(s.root.display().to_string(), e))?;
+            .map_err(|e| Error::storage_io(s.root.display().to_string(), e))?;
         Ok(s)
     }
 
@@ -48,6 +48,38 @@ impl LocalStore {
             .join(format!("{}.json", key.as_str()))
     }
 
+    /// A writer to a temporary file beside `key`'s path.
+    async fn local_writer(&self, key: &ObjectKey) -> Result<LocalWriter> {
+        let dest = self.path(key);
+        let dir = dest
+            .parent()
+            .expect("key has a parent under root")
+            .to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Error::storage_io(key.as_str(), e))?;
+        let file_name = dest
+            .file_name()
+            .expect("key has a file name")
+            .to_string_lossy();
+        let tmp = dir.join(format!(
+            ".{file_name}.{}.{}.tmp",
+            std::process::id(),
+            unique()
+        ));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::storage_io(key.as_str(), e))?;
+        Ok(LocalWriter {
+            key: key.clone(),
+            meta: self.meta_path(key),
+            tmp,
+            dest,
+            file: Some(file),
+            size: 0,
+        })
+    }
+
     fn read_meta(&self, key: &ObjectKey) -> Metadata {
         std::fs::read(self.meta_path(key))
             .ok()
@@ -64,7 +96,7 @@ impl LocalStore {
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::storage(key.as_str(), e)),
+            Err(e) => Err(Error::storage_io(key.as_str(), e)),
         }
     }
 }
@@ -84,14 +116,38 @@ impl ObjectWriter for LocalWriter {
         let f = self.file.as_mut().expect("writer used after finish");
         f.write_all(&data)
             .await
-            .map_err(|e| Error::storage(self.key.as_str(), e))?;
+            .map_err(|e| Error::storage_io(self.key.as_str(), e))?;
         self.size += data.len() as u64;
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>, metadata: Metadata) -> Result<ObjectInfo> {
+    async fn finish(self: Box<Self>, metadata: Metadata) -> Result<ObjectInfo> {
+        Ok(self
+            .complete(metadata, false)
+            .await?
+            .expect("an overwriting finish always writes"))
+    }
+
+    async fn finish_if_absent(self: Box<Self>, metadata: Metadata) -> Result<Option<ObjectInfo>> {
+        self.complete(metadata, true).await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+impl LocalWriter {
+    /// Flush, then move the file into place: by rename (replacing), or, create-only, by
+    /// a hard link, which fails if the name exists (atomic on POSIX), then the metadata.
+    async fn complete(
+        mut self: Box<Self>,
+        metadata: Metadata,
+        create_only: bool,
+    ) -> Result<Option<ObjectInfo>> {
         let key = self.key.clone();
-        let e = |e: std::io::Error| Error::storage(key.as_str(), e);
+        let e = |e: std::io::Error| Error::storage_io(key.as_str(), e);
         let mut f = self.file.take().expect("finish called twice");
         f.flush().await.map_err(e)?;
         f.sync_all().await.map_err(e)?;
@@ -100,20 +156,32 @@ impl ObjectWriter for LocalWriter {
             tokio::fs::create_dir_all(parent).await.map_err(e)?;
         }
         let meta_json = serde_json::to_vec(&metadata).expect("metadata serializes");
-        let meta_tmp = self.meta.with_extension("json.tmp");
+        let meta_tmp = self.meta.with_extension(format!("{}.tmp", unique()));
         tokio::fs::write(&meta_tmp, meta_json).await.map_err(e)?;
-        tokio::fs::rename(&meta_tmp, &self.meta).await.map_err(e)?;
-        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(e)?;
-        Ok(ObjectInfo {
+        if create_only {
+            let linked = tokio::fs::hard_link(&self.tmp, &self.dest).await;
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            match linked {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = tokio::fs::remove_file(&meta_tmp).await;
+                    return Ok(None);
+                }
+                Err(err) => {
+                    let _ = tokio::fs::remove_file(&meta_tmp).await;
+                    return Err(e(err));
+                }
+            }
+            tokio::fs::rename(&meta_tmp, &self.meta).await.map_err(e)?;
+        } else {
+            tokio::fs::rename(&meta_tmp, &self.meta).await.map_err(e)?;
+            tokio::fs::rename(&self.tmp, &self.dest).await.map_err(e)?;
+        }
+        Ok(Some(ObjectInfo {
             key: self.key.clone(),
             size: self.size,
             metadata,
-        })
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        self.file.take();
-        let _ = tokio::fs::remove_file(&self.tmp).await;
+        }))
     }
 }
 
@@ -155,47 +223,30 @@ impl ObjectStore for LocalStore {
     }
 
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>> {
-        let dest = self.path(key);
-        let dir = dest
-            .parent()
-            .expect("key has a parent under root")
-            .to_path_buf();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| Error::storage(key.as_str(), e))?;
-        let file_name = dest
-            .file_name()
-            .expect("key has a file name")
-            .to_string_lossy();
-        let tmp = dir.join(format!(
-            ".{file_name}.{}.{}.tmp",
-            std::process::id(),
-            unique()
-        ));
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Error::storage(key.as_str(), e))?;
-        Ok(Box::new(LocalWriter {
-            key: key.clone(),
-            meta: self.meta_path(key),
-            tmp,
-            dest,
-            file: Some(file),
-            size: 0,
-        }))
+        Ok(Box::new(self.local_writer(key).await?))
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         tokio::fs::read(self.path(key))
             .await
             .map(Bytes::from)
-            .map_err(|e| Error::storage(key.as_str(), e))
+            .map_err(|e| Error::storage_io(key.as_str(), e))
+    }
+
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo> {
+        // Copy the file into a writer's temporary file (streamed by the kernel), then
+        // finish as any write does.
+        let mut w = self.local_writer(to).await?;
+        w.size = tokio::fs::copy(self.path(from), &w.tmp)
+            .await
+            .map_err(|e| Error::storage_io(from.as_str(), e))?;
+        Box::new(w).finish(metadata).await
     }
 
     async fn copy_to_file(&self, key: &ObjectKey, path: &std::path::Path) -> Result<u64> {
         tokio::fs::copy(self.path(key), path)
             .await
-            .map_err(|e| Error::storage(key.as_str(), e))
+            .map_err(|e| Error::storage_io(key.as_str(), e))
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>> {
@@ -204,7 +255,7 @@ impl ObjectStore for LocalStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut names = Vec::new();
-        walk(&self.root, &self.root, &mut names).map_err(|e| Error::storage(prefix, e))?;
+        walk(&self.root, &self.root, &mut names).map_err(|e| Error::storage_io(prefix, e))?;
         names.sort();
         let mut out = Vec::new();
         for n in names.into_iter().filter(|n| n.starts_with(prefix)) {
@@ -222,7 +273,7 @@ impl ObjectStore for LocalStore {
             match tokio::fs::remove_file(&p).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::storage(key.as_str(), e)),
+                Err(e) => return Err(Error::storage_io(key.as_str(), e)),
             }
         }
         Ok(())
@@ -236,7 +287,7 @@ impl ObjectStore for LocalStore {
         let probe = self.root.join(format!(".health.{}", unique()));
         tokio::fs::write(&probe, b"ok")
             .await
-            .map_err(|e| Error::storage(self.url(), e))?;
+            .map_err(|e| Error::storage_io(self.url(), e))?;
         let _ = tokio::fs::remove_file(&probe).await;
         Ok(())
     }

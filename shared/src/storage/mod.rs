@@ -35,7 +35,11 @@ impl ObjectKey {
                 .any(|seg| seg.is_empty() || seg == "." || seg == "..")
             || s.chars().any(|c| c.is_control() || c == '\\');
         if bad {
-            return Err(Error::storage(s, "invalid object name"));
+            return Err(Error::storage(
+                s,
+                "invalid object name",
+                crate::error::ErrorKind::Permanent,
+            ));
         }
         Ok(ObjectKey(s.to_string()))
     }
@@ -80,8 +84,13 @@ pub struct ObjectInfo {
 pub trait ObjectWriter: Send {
     /// Append bytes.
     async fn write(&mut self, data: Bytes) -> Result<()>;
-    /// Complete the object with its metadata; only now does it appear.
+    /// Complete the object with its metadata; only now does it appear (replacing any
+    /// object of that name).
     async fn finish(self: Box<Self>, metadata: Metadata) -> Result<ObjectInfo>;
+    /// Complete the object only if no object of that name exists (GCS:
+    /// `ifGenerationMatch=0`); `None` when one does, and then nothing is written. Two
+    /// writers racing for one name: exactly one gets `Some`.
+    async fn finish_if_absent(self: Box<Self>, metadata: Metadata) -> Result<Option<ObjectInfo>>;
     /// Give up; no object appears.
     async fn abort(self: Box<Self>);
 }
@@ -95,6 +104,9 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>>;
     /// Read a whole (small) object, e.g. a plan.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
+    /// Copy `from` to a new object `to` with `metadata`, in the store (GCS: a rewrite,
+    /// which finalizes `to` and so announces it like any write).
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo>;
     /// Stream an object into a local file (bounded memory); returns its size.
     async fn copy_to_file(&self, key: &ObjectKey, path: &Path) -> Result<u64>;
     /// Metadata of one object, `None` when absent.
@@ -121,6 +133,21 @@ pub trait ObjectStoreExt: ObjectStore {
             return Err(e);
         }
         w.finish(metadata).await
+    }
+
+    /// Write a whole small object unless one of that name exists; `None` when it does.
+    async fn put_if_absent(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        metadata: Metadata,
+    ) -> Result<Option<ObjectInfo>> {
+        let mut w = self.writer(key).await?;
+        if let Err(e) = w.write(data).await {
+            w.abort().await;
+            return Err(e);
+        }
+        w.finish_if_absent(metadata).await
     }
 }
 

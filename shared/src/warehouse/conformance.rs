@@ -1,8 +1,14 @@
 //! The behaviour every warehouse must show, run against each implementation (DuckDB
-//! here; Snowflake against its emulator): create, schema check, load with the staged
-//! file format, idempotent reload, count reporting, atomic append and swap.
+//! and the simulation's here; Snowflake against its emulator): tables and schema
+//! checks, loads with the staged file format inside transactions, rollback, stamps and
+//! the ledger's choice of one attempt per chunk, the run table, the swap and markers.
+//! What it does not ask for is as deliberate: no uniqueness anywhere (a second load of
+//! one object must simply be a second attempt).
 
-use super::{schema_state, RunMeta, SchemaState, TableSchema, Warehouse};
+use super::{
+    schema_state, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, SchemaState,
+    TableSchema, Warehouse, LOAD_ID,
+};
 use crate::format::Compression;
 use crate::ident::{Ident, TableName};
 use crate::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
@@ -79,13 +85,41 @@ fn row(id: i64, text: &str) -> String {
     .join("\t")
 }
 
+/// Load `object` as chunk `chunk` of `run` in one transaction, stamped `load_id`.
+async fn load(
+    wh: &dyn Warehouse,
+    table: &TableName,
+    ts: &TableSchema,
+    run: &RunMeta,
+    object: &ObjectKey,
+    chunk: u32,
+    load_id: &str,
+) -> u64 {
+    let mut txn = wh.begin().await.unwrap();
+    let n = txn
+        .copy_into(table, ts, run, object, Compression::Gzip, load_id)
+        .await
+        .unwrap();
+    txn.record_load(&LoadRecord {
+        load_table: table.clone(),
+        run_id: run.run_id.clone(),
+        chunk,
+        object: object.to_string(),
+        load_id: load_id.into(),
+        rows: n,
+    })
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    n
+}
+
 /// Run the suite. `store` must be the store `wh` loads from.
 pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     wh.health().await.expect("health");
     let schema = Ident::parse("s", "conformance").unwrap();
     let target = TableName::new(schema.clone(), Ident::parse("t", "target").unwrap());
-    let stage = target.with_suffix("_STAGE").unwrap();
-    let temp = target.with_suffix("_TEMP").unwrap();
+    let load_table = target.with_suffix("_PGP_LOAD_run1").unwrap();
     let cols = all_types();
     let ts = TableSchema {
         columns: cols.clone(),
@@ -99,14 +133,20 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
 
     // a missing table, then created: the reported types are the rendered ones
     assert_eq!(wh.columns(&target).await.unwrap(), None);
+    assert_eq!(wh.marker(&target).await.unwrap(), None);
     assert_eq!(schema_state(wh, &cols, None), SchemaState::Missing);
-    wh.create_table(&target, &ts).await.unwrap();
+    wh.create_table(&target, &ts, false).await.unwrap();
+    wh.create_table(&target, &ts, false)
+        .await
+        .expect("creating an existing table is a no-op");
     let actual = wh.columns(&target).await.unwrap().expect("created");
     assert_eq!(
         schema_state(wh, &cols, Some(&actual)),
         SchemaState::Same,
         "{actual:?}"
     );
+    wh.prepare_lock(&target).await.unwrap();
+    wh.prepare_lock(&target).await.unwrap();
 
     // schema changes are seen: added, dropped, renamed, retyped
     let mut added = cols.clone();
@@ -139,10 +179,14 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         SchemaState::Changed(_)
     ));
 
-    // load two objects into a stage; the counts are the warehouse's own
-    wh.create_table(&stage, &ts).await.unwrap();
-    let k1 = ObjectKey::parse("conformance/target/run1/00000.tsv.gz").unwrap();
-    let k2 = ObjectKey::parse("conformance/target/run1/00001.tsv.gz").unwrap();
+    // a load table carries the stamp, which the schema check ignores
+    wh.create_table(&load_table, &ts, true).await.unwrap();
+    let lcols = wh.columns(&load_table).await.unwrap().unwrap();
+    assert!(lcols.iter().any(|c| c.name.eq_ignore_ascii_case(LOAD_ID)));
+    assert_eq!(schema_state(wh, &cols, Some(&lcols)), SchemaState::Same);
+
+    let k1 = ObjectKey::parse("conformance/target/run1/00000.a.tsv.gz").unwrap();
+    let k2 = ObjectKey::parse("conformance/target/run1/00001.a.tsv.gz").unwrap();
     let tricky = "\"tab\there, newline\nhere, CR\rhere, quote\"\" and \\N \\\\ \"";
     store
         .put(
@@ -156,48 +200,137 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         .put(&k2, gz(&format!("{}\n", row(3, ""))), Default::default())
         .await
         .unwrap();
-    let l1 = wh
-        .load(&stage, &ts, &run1, &k1, Compression::Gzip)
-        .await
-        .unwrap();
-    assert_eq!((l1.rows, l1.already), (2, false));
-    let l2 = wh
-        .load(&stage, &ts, &run1, &k2, Compression::Gzip)
-        .await
-        .unwrap();
-    assert_eq!((l2.rows, l2.already), (1, false));
 
-    // a redelivered object is a no-op that reports the earlier count
-    let again = wh
-        .load(&stage, &ts, &run1, &k1, Compression::Gzip)
-        .await
-        .unwrap();
-    assert_eq!((again.rows, again.already), (2, true));
-    assert_eq!(wh.row_count(&stage).await.unwrap(), 3);
-
-    // the ledger tells which objects of the run landed, and their rows
+    // a load, its count and its ledger row commit together
+    assert_eq!(load(wh, &load_table, &ts, &run1, &k1, 0, "a1").await, 2);
+    let mut txn = wh.begin().await.unwrap();
     assert_eq!(
-        wh.loaded_objects(&stage, "run1").await.unwrap(),
-        vec![(k1.to_string(), 2), (k2.to_string(), 1)]
+        txn.chunk_loaded(&load_table, "run1", 0).await.unwrap(),
+        Some(2)
     );
-    assert!(wh.loaded_objects(&stage, "other").await.unwrap().is_empty());
+    assert_eq!(txn.chunk_loaded(&load_table, "run1", 1).await.unwrap(), None);
+    txn.rollback().await.unwrap();
 
-    // nothing is visible in the target until the publish, which happens once
-    assert_eq!(wh.row_count(&target).await.unwrap(), 0);
-    assert!(!wh.published(&target, "run1").await.unwrap());
-    let p = wh.publish_append(&stage, &target, "run1").await.unwrap();
-    assert!(wh.published(&target, "run1").await.unwrap());
-    assert_eq!((p.rows, p.already), (3, false));
+    // a rolled-back load leaves neither rows nor a ledger row
+    let mut txn = wh.begin().await.unwrap();
+    let n = txn
+        .copy_into(&load_table, &ts, &run1, &k2, Compression::Gzip, "b1")
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    txn.record_load(&LoadRecord {
+        load_table: load_table.clone(),
+        run_id: "run1".into(),
+        chunk: 1,
+        object: k2.to_string(),
+        load_id: "b1".into(),
+        rows: 1,
+    })
+    .await
+    .unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(wh.row_count(&load_table).await.unwrap(), 2);
+    assert_eq!(wh.loaded_chunks(&load_table, "run1").await.unwrap(), vec![0]);
+
+    // a transaction dropped half-way is rolled back before the next one starts
+    {
+        let mut txn = wh.begin().await.unwrap();
+        txn.copy_into(&load_table, &ts, &run1, &k2, Compression::Gzip, "b2")
+            .await
+            .unwrap();
+    }
+    assert_eq!(wh.row_count(&load_table).await.unwrap(), 2);
+
+    // chunk 1 loads; then a second loader loads chunk 0's object again: nothing
+    // refuses it (no unique keys), the ledger has two attempts for chunk 0, and the
+    // summary counts the attempt with the smallest load id once
+    assert_eq!(load(wh, &load_table, &ts, &run1, &k2, 1, "c1").await, 1);
+    assert_eq!(load(wh, &load_table, &ts, &run1, &k1, 0, "0dup").await, 2);
+    assert_eq!(wh.row_count(&load_table).await.unwrap(), 5);
+    assert_eq!(
+        wh.loaded_chunks(&load_table, "run1").await.unwrap(),
+        vec![0, 1]
+    );
+    let mut txn = wh.begin().await.unwrap();
+    let s = txn.ledger_summary(&load_table, "run1").await.unwrap();
+    assert_eq!((s.chunks, s.rows), (2, 3));
+    assert_eq!(
+        txn.ledger_summary(&load_table, "other").await.unwrap().chunks,
+        0
+    );
+    txn.rollback().await.unwrap();
+
+    // the run table: insert, read, claim, publish; only open runs are listed
+    let mut txn = wh.begin().await.unwrap();
+    txn.lock(&target).await.unwrap();
+    assert_eq!(txn.run(&target, "run1").await.unwrap(), None);
+    let rec = RunRecord {
+        target: target.clone(),
+        run_id: "run1".into(),
+        load_table: load_table.clone(),
+        mode: "append".into(),
+        chunks: 2,
+        fingerprint: "fp".into(),
+        state: RunState::Planned,
+        claim: None,
+        claim_age_seconds: None,
+        rows: None,
+        reason: None,
+    };
+    txn.insert_run(&rec).await.unwrap();
+    let seen = txn.run(&target, "run1").await.unwrap().expect("own insert");
+    assert_eq!((seen.state, seen.chunks), (RunState::Planned, 2));
+    assert_eq!(seen.load_table, load_table);
+    txn.commit().await.unwrap();
+    let mut txn = wh.begin().await.unwrap();
+    txn.lock(&target).await.unwrap();
+    txn.update_run(&target, "run1", &RunUpdate::Claim("c9".into()))
+        .await
+        .unwrap();
+    let claimed = txn.run(&target, "run1").await.unwrap().unwrap();
+    assert_eq!(claimed.state, RunState::Claimed);
+    assert_eq!(claimed.claim.as_deref(), Some("c9"));
+    let age = claimed.claim_age_seconds.expect("a claim has an age");
+    assert!((0..600).contains(&age), "claim age {age}");
+    assert_eq!(txn.open_runs(&target).await.unwrap().len(), 1);
+
+    // publish: the chosen attempt of each chunk, without the stamp, once
+    let moved = txn
+        .insert_chosen(&load_table, &target, &ts, "run1")
+        .await
+        .unwrap();
+    assert_eq!(moved, 3);
+    txn.update_run(&target, "run1", &RunUpdate::Published { rows: 3 })
+        .await
+        .unwrap();
+    assert!(txn.open_runs(&target).await.unwrap().is_empty());
+    txn.commit().await.unwrap();
     assert_eq!(wh.row_count(&target).await.unwrap(), 3);
-    assert_eq!(wh.columns(&stage).await.unwrap(), None, "stage dropped");
-    wh.create_table(&stage, &ts).await.unwrap();
-    let p = wh.publish_append(&stage, &target, "run1").await.unwrap();
-    assert!(p.already);
-    assert_eq!(wh.row_count(&target).await.unwrap(), 3);
-    assert_eq!(wh.max_key(&target, &cols[0].name).await.unwrap(), Some(3));
+    let mut txn = wh.begin().await.unwrap();
+    let published = txn.run(&target, "run1").await.unwrap().unwrap();
+    assert_eq!((published.state, published.rows), (RunState::Published, Some(3)));
+    let cols_in_txn = txn.columns(&target).await.unwrap().unwrap();
+    assert_eq!(schema_state(wh, &cols, Some(&cols_in_txn)), SchemaState::Same);
+    txn.update_run(
+        &target,
+        "run1",
+        &RunUpdate::Abandoned {
+            reason: "just testing".into(),
+        },
+    )
+    .await
+    .unwrap();
+    txn.rollback().await.unwrap();
+    let mut txn = wh.begin().await.unwrap();
+    assert_eq!(
+        txn.run(&target, "run1").await.unwrap().unwrap().state,
+        RunState::Published,
+        "a rolled-back update is not seen"
+    );
+    txn.rollback().await.unwrap();
 
     // a malformed object fails its load and leaves the table as it was
-    let bad = ObjectKey::parse("conformance/target/run2/00000.tsv.gz").unwrap();
+    let bad = ObjectKey::parse("conformance/target/run2/00000.a.tsv.gz").unwrap();
     store
         .put(
             &bad,
@@ -210,55 +343,66 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         run_id: "run2".into(),
         ..run1.clone()
     };
-    assert!(wh
-        .load(&target, &ts, &run2, &bad, Compression::Gzip)
-        .await
-        .is_err());
-    assert_eq!(wh.row_count(&target).await.unwrap(), 3);
+    let mut txn = wh.begin().await.unwrap();
+    let failed = txn
+        .copy_into(&load_table, &ts, &run2, &bad, Compression::Gzip, "x1")
+        .await;
+    assert!(failed.is_err());
+    let _ = txn.rollback().await;
+    assert_eq!(wh.row_count(&load_table).await.unwrap(), 5);
 
-    // swap: the new table replaces the old one whole
-    wh.create_table(&temp, &ts).await.unwrap();
-    let k3 = ObjectKey::parse("conformance/target/run3/00000.tsv.gz").unwrap();
-    store
-        .put(&k3, gz(&format!("{}\n", row(7, "new"))), Default::default())
+    // swap: a new table replaces the target whole and carries the run's marker
+    let fresh = target.with_suffix("_PGP_SWAP_run1_c9").unwrap();
+    wh.create_table(&fresh, &ts, false).await.unwrap();
+    let mut txn = wh.begin().await.unwrap();
+    assert_eq!(
+        txn.insert_chosen(&load_table, &fresh, &ts, "run1")
+            .await
+            .unwrap(),
+        3
+    );
+    txn.commit().await.unwrap();
+    let mut txn = wh.begin().await.unwrap();
+    txn.insert_chosen(&load_table, &fresh, &ts, "run1")
         .await
         .unwrap();
-    let run3 = RunMeta {
-        run_id: "run3".into(),
-        ..run1.clone()
-    };
+    txn.commit().await.unwrap();
+    assert_eq!(wh.row_count(&fresh).await.unwrap(), 6);
+    wh.swap_in(&fresh, &target, "pgp run run1").await.unwrap();
+    assert_eq!(wh.row_count(&target).await.unwrap(), 6);
     assert_eq!(
-        wh.load(&temp, &ts, &run3, &k3, Compression::Gzip)
-            .await
-            .unwrap()
-            .rows,
-        1
+        wh.marker(&target).await.unwrap().as_deref(),
+        Some("pgp run run1")
     );
-    assert_eq!(wh.max_key(&temp, &cols[0].name).await.unwrap(), Some(7));
-    let s = wh.publish_swap(&temp, &target, "run3").await.unwrap();
-    assert_eq!((s.rows, s.already), (1, false));
-    assert_eq!(wh.row_count(&target).await.unwrap(), 1);
-    assert_eq!(wh.columns(&temp).await.unwrap(), None);
-    assert!(
-        wh.publish_swap(&temp, &target, "run3")
-            .await
-            .unwrap()
-            .already
+    let mut txn = wh.begin().await.unwrap();
+    assert_eq!(
+        txn.marker(&target).await.unwrap().as_deref(),
+        Some("pgp run run1")
     );
-    assert_eq!(wh.row_count(&target).await.unwrap(), 1);
+    txn.rollback().await.unwrap();
+    // `fresh` is gone or holds the old table
+    if wh.columns(&fresh).await.unwrap().is_some() {
+        assert_eq!(wh.row_count(&fresh).await.unwrap(), 3);
+    }
+    wh.drop_table(&fresh).await.unwrap();
 
     // swap into a missing target is a rename
-    let fresh = TableName::new(schema.clone(), Ident::parse("t", "fresh").unwrap());
-    let fresh_temp = fresh.with_suffix("_TEMP").unwrap();
-    wh.create_table(&fresh_temp, &ts).await.unwrap();
-    wh.publish_swap(&fresh_temp, &fresh, "run4").await.unwrap();
-    assert!(wh.columns(&fresh).await.unwrap().is_some());
+    let other = TableName::new(schema.clone(), Ident::parse("t", "fresh").unwrap());
+    let other_new = other.with_suffix("_PGP_SWAP_run4_x").unwrap();
+    wh.create_table(&other_new, &ts, false).await.unwrap();
+    wh.swap_in(&other_new, &other, "pgp run run4").await.unwrap();
+    assert!(wh.columns(&other).await.unwrap().is_some());
+    assert_eq!(wh.columns(&other_new).await.unwrap(), None);
+    assert_eq!(
+        wh.marker(&other).await.unwrap().as_deref(),
+        Some("pgp run run4")
+    );
 
-    for t in [&target, &fresh] {
+    for t in [&target, &other, &load_table] {
         wh.drop_table(t).await.unwrap();
         assert_eq!(wh.columns(t).await.unwrap(), None);
     }
-    for k in [k1, k2, k3, bad] {
+    for k in [k1, k2, bad] {
         store.delete(&k).await.unwrap();
     }
 }

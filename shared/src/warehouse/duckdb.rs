@@ -1,36 +1,72 @@
 //! DuckDB, embedded: the warehouse of `pgp tap` on one machine and of the tests.
 //!
-//! DuckDB reads staged objects in place (`read_csv` over the local store's files), so
-//! it needs a store with local paths. All work runs on a blocking thread behind one
-//! connection; DuckDB's transactions give the atomic load, append and swap.
+//! DuckDB reads staged objects in place (`read_csv` over the local store's files), so a
+//! remote object is first streamed to a temporary file. All work runs on a blocking
+//! thread behind one connection. A transaction holds the connection from `begin` to
+//! `commit`, so transactions of one process run one after the other and
+//! [`Transaction::lock`] has nothing left to do; an embedded file admits one writing
+//! process at a time (the services take turns through [`crate::warehouse`]'s caller).
+//! A transaction abandoned half-way (its future dropped) leaves a flag on the
+//! connection, and the next user rolls it back before anything else.
 
 use super::{
-    ActualColumn, Loaded, Published, RunMeta, TableSchema, Warehouse, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate,
+    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
-use crate::ident::{Ident, TableName};
+use crate::ident::TableName;
 use crate::storage::{ObjectKey, ObjectStore};
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
 use duckdb::{params, Connection, OptionalExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 const LEDGER: &str = "CREATE SCHEMA IF NOT EXISTS _pgp;
-CREATE TABLE IF NOT EXISTS _pgp.loads (
-    target VARCHAR NOT NULL, run_id VARCHAR NOT NULL, object VARCHAR NOT NULL,
-    rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (target, run_id, object));
-CREATE TABLE IF NOT EXISTS _pgp.publishes (
-    target VARCHAR NOT NULL, run_id VARCHAR NOT NULL, action VARCHAR NOT NULL,
-    rows BIGINT NOT NULL, published_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (target, run_id));";
+CREATE TABLE IF NOT EXISTS _pgp.load_ledger (
+    load_table VARCHAR NOT NULL, run_id VARCHAR NOT NULL, chunk INTEGER NOT NULL,
+    object VARCHAR NOT NULL, load_id VARCHAR NOT NULL, rows BIGINT NOT NULL,
+    loaded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp);
+CREATE TABLE IF NOT EXISTS _pgp.runs (
+    target VARCHAR NOT NULL, run_id VARCHAR NOT NULL, load_table VARCHAR NOT NULL,
+    mode VARCHAR NOT NULL, chunks BIGINT NOT NULL, fingerprint VARCHAR NOT NULL,
+    state VARCHAR NOT NULL, claim VARCHAR, claimed_at_ms BIGINT, rows BIGINT,
+    reason VARCHAR, created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp);";
+
+/// DuckDB reports no error class through its C API, so a failed statement is taken as
+/// permanent: the file is local and only pgp writes it, so nothing else can hold a lock
+/// or conflict; I/O failures of the local disk are the operator's to fix.
+fn db_err(ctx: impl Into<String>) -> impl Fn(duckdb::Error) -> Error {
+    let ctx = ctx.into();
+    move |e| Error::warehouse(ctx.clone(), e, ErrorKind::Permanent)
+}
+
+/// The connection and whether a transaction was left open on it.
+struct Slot {
+    conn: Connection,
+    in_txn: bool,
+}
+
+impl Slot {
+    /// Roll back a transaction an earlier user abandoned.
+    fn clean(&mut self) -> Result<()> {
+        if self.in_txn {
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(db_err("roll back an abandoned transaction"))?;
+            self.in_txn = false;
+        }
+        Ok(())
+    }
+}
 
 /// An embedded DuckDB database file.
 pub struct DuckDb {
     path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
+    slot: Arc<Mutex<Slot>>,
     store: Arc<dyn ObjectStore>,
 }
 
@@ -44,22 +80,44 @@ fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Run `f` on the slot on a blocking thread, keeping the guard.
+async fn blocking<T: Send + 'static>(
+    mut guard: OwnedMutexGuard<Slot>,
+    f: impl FnOnce(&mut Slot) -> Result<T> + Send + 'static,
+) -> (Option<OwnedMutexGuard<Slot>>, Result<T>) {
+    match tokio::task::spawn_blocking(move || {
+        let r = f(&mut guard);
+        (guard, r)
+    })
+    .await
+    {
+        Ok((g, r)) => (Some(g), r),
+        Err(e) => (
+            None,
+            Err(Error::warehouse("duckdb worker", e, ErrorKind::Transient)),
+        ),
+    }
+}
+
 impl DuckDb {
     /// Open (or create) the database file; `store` is where staged objects are read.
     pub fn open(path: &Path, store: Arc<dyn ObjectStore>) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::warehouse(format!("create {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::warehouse(
+                    format!("create {}", dir.display()),
+                    &e,
+                    ErrorKind::from_io(&e),
+                )
+            })?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| Error::warehouse(format!("open {}", path.display()), e))?;
+        let conn = Connection::open(path).map_err(|e| {
+            // Another process holding the file is the one failure that passes.
+            Error::warehouse(format!("open {}", path.display()), e, ErrorKind::Busy)
+        })?;
         conn.execute_batch(LEDGER)
-            .map_err(|e| Error::warehouse("create the load ledger", e))?;
-        Ok(DuckDb {
-            path: path.to_path_buf(),
-            conn: Arc::new(Mutex::new(conn)),
-            store,
-        })
+            .map_err(db_err("create the load ledger"))?;
+        Ok(Self::with_conn(path, conn, store))
     }
 
     /// Open an existing file read-only, or, when there is none, an empty in-memory
@@ -68,31 +126,38 @@ impl DuckDb {
         let conn = if path.exists() {
             let cfg = duckdb::Config::default()
                 .access_mode(duckdb::AccessMode::ReadOnly)
-                .map_err(|e| Error::warehouse("read-only config", e))?;
+                .map_err(db_err("read-only config"))?;
             Connection::open_with_flags(path, cfg)
         } else {
             Connection::open_in_memory()
         }
-        .map_err(|e| Error::warehouse(format!("open {}", path.display()), e))?;
-        Ok(DuckDb {
-            path: path.to_path_buf(),
-            conn: Arc::new(Mutex::new(conn)),
-            store,
-        })
+        .map_err(|e| Error::warehouse(format!("open {}", path.display()), e, ErrorKind::Busy))?;
+        Ok(Self::with_conn(path, conn, store))
     }
 
-    /// Run `f` with the connection on a blocking thread.
+    fn with_conn(path: &Path, conn: Connection, store: Arc<dyn ObjectStore>) -> Self {
+        DuckDb {
+            path: path.to_path_buf(),
+            slot: Arc::new(Mutex::new(Slot {
+                conn,
+                in_txn: false,
+            })),
+            store,
+        }
+    }
+
+    /// Run `f` with the connection, outside any transaction.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+        let guard = self.slot.clone().lock_owned().await;
+        blocking(guard, move |s| {
+            s.clean()?;
+            f(&mut s.conn)
         })
         .await
-        .map_err(|e| Error::warehouse("duckdb worker", e))?
+        .1
     }
 
     fn render(ty: &ColumnType) -> String {
@@ -126,7 +191,16 @@ impl DuckDb {
         }
     }
 
-    fn create_sql(table: &TableName, schema: &TableSchema) -> String {
+    /// The metadata columns' names after the query's columns.
+    fn meta_columns(schema: &TableSchema) -> Vec<String> {
+        let mut cols = vec![format!("\"{UPLOADED_AT}\"")];
+        if schema.task_instance {
+            cols.push(format!("\"{TASK_INSTANCE}\""));
+        }
+        cols
+    }
+
+    fn create_sql(table: &TableName, schema: &TableSchema, stamped: bool) -> String {
         let mut cols: Vec<String> = schema
             .columns
             .iter()
@@ -136,8 +210,11 @@ impl DuckDb {
         if schema.task_instance {
             cols.push(format!("\"{TASK_INSTANCE}\" VARCHAR"));
         }
+        if stamped {
+            cols.push(format!("\"{LOAD_ID}\" VARCHAR"));
+        }
         format!(
-            "CREATE SCHEMA IF NOT EXISTS {}; CREATE OR REPLACE TABLE {} ({});",
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({});",
             table.schema.quoted(),
             table.quoted(),
             cols.join(", ")
@@ -150,6 +227,7 @@ impl DuckDb {
         run: &RunMeta,
         path: &Path,
         compression: Compression,
+        load_id: &str,
     ) -> String {
         let fields: Vec<String> = (0..schema.columns.len()).map(|i| format!("c{i}")).collect();
         let mut targets: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
@@ -159,18 +237,19 @@ impl DuckDb {
             .zip(&fields)
             .map(|(c, f)| Self::load_expr(c, f))
             .collect();
-        targets.push(format!("\"{UPLOADED_AT}\""));
+        targets.extend(Self::meta_columns(schema));
         exprs.push(format!(
             "CAST({} AS TIMESTAMP WITH TIME ZONE)",
             sql_string(&run.uploaded_at.to_rfc3339())
         ));
         if schema.task_instance {
-            targets.push(format!("\"{TASK_INSTANCE}\""));
             exprs.push(match &run.task_instance {
                 Some(t) => sql_string(t),
                 None => "CAST(NULL AS VARCHAR)".into(),
             });
         }
+        targets.push(format!("\"{LOAD_ID}\""));
+        exprs.push(sql_string(load_id));
         let columns = fields
             .iter()
             .map(|f| format!("'{f}': 'VARCHAR'"))
@@ -188,21 +267,6 @@ impl DuckDb {
     }
 }
 
-/// Rows a run published into `target`, if it did (the once-per-run guard).
-/// A ledger read error is an error, never "not yet done" (that would publish twice).
-fn published_rows(
-    conn: &Connection,
-    target: &TableName,
-    run_id: &str,
-) -> duckdb::Result<Option<i64>> {
-    conn.query_row(
-        "SELECT rows FROM _pgp.publishes WHERE target = ? AND run_id = ?",
-        params![target.to_string(), run_id],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
 fn has_table(conn: &Connection, t: &TableName) -> duckdb::Result<bool> {
     conn.query_row(
         "SELECT count(*) FROM information_schema.tables WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
@@ -210,6 +274,103 @@ fn has_table(conn: &Connection, t: &TableName) -> duckdb::Result<bool> {
         |r| r.get::<_, i64>(0),
     )
     .map(|n| n > 0)
+}
+
+fn columns_of(c: &Connection, t: &TableName) -> Result<Option<Vec<ActualColumn>>> {
+    let e = db_err(format!("columns of {t}"));
+    let mut st = c
+        .prepare(
+            "SELECT column_name, data_type FROM information_schema.columns \
+             WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?) \
+             ORDER BY ordinal_position",
+        )
+        .map_err(&e)?;
+    let cols = st
+        .query_map(params![t.schema.as_str(), t.table.as_str()], |r| {
+            Ok(ActualColumn {
+                name: r.get(0)?,
+                data_type: r.get(1)?,
+            })
+        })
+        .map_err(&e)?
+        .collect::<duckdb::Result<Vec<_>>>()
+        .map_err(&e)?;
+    Ok(if cols.is_empty() { None } else { Some(cols) })
+}
+
+fn marker_of(c: &Connection, t: &TableName) -> Result<Option<String>> {
+    c.query_row(
+        "SELECT comment FROM duckdb_tables() WHERE lower(schema_name) = lower(?) AND lower(table_name) = lower(?)",
+        params![t.schema.as_str(), t.table.as_str()],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .map(Option::flatten)
+    .map_err(db_err(format!("comment of {t}")))
+}
+
+/// The run table's columns as [`run_row`] reads them. The claim time is epoch
+/// milliseconds of this machine's clock (an embedded file has one process at a time,
+/// and DuckDB's time arithmetic on `TIMESTAMPTZ` needs the ICU extension, which is not
+/// bundled); the age is computed when read.
+const RUN_COLUMNS: &str =
+    "target, run_id, load_table, mode, chunks, fingerprint, state, claim, claimed_at_ms, rows, reason";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn run_row(r: &duckdb::Row<'_>) -> duckdb::Result<(Vec<String>, i64, Option<String>, Option<i64>, Option<i64>, Option<String>)> {
+    Ok((
+        vec![
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+        ],
+        r.get::<_, i64>(4)?,
+        r.get::<_, Option<String>>(7)?,
+        r.get::<_, Option<i64>>(8)?
+            .map(|at| (now_ms() - at).max(0) / 1000),
+        r.get::<_, Option<i64>>(9)?,
+        r.get::<_, Option<String>>(10)?,
+    ))
+}
+
+type RawRun = (Vec<String>, i64, Option<String>, Option<i64>, Option<i64>, Option<String>);
+
+fn to_record(target: &TableName, load_table: &TableName, raw: RawRun) -> Result<RunRecord> {
+    let (s, chunks, claim, age, rows, reason) = raw;
+    Ok(RunRecord {
+        target: target.clone(),
+        run_id: s[1].clone(),
+        load_table: if s[2] == load_table.to_string() {
+            load_table.clone()
+        } else {
+            parse_table(&s[2])?
+        },
+        mode: s[3].clone(),
+        chunks: chunks as u64,
+        fingerprint: s[4].clone(),
+        state: RunState::parse(&s[5])?,
+        claim,
+        claim_age_seconds: age,
+        rows: rows.map(|r| r as u64),
+        reason,
+    })
+}
+
+/// Parse `schema.table` as the ledger stores it.
+pub(crate) fn parse_table(s: &str) -> Result<TableName> {
+    let (schema, table) = s.split_once('.').ok_or_else(|| {
+        Error::warehouse("run table", format!("bad table name {s:?}"), ErrorKind::Permanent)
+    })?;
+    Ok(TableName::new(
+        crate::ident::Ident::parse("schema", schema)?,
+        crate::ident::Ident::parse("table", table)?,
+    ))
 }
 
 #[async_trait]
@@ -222,7 +383,7 @@ impl Warehouse for DuckDb {
         self.with(|c| {
             c.query_row("SELECT 1", [], |r| r.get::<_, i32>(0))
                 .map(|_| ())
-                .map_err(|e| Error::warehouse("health", e))
+                .map_err(db_err("health"))
         })
         .await
     }
@@ -233,235 +394,380 @@ impl Warehouse for DuckDb {
 
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
         let t = table.clone();
-        self.with(move |c| {
-            let ctx = format!("columns of {t}");
-            let mut st = c
-                .prepare(
-                    "SELECT column_name, data_type FROM information_schema.columns \
-                     WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?) \
-                     ORDER BY ordinal_position",
-                )
-                .map_err(|e| Error::warehouse(&ctx, e))?;
-            let cols = st
-                .query_map(params![t.schema.as_str(), t.table.as_str()], |r| {
-                    Ok(ActualColumn {
-                        name: r.get(0)?,
-                        data_type: r.get(1)?,
-                    })
-                })
-                .map_err(|e| Error::warehouse(&ctx, e))?
-                .collect::<duckdb::Result<Vec<_>>>()
-                .map_err(|e| Error::warehouse(&ctx, e))?;
-            Ok(if cols.is_empty() { None } else { Some(cols) })
-        })
-        .await
+        self.with(move |c| columns_of(c, &t)).await
     }
 
-    async fn create_table(&self, table: &TableName, schema: &TableSchema) -> Result<()> {
-        let sql = Self::create_sql(table, schema);
-        let ctx = format!("create {table}");
-        self.with(move |c| c.execute_batch(&sql).map_err(|e| Error::warehouse(ctx, e)))
-            .await
+    async fn create_table(
+        &self,
+        table: &TableName,
+        schema: &TableSchema,
+        stamped: bool,
+    ) -> Result<()> {
+        let sql = Self::create_sql(table, schema, stamped);
+        let e = db_err(format!("create {table}"));
+        self.with(move |c| c.execute_batch(&sql).map_err(e)).await
+    }
+
+    async fn prepare_lock(&self, _target: &TableName) -> Result<()> {
+        Ok(())
     }
 
     async fn drop_table(&self, table: &TableName) -> Result<()> {
         let sql = format!("DROP TABLE IF EXISTS {}", table.quoted());
-        let ctx = format!("drop {table}");
-        self.with(move |c| c.execute_batch(&sql).map_err(|e| Error::warehouse(ctx, e)))
-            .await
+        let e = db_err(format!("drop {table}"));
+        self.with(move |c| c.execute_batch(&sql).map_err(e)).await
     }
 
-    async fn load(
-        &self,
+    async fn swap_in(&self, from: &TableName, to: &TableName, marker: &str) -> Result<()> {
+        let (from, to, marker) = (from.clone(), to.clone(), marker.to_string());
+        let e = db_err(format!("swap {from} into {to}"));
+        self.with(move |c| {
+            // DuckDB's transactions cover DDL: readers see the old or the new table.
+            let tx = c.transaction().map_err(&e)?;
+            tx.execute_batch(&format!(
+                "COMMENT ON TABLE {} IS {}",
+                from.quoted(),
+                sql_string(&marker)
+            ))
+            .map_err(&e)?;
+            if has_table(&tx, &to).map_err(&e)? {
+                tx.execute_batch(&format!("DROP TABLE {}", to.quoted()))
+                    .map_err(&e)?;
+            }
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} RENAME TO {}",
+                from.quoted(),
+                to.table.quoted()
+            ))
+            .map_err(&e)?;
+            tx.commit().map_err(&e)
+        })
+        .await
+    }
+
+    async fn marker(&self, table: &TableName) -> Result<Option<String>> {
+        let t = table.clone();
+        self.with(move |c| marker_of(c, &t)).await
+    }
+
+    async fn row_count(&self, table: &TableName) -> Result<u64> {
+        let sql = format!("SELECT count(*) FROM {}", table.quoted());
+        let e = db_err(format!("count {table}"));
+        self.with(move |c| {
+            c.query_row(&sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(e)
+        })
+        .await
+    }
+
+    async fn loaded_chunks(&self, load_table: &TableName, run_id: &str) -> Result<Vec<u32>> {
+        let (t, run) = (load_table.to_string(), run_id.to_string());
+        let e = db_err(format!("ledger of {load_table}"));
+        self.with(move |c| {
+            let mut st = c
+                .prepare("SELECT DISTINCT chunk FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? ORDER BY chunk")
+                .map_err(&e)?;
+            let rows = st
+                .query_map(params![t, run], |r| r.get::<_, i64>(0))
+                .map_err(&e)?
+                .collect::<duckdb::Result<Vec<_>>>()
+                .map_err(&e)?;
+            Ok(rows.into_iter().map(|c| c as u32).collect())
+        })
+        .await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        let guard = self.slot.clone().lock_owned().await;
+        let (guard, r) = blocking(guard, |s| {
+            s.clean()?;
+            s.conn
+                .execute_batch("BEGIN TRANSACTION")
+                .map_err(db_err("begin"))?;
+            s.in_txn = true;
+            Ok(())
+        })
+        .await;
+        r?;
+        Ok(Box::new(DuckTxn {
+            guard,
+            store: self.store.clone(),
+        }))
+    }
+}
+
+/// A transaction holding the connection.
+struct DuckTxn {
+    guard: Option<OwnedMutexGuard<Slot>>,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl DuckTxn {
+    async fn op<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let guard = self.guard.take().ok_or_else(|| {
+            Error::warehouse(
+                "duckdb transaction",
+                "the connection was lost by an earlier failure",
+                ErrorKind::Transient,
+            )
+        })?;
+        let (guard, r) = blocking(guard, move |s| f(&mut s.conn)).await;
+        self.guard = guard;
+        r
+    }
+
+    async fn end(mut self: Box<Self>, stmt: &'static str) -> Result<()> {
+        let guard = self.guard.take().ok_or_else(|| {
+            Error::warehouse("duckdb transaction", "connection lost", ErrorKind::Transient)
+        })?;
+        blocking(guard, move |s| {
+            let r = s.conn.execute_batch(stmt).map_err(db_err(stmt));
+            if r.is_ok() || stmt == "ROLLBACK" {
+                s.in_txn = false;
+            }
+            r
+        })
+        .await
+        .1
+    }
+}
+
+#[async_trait]
+impl Transaction for DuckTxn {
+    async fn lock(&mut self, _target: &TableName) -> Result<()> {
+        // The transaction holds the only connection of the only writing process.
+        Ok(())
+    }
+
+    async fn copy_into(
+        &mut self,
         table: &TableName,
         schema: &TableSchema,
         run: &RunMeta,
         object: &ObjectKey,
         compression: Compression,
-    ) -> Result<Loaded> {
+        load_id: &str,
+    ) -> Result<u64> {
         // DuckDB reads local files: a remote object (gs://) is streamed to a temporary
         // file first, removed when the load is done.
-        let mut _download = None;
+        let mut download = None;
         let path = match self.store.local_path(object) {
             Some(p) => p,
             None => {
-                let dir = tempfile::tempdir()
-                    .map_err(|e| Error::warehouse(format!("load {object}"), e))?;
+                let dir = tempfile::tempdir().map_err(|e| {
+                    Error::warehouse(format!("load {object}"), &e, ErrorKind::from_io(&e))
+                })?;
                 let p = dir.path().join(format!("chunk.{}", compression.suffix()));
                 self.store.copy_to_file(object, &p).await?;
-                _download = Some(dir);
+                download = Some(dir);
                 p
             }
         };
-        let sql = Self::load_sql(table, schema, run, &path, compression);
-        let (target, run_id, obj) = (table.to_string(), run.run_id.clone(), object.to_string());
-        let ctx = format!("load {object} into {table}");
-        self.with(move |c| {
-            let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
-            let tx = c.transaction().map_err(e)?;
-            let before: Option<i64> = tx
-                .query_row(
-                    "SELECT rows FROM _pgp.loads WHERE target = ? AND run_id = ? AND object = ?",
-                    params![target, run_id, obj],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(e)?;
-            if let Some(rows) = before {
-                return Ok(Loaded {
-                    rows: rows as u64,
-                    already: true,
-                });
-            }
-            let rows = tx.execute(&sql, []).map_err(e)? as u64;
-            tx.execute(
-                "INSERT INTO _pgp.loads (target, run_id, object, rows) VALUES (?, ?, ?, ?)",
-                params![target, run_id, obj, rows as i64],
+        let sql = DuckDb::load_sql(table, schema, run, &path, compression, load_id);
+        let e = db_err(format!("load {object} into {table}"));
+        let n = self
+            .op(move |c| c.execute(&sql, []).map(|n| n as u64).map_err(e))
+            .await;
+        drop(download);
+        n
+    }
+
+    async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
+        let t = table.clone();
+        self.op(move |c| columns_of(c, &t)).await
+    }
+
+    async fn marker(&mut self, table: &TableName) -> Result<Option<String>> {
+        let t = table.clone();
+        self.op(move |c| marker_of(c, &t)).await
+    }
+
+    async fn record_load(&mut self, r: &LoadRecord) -> Result<()> {
+        let r = r.clone();
+        self.op(move |c| {
+            c.execute(
+                "INSERT INTO _pgp.load_ledger (load_table, run_id, chunk, object, load_id, rows) VALUES (?, ?, ?, ?, ?, ?)",
+                params![r.load_table.to_string(), r.run_id, r.chunk, r.object, r.load_id, r.rows as i64],
             )
-            .map_err(e)?;
-            tx.commit().map_err(e)?;
-            Ok(Loaded {
-                rows,
-                already: false,
-            })
+            .map(|_| ())
+            .map_err(db_err("record a load"))
         })
         .await
     }
 
-    async fn publish_append(
-        &self,
-        stage: &TableName,
-        target: &TableName,
+    async fn chunk_loaded(
+        &mut self,
+        load_table: &TableName,
         run_id: &str,
-    ) -> Result<Published> {
-        let (stage, target, run_id) = (stage.clone(), target.clone(), run_id.to_string());
-        let ctx = format!("append {stage} to {target}");
-        self.with(move |c| {
-            let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
-            let tx = c.transaction().map_err(e)?;
-            let done = published_rows(&tx, &target, &run_id).map_err(e)?;
-            if let Some(rows) = done {
-                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", stage.quoted()))
-                    .map_err(e)?;
-                tx.commit().map_err(e)?;
-                return Ok(Published { rows: rows as u64, already: true });
-            }
-            let rows = tx
-                .execute(
-                    &format!("INSERT INTO {} BY NAME SELECT * FROM {}", target.quoted(), stage.quoted()),
-                    [],
-                )
-                .map_err(e)? as u64;
-            tx.execute(
-                "INSERT INTO _pgp.publishes (target, run_id, action, rows) VALUES (?, ?, 'append', ?)",
-                params![target.to_string(), run_id, rows as i64],
-            )
-            .map_err(e)?;
-            tx.execute_batch(&format!("DROP TABLE {}", stage.quoted()))
-                .map_err(e)?;
-            tx.commit().map_err(e)?;
-            Ok(Published { rows, already: false })
-        })
-        .await
-    }
-
-    async fn publish_swap(
-        &self,
-        temp: &TableName,
-        target: &TableName,
-        run_id: &str,
-    ) -> Result<Published> {
-        let (temp, target, run_id) = (temp.clone(), target.clone(), run_id.to_string());
-        let ctx = format!("swap {temp} into {target}");
-        self.with(move |c| {
-            let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
-            let done = published_rows(c, &target, &run_id).map_err(e)?;
-            if let Some(rows) = done {
-                return Ok(Published { rows: rows as u64, already: true });
-            }
-            let rows: i64 = c
-                .query_row(&format!("SELECT count(*) FROM {}", temp.quoted()), [], |r| r.get(0))
-                .map_err(e)?;
-            let tx = c.transaction().map_err(e)?;
-            if has_table(&tx, &target).map_err(e)? {
-                tx.execute_batch(&format!("DROP TABLE {}", target.quoted()))
-                    .map_err(e)?;
-            }
-            tx.execute_batch(&format!(
-                "ALTER TABLE {} RENAME TO {}",
-                temp.quoted(),
-                target.table.quoted()
-            ))
-            .map_err(e)?;
-            tx.execute(
-                "INSERT INTO _pgp.publishes (target, run_id, action, rows) VALUES (?, ?, 'swap', ?)",
-                params![target.to_string(), run_id, rows],
-            )
-            .map_err(e)?;
-            tx.commit().map_err(e)?;
-            Ok(Published { rows: rows as u64, already: false })
-        })
-        .await
-    }
-
-    async fn max_key(&self, table: &TableName, key: &Ident) -> Result<Option<i64>> {
-        let sql = format!(
-            "SELECT CAST(max({}) AS BIGINT) FROM {}",
-            key.quoted(),
-            table.quoted()
-        );
-        let ctx = format!("max({key}) of {table}");
-        self.with(move |c| {
-            c.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0))
-                .map_err(|e| Error::warehouse(ctx, e))
-        })
-        .await
-    }
-
-    async fn loaded_objects(&self, table: &TableName, run_id: &str) -> Result<Vec<(String, u64)>> {
-        let (target, run_id) = (table.to_string(), run_id.to_string());
-        let ctx = format!("ledger of {table}");
-        self.with(move |c| {
-            let e = |e: duckdb::Error| Error::warehouse(&ctx, e);
-            let mut st = c
-                .prepare(
-                    "SELECT object, rows FROM _pgp.loads WHERE target = ? AND run_id = ? ORDER BY object",
-                )
-                .map_err(e)?;
-            let rows = st
-                .query_map(params![target, run_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })
-                .map_err(e)?;
-            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(e)
-        })
-        .await
-    }
-
-    async fn published(&self, target: &TableName, run_id: &str) -> Result<bool> {
-        let (t, run_id) = (target.to_string(), run_id.to_string());
-        let ctx = format!("publish ledger of {target}");
-        self.with(move |c| {
+        chunk: u32,
+    ) -> Result<Option<u64>> {
+        let (t, run) = (load_table.to_string(), run_id.to_string());
+        self.op(move |c| {
             c.query_row(
-                "SELECT count(*) FROM _pgp.publishes WHERE target = ? AND run_id = ?",
-                params![t, run_id],
+                "SELECT rows FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? AND chunk = ? ORDER BY load_id LIMIT 1",
+                params![t, run, chunk],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|n| n > 0)
-            .map_err(|e| Error::warehouse(ctx, e))
+            .optional()
+            .map(|r| r.map(|n| n as u64))
+            .map_err(db_err("read the load ledger"))
         })
         .await
     }
 
-    async fn row_count(&self, table: &TableName) -> Result<u64> {
-        let sql = format!("SELECT count(*) FROM {}", table.quoted());
-        let ctx = format!("count {table}");
-        self.with(move |c| {
-            c.query_row(&sql, [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(|e| Error::warehouse(ctx, e))
+    async fn ledger_summary(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<LedgerSummary> {
+        let (t, run) = (load_table.to_string(), run_id.to_string());
+        self.op(move |c| {
+            c.query_row(
+                "SELECT count(*), coalesce(sum(l.rows), 0) FROM \
+                 (SELECT chunk, min(load_id) AS load_id FROM _pgp.load_ledger \
+                  WHERE load_table = ? AND run_id = ? GROUP BY chunk) AS c \
+                 JOIN _pgp.load_ledger AS l ON l.load_id = c.load_id AND l.load_table = ? AND l.run_id = ?",
+                params![t, run, t, run],
+                |r| Ok(LedgerSummary {
+                    chunks: r.get::<_, i64>(0)? as u64,
+                    rows: r.get::<_, i64>(1)? as u64,
+                }),
+            )
+            .map_err(db_err("summarize the load ledger"))
         })
         .await
+    }
+
+    async fn insert_chosen(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        run_id: &str,
+    ) -> Result<u64> {
+        let mut cols: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
+        cols.extend(DuckDb::meta_columns(schema));
+        let cols = cols.join(", ");
+        let sql = format!(
+            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE \"{LOAD_ID}\" IN \
+             (SELECT min(load_id) FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? GROUP BY chunk)",
+            to = to.quoted(),
+            from = from.quoted(),
+        );
+        let (t, run) = (from.to_string(), run_id.to_string());
+        let e = db_err(format!("publish {from} into {to}"));
+        self.op(move |c| c.execute(&sql, params![t, run]).map(|n| n as u64).map_err(e))
+            .await
+    }
+
+    async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>> {
+        let t = target.clone();
+        let raws = self
+            .op(move |c| {
+                let e = db_err("read the run table");
+                let mut st = c
+                    .prepare(&format!(
+                        "SELECT {RUN_COLUMNS} FROM _pgp.runs WHERE target = ? AND state IN ('planned', 'claimed') ORDER BY created_at, run_id"
+                    ))
+                    .map_err(&e)?;
+                let rows = st
+                    .query_map(params![t.to_string()], run_row)
+                    .map_err(&e)?
+                    .collect::<duckdb::Result<Vec<_>>>()
+                    .map_err(&e)?;
+                Ok(rows)
+            })
+            .await?;
+        raws.into_iter()
+            .map(|raw| {
+                let load = parse_table(&raw.0[2])?;
+                to_record(target, &load, raw)
+            })
+            .collect()
+    }
+
+    async fn run(&mut self, target: &TableName, run_id: &str) -> Result<Option<RunRecord>> {
+        let (t, run) = (target.to_string(), run_id.to_string());
+        let raw = self
+            .op(move |c| {
+                c.query_row(
+                    &format!("SELECT {RUN_COLUMNS} FROM _pgp.runs WHERE target = ? AND run_id = ? ORDER BY created_at LIMIT 1"),
+                    params![t, run],
+                    run_row,
+                )
+                .optional()
+                .map_err(db_err("read the run table"))
+            })
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => {
+                let load = parse_table(&raw.0[2])?;
+                to_record(target, &load, raw).map(Some)
+            }
+        }
+    }
+
+    async fn insert_run(&mut self, r: &RunRecord) -> Result<()> {
+        let r = r.clone();
+        self.op(move |c| {
+            c.execute(
+                "INSERT INTO _pgp.runs (target, run_id, load_table, mode, chunks, fingerprint, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    r.target.to_string(),
+                    r.run_id,
+                    r.load_table.to_string(),
+                    r.mode,
+                    r.chunks as i64,
+                    r.fingerprint,
+                    r.state.as_str()
+                ],
+            )
+            .map(|_| ())
+            .map_err(db_err("record a run"))
+        })
+        .await
+    }
+
+    async fn update_run(
+        &mut self,
+        target: &TableName,
+        run_id: &str,
+        update: &RunUpdate,
+    ) -> Result<()> {
+        let (t, run, u) = (target.to_string(), run_id.to_string(), update.clone());
+        self.op(move |c| {
+            let e = db_err("update the run table");
+            match u {
+                RunUpdate::Claim(claim) => c.execute(
+                    "UPDATE _pgp.runs SET state = 'claimed', claim = ?, claimed_at_ms = ?, updated_at = current_timestamp WHERE target = ? AND run_id = ?",
+                    params![claim, now_ms(), t, run],
+                ),
+                RunUpdate::Published { rows } => c.execute(
+                    "UPDATE _pgp.runs SET state = 'published', rows = ?, updated_at = current_timestamp WHERE target = ? AND run_id = ?",
+                    params![rows as i64, t, run],
+                ),
+                RunUpdate::Abandoned { reason } => c.execute(
+                    "UPDATE _pgp.runs SET state = 'abandoned', reason = ?, updated_at = current_timestamp WHERE target = ? AND run_id = ?",
+                    params![reason, t, run],
+                ),
+            }
+            .map(|_| ())
+            .map_err(e)
+        })
+        .await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.end("COMMIT").await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.end("ROLLBACK").await
     }
 }
 

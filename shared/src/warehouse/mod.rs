@@ -1,14 +1,21 @@
 //! The warehouse: where staged objects are loaded, checked and published.
 //!
-//! One small trait; DuckDB (embedded, laptops and tests) implements it here, Snowflake
-//! in production. Both pass the same conformance suite. The trait is shaped around the
-//! guarantees the pipeline gives its readers:
-//! - chunks load into a *stage* (a per-run staging table or `<table>_TEMP`), each in
-//!   one transaction that also records the object in a load ledger, so a redelivered
-//!   chunk is a no-op;
-//! - a run becomes visible in one step: one transaction appends the stage to the
-//!   target, or swaps `_TEMP` in; the publish is recorded too, so it never happens
-//!   twice for one run.
+//! One small trait with three implementations: DuckDB (embedded: laptops, tests),
+//! Snowflake (production) and the simulation's warehouse ([`crate::sim`]), all passing
+//! one conformance suite. The trait offers *primitives with the guarantees Snowflake
+//! gives and no more*; the load protocol built from them lives once, in
+//! [`crate::protocol`], so every backend runs the same decisions:
+//! - a [`Transaction`] is all-or-nothing and reads committed data (READ COMMITTED, as
+//!   Snowflake); nothing enforces uniqueness (Snowflake has no unique keys), so two
+//!   transactions may both insert "the same" ledger row;
+//! - [`Transaction::lock`] serializes the transactions that take the lock of one target
+//!   (Snowflake: an `UPDATE` of the target's row in `_PGP.LOCKS`, which Snowflake runs
+//!   one at a time per table); it is released at commit or rollback;
+//! - DDL (create, drop, swap, marker) is never inside a transaction (Snowflake commits
+//!   any open transaction before DDL);
+//! - every loaded row is stamped with its load attempt ([`LOAD_ID`]) so that the
+//!   publish can take exactly one attempt per chunk even when two loaders loaded the
+//!   same object concurrently.
 
 mod duckdb;
 pub mod snowflake;
@@ -18,9 +25,9 @@ pub use self::snowflake::Snowflake;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
-use crate::ident::{Ident, TableName};
+use crate::ident::TableName;
 use crate::storage::ObjectKey;
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
@@ -31,6 +38,8 @@ use std::sync::Arc;
 pub const UPLOADED_AT: &str = "_uploaded_at";
 /// Name of the task-instance column of `advanced_metadata: true` tables.
 pub const TASK_INSTANCE: &str = "_task_instance";
+/// The load-attempt stamp of every row in a load table (never in a target).
+pub const LOAD_ID: &str = "_pgp_load";
 
 /// The columns of a warehouse table pgp creates or loads: the query's columns, then
 /// the metadata columns.
@@ -45,7 +54,7 @@ pub struct TableSchema {
 /// Values of the metadata columns for one run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunMeta {
-    /// The run id, recorded in the load ledger.
+    /// The run id.
     pub run_id: String,
     /// `_uploaded_at` of every row of the run.
     pub uploaded_at: DateTime<Utc>,
@@ -61,24 +70,6 @@ pub struct ActualColumn {
     pub data_type: String,
 }
 
-/// The outcome of loading one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loaded {
-    /// Rows the warehouse inserted (or had inserted, when already loaded).
-    pub rows: u64,
-    /// True when the ledger showed this object was loaded before: nothing was done.
-    pub already: bool,
-}
-
-/// The outcome of publishing a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// Rows made visible.
-    pub rows: u64,
-    /// True when this run was already published for this target: nothing was done.
-    pub already: bool,
-}
-
 /// Where the schema of a target stands against the query.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", content = "detail", rename_all = "snake_case")]
@@ -88,6 +79,114 @@ pub enum SchemaState {
     /// Columns were added, dropped, renamed or retyped (a description of the first
     /// difference found).
     Changed(String),
+}
+
+/// One committed load attempt of one chunk: a row of the load ledger, written in the
+/// same transaction as the rows it stamps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadRecord {
+    /// The run's load table.
+    pub load_table: TableName,
+    pub run_id: String,
+    /// The chunk's index in the run.
+    pub chunk: u32,
+    /// The object loaded.
+    pub object: String,
+    /// The attempt's stamp (the value of [`LOAD_ID`] in its rows).
+    pub load_id: String,
+    /// Rows the attempt inserted (checked against the source's count before commit).
+    pub rows: u64,
+}
+
+/// What the load ledger holds for a run, counting one attempt per chunk (the attempt
+/// with the smallest load id, the one a publish takes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerSummary {
+    /// Distinct chunks with at least one committed attempt.
+    pub chunks: u64,
+    /// Rows of the chosen attempts.
+    pub rows: u64,
+}
+
+/// Where a run stands, as the run table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Planned; chunks are loading.
+    Planned,
+    /// A loader claimed the swap (see [`RunRecord::claim`]).
+    Claimed,
+    /// Visible in the target. Final.
+    Published,
+    /// Will never be published (a later run replaced it, or it failed permanently);
+    /// [`RunRecord::reason`] says why. Final.
+    Abandoned,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Planned => "planned",
+            RunState::Claimed => "claimed",
+            RunState::Published => "published",
+            RunState::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "planned" => RunState::Planned,
+            "claimed" => RunState::Claimed,
+            "published" => RunState::Published,
+            "abandoned" => RunState::Abandoned,
+            o => {
+                return Err(Error::warehouse(
+                    "run table",
+                    format!("unknown run state {o:?}"),
+                    ErrorKind::Permanent,
+                ))
+            }
+        })
+    }
+
+    /// Published or abandoned: nothing will change it again.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Published | RunState::Abandoned)
+    }
+}
+
+/// A run of one target, as the warehouse's run table (`_pgp.runs`) holds it. Only
+/// written by transactions that hold the target's lock, so one row per (target, run)
+/// although nothing enforces it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunRecord {
+    pub target: TableName,
+    pub run_id: String,
+    pub load_table: TableName,
+    /// `append`, `swap` or `test`.
+    pub mode: String,
+    /// Chunks the run was planned with.
+    pub chunks: u64,
+    /// What the run loads (schema, query, key): a resumed run must match it.
+    pub fingerprint: String,
+    pub state: RunState,
+    /// The claim id of the loader swapping it in (state `claimed`).
+    pub claim: Option<String>,
+    /// Seconds since the claim, by the warehouse's clock.
+    pub claim_age_seconds: Option<i64>,
+    /// Rows published.
+    pub rows: Option<u64>,
+    /// Why it was abandoned.
+    pub reason: Option<String>,
+}
+
+/// A change to a run's state, written under the target's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunUpdate {
+    /// Claim the swap under a fresh claim id; the claim time is the warehouse's now.
+    Claim(String),
+    Published { rows: u64 },
+    Abandoned { reason: String },
 }
 
 /// A warehouse pgp loads into.
@@ -101,44 +200,85 @@ pub trait Warehouse: Send + Sync {
     fn render_type(&self, ty: &ColumnType) -> String;
     /// The columns of a table in order, `None` when the table does not exist.
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
-    /// Create a table (and its schema) with these columns, replacing any existing one.
-    async fn create_table(&self, table: &TableName, schema: &TableSchema) -> Result<()>;
+    /// Create a table (and its schema) with these columns unless it exists; `stamped`
+    /// adds the [`LOAD_ID`] column of load tables.
+    async fn create_table(&self, table: &TableName, schema: &TableSchema, stamped: bool)
+        -> Result<()>;
+    /// Make `target` lockable by [`Transaction::lock`] (idempotent DDL, run before the
+    /// transaction that locks it).
+    async fn prepare_lock(&self, target: &TableName) -> Result<()>;
     /// Drop a table if it exists.
     async fn drop_table(&self, table: &TableName) -> Result<()>;
-    /// Load one staged object into `table`, in one transaction with its ledger entry;
-    /// an object already in the ledger for (`table`, run) is skipped.
-    async fn load(
-        &self,
+    /// Put `from` in place of `to` in one step readers cannot see half of (Snowflake's
+    /// `SWAP WITH`; a rename when `to` is missing), first marking `from` with `marker`
+    /// (a table comment) so that the new `to` carries it. Afterwards `from` holds the
+    /// old table, if there was one.
+    async fn swap_in(&self, from: &TableName, to: &TableName, marker: &str) -> Result<()>;
+    /// The marker (comment) of a table; `None` when absent or the table is missing.
+    async fn marker(&self, table: &TableName) -> Result<Option<String>>;
+    /// Rows in a table.
+    async fn row_count(&self, table: &TableName) -> Result<u64>;
+    /// Chunks of a run with a committed load (for the planner resuming it).
+    async fn loaded_chunks(&self, load_table: &TableName, run_id: &str) -> Result<Vec<u32>>;
+    /// Open a transaction. Dropping it without `commit` rolls it back (at the latest
+    /// before the session's next statement), releasing its lock.
+    async fn begin(&self) -> Result<Box<dyn Transaction>>;
+}
+
+/// An open transaction (see the module doc for its guarantees).
+#[async_trait]
+pub trait Transaction: Send {
+    /// Hold the publish lock of `target` until commit or rollback. Waits a bounded time
+    /// (Snowflake: `LOCK_TIMEOUT`) for another holder, then fails as busy.
+    async fn lock(&mut self, target: &TableName) -> Result<()>;
+    /// Load one staged object into `table`, every row stamped `load_id` and given the
+    /// run's metadata columns; returns the rows inserted.
+    async fn copy_into(
+        &mut self,
         table: &TableName,
         schema: &TableSchema,
         run: &RunMeta,
         object: &ObjectKey,
         compression: Compression,
-    ) -> Result<Loaded>;
-    /// The objects the load ledger holds for (`table`, run), with their row counts:
-    /// how a loader that handled one chunk learns whether the run's last one landed.
-    async fn loaded_objects(&self, table: &TableName, run_id: &str) -> Result<Vec<(String, u64)>>;
-    /// Whether `run_id` was already published into `target` (append or swap).
-    async fn published(&self, target: &TableName, run_id: &str) -> Result<bool>;
-    /// Append `stage` to `target` and drop `stage`, atomically, once per run.
-    async fn publish_append(
-        &self,
-        stage: &TableName,
-        target: &TableName,
+        load_id: &str,
+    ) -> Result<u64>;
+    /// The columns of a table (as [`Warehouse::columns`], inside the transaction).
+    async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
+    /// The marker of a table (as [`Warehouse::marker`], inside the transaction).
+    async fn marker(&mut self, table: &TableName) -> Result<Option<String>>;
+    /// Add a row to the load ledger.
+    async fn record_load(&mut self, record: &LoadRecord) -> Result<()>;
+    /// Rows of a committed load of this chunk, if any.
+    async fn chunk_loaded(
+        &mut self,
+        load_table: &TableName,
         run_id: &str,
-    ) -> Result<Published>;
-    /// Replace `target` by `temp` atomically (readers see the old or the new table,
-    /// never neither), once per run.
-    async fn publish_swap(
-        &self,
-        temp: &TableName,
-        target: &TableName,
+        chunk: u32,
+    ) -> Result<Option<u64>>;
+    /// The ledger's chunks and rows for a run (one statement, one row back).
+    async fn ledger_summary(&mut self, load_table: &TableName, run_id: &str)
+        -> Result<LedgerSummary>;
+    /// Insert into `to` the rows of `from` that the chosen attempt of each chunk of the
+    /// run loaded (the smallest load id per chunk in the ledger), without the stamp;
+    /// returns the rows inserted.
+    async fn insert_chosen(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
         run_id: &str,
-    ) -> Result<Published>;
-    /// The largest value of an integer column (`None` for an empty table).
-    async fn max_key(&self, table: &TableName, key: &Ident) -> Result<Option<i64>>;
-    /// Rows in a table.
-    async fn row_count(&self, table: &TableName) -> Result<u64>;
+    ) -> Result<u64>;
+    /// The runs of a target that are not final (planned or claimed).
+    async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>>;
+    /// One run of a target.
+    async fn run(&mut self, target: &TableName, run_id: &str) -> Result<Option<RunRecord>>;
+    /// Add a run (state `planned`).
+    async fn insert_run(&mut self, run: &RunRecord) -> Result<()>;
+    /// Change a run's state.
+    async fn update_run(&mut self, target: &TableName, run_id: &str, update: &RunUpdate)
+        -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+    async fn rollback(self: Box<Self>) -> Result<()>;
 }
 
 /// Compare the target's columns with the expected ones, ignoring pgp's metadata
@@ -154,7 +294,9 @@ pub fn schema_state(
     let actual: Vec<&ActualColumn> = actual
         .iter()
         .filter(|c| {
-            !c.name.eq_ignore_ascii_case(UPLOADED_AT) && !c.name.eq_ignore_ascii_case(TASK_INSTANCE)
+            !c.name.eq_ignore_ascii_case(UPLOADED_AT)
+                && !c.name.eq_ignore_ascii_case(TASK_INSTANCE)
+                && !c.name.eq_ignore_ascii_case(LOAD_ID)
         })
         .collect();
     for (i, e) in expected.iter().enumerate() {

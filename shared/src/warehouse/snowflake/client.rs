@@ -3,12 +3,21 @@
 //! /queries/v1/query-request` per statement, `POST /session/token-request` to renew an
 //! expired session. Results arrive as a JSON `rowset` or as Arrow IPC in `rowsetBase64`
 //! (decoded with arrow-rs); errors carry Snowflake's `code` and `message`, surfaced
-//! verbatim. One session; statements run one at a time, so `BEGIN ... COMMIT` spans
-//! consecutive calls (the warehouse holds a lock across a transaction).
+//! verbatim, with a kind from the SQLSTATE or HTTP status. A result larger than one
+//! answer arrives in *chunks*: the first rows inline, the rest as URLs to download (with
+//! the headers or `qrmk` key the answer names), each a JSON row list or an Arrow IPC
+//! stream, possibly gzip-compressed; they are read in order.
+//! One session; statements run one at a time, so `BEGIN ... COMMIT` spans consecutive
+//! calls (the warehouse holds a lock across a transaction).
+//!
+//! Session parameters set at login: `AUTOCOMMIT`, `TIMEZONE = UTC`, and `LOCK_TIMEOUT =
+//! 60` seconds, so that a statement waiting on another session's lock (a publisher
+//! holding a target's lock) fails soon and is retried as busy instead of waiting for
+//! Snowflake's default 12 hours.
 
 use super::config::{Auth, SnowflakeConfig};
 use super::jwt::KeyPair;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use base64::Engine;
 use secrecy::ExposeSecret;
 use std::time::Duration;
@@ -49,7 +58,17 @@ pub struct Client {
     session: Option<Session>,
     key: Option<KeyPair>,
     seq: u64,
+    /// A transaction is open on this session (`BEGIN` sent, no `COMMIT`/`ROLLBACK`
+    /// yet). Set and cleared by the warehouse; a user that finds it set by a dropped
+    /// transaction rolls back first.
+    pub in_txn: bool,
 }
+
+/// Seconds a statement waits for another session's lock (`LOCK_TIMEOUT`).
+pub const LOCK_TIMEOUT_SECONDS: u64 = 60;
+
+/// Snowflake's error code for "too many statements waiting on this lock".
+const LOCK_WAITERS_EXCEEDED: &str = "000625";
 
 /// Session expired; renew with the master token.
 const SESSION_EXPIRED: &str = "390112";
@@ -77,13 +96,14 @@ impl Client {
             .connect_timeout(Duration::from_secs(30))
             .user_agent(concat!("pgp/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::warehouse("snowflake client", e))?;
+            .map_err(|e| Error::warehouse("snowflake client", e, ErrorKind::Permanent))?;
         Ok(Client {
             cfg,
             http,
             session: None,
             key,
             seq: 0,
+            in_txn: false,
         })
     }
 
@@ -106,10 +126,14 @@ impl Client {
         if let Some(t) = token {
             req = req.header("Authorization", format!("Snowflake Token=\"{t}\""));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::warehouse(self.cfg.display(), format!("request failed: {e}")))?;
+        // A request that never got an answer (refused, reset, timed out) is transient.
+        let resp = req.send().await.map_err(|e| {
+            Error::warehouse(
+                self.cfg.display(),
+                format!("request failed: {e}"),
+                ErrorKind::Transient,
+            )
+        })?;
         read_json(&self.cfg, resp).await
     }
 
@@ -120,7 +144,7 @@ impl Client {
             "ACCOUNT_NAME": self.cfg.account.split('.').next().unwrap_or(&self.cfg.account).to_uppercase(),
             "LOGIN_NAME": self.cfg.user,
             "CLIENT_ENVIRONMENT": {"APPLICATION": "pgp"},
-            "SESSION_PARAMETERS": {"AUTOCOMMIT": true, "TIMEZONE": "UTC"},
+            "SESSION_PARAMETERS": {"AUTOCOMMIT": true, "TIMEZONE": "UTC", "LOCK_TIMEOUT": LOCK_TIMEOUT_SECONDS},
         });
         match (&self.cfg.auth, &self.key) {
             (Auth::Password(p), _) => data["PASSWORD"] = p.expose_secret().into(),
@@ -151,9 +175,24 @@ impl Client {
                 &serde_json::json!({"data": data}),
             )
             .await?;
-        check(&self.cfg, "login", &v)?;
+        // A refused login (wrong key, unknown user, locked account) does not fix itself
+        // by retrying, whatever SQLSTATE it carries; a 5xx never reaches here.
+        check(&self.cfg, "login", &v).map_err(|e| match e {
+            Error::Warehouse {
+                context, message, ..
+            } => Error::Warehouse {
+                context,
+                message,
+                kind: ErrorKind::Permanent,
+            },
+            e => e,
+        })?;
         let token = v["data"]["token"].as_str().ok_or_else(|| {
-            Error::warehouse(self.cfg.display(), "login answered without a token")
+            Error::warehouse(
+                self.cfg.display(),
+                "login answered without a token",
+                ErrorKind::Transient,
+            )
         })?;
         self.session = Some(Session {
             token: token.to_string(),
@@ -236,7 +275,11 @@ impl Client {
                     .send()
                     .await
                     .map_err(|e| {
-                        Error::warehouse(self.cfg.display(), format!("poll failed: {e}"))
+                        Error::warehouse(
+                            self.cfg.display(),
+                            format!("poll failed: {e}"),
+                            ErrorKind::Transient,
+                        )
                     })?;
                 v = read_json(&self.cfg, resp).await?;
             }
@@ -254,67 +297,123 @@ impl Client {
                 _ => {}
             }
             check(&self.cfg, sql, &v)?;
-            return decode(&self.cfg, &v["data"]);
+            let mut rows = decode(&self.cfg, &v["data"])?;
+            self.read_chunks(&v["data"], &mut rows).await?;
+            return Ok(rows);
         }
         Err(Error::warehouse(
             self.cfg.display(),
             "session could not be renewed",
+            ErrorKind::Transient,
         ))
     }
+
+    /// Download the result chunks an answer lists and append their rows, in order.
+    /// Each chunk is fetched from its `url` with the answer's `chunkHeaders` (or, in
+    /// older answers, the `qrmk` key as the SSE-C headers), may be gzip-compressed
+    /// (detected by its magic bytes), and holds rows in the answer's
+    /// `queryResultFormat`: `json` (rows `[..],[..]` without the outer brackets) or
+    /// `arrow` (an IPC stream).
+    async fn read_chunks(&self, data: &serde_json::Value, rows: &mut Rows) -> Result<()> {
+        let Some(chunks) = data["chunks"].as_array().filter(|c| !c.is_empty()) else {
+            return Ok(());
+        };
+        let arrow = data["queryResultFormat"]
+            .as_str()
+            .is_some_and(|f| f.eq_ignore_ascii_case("arrow"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(h) = data["chunkHeaders"].as_object() {
+            for (k, v) in h {
+                if let (Ok(name), Some(Ok(value))) = (
+                    reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                    v.as_str().map(reqwest::header::HeaderValue::from_str),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+        } else if let Some(qrmk) = data["qrmk"].as_str() {
+            headers.insert(
+                "x-amz-server-side-encryption-customer-algorithm",
+                reqwest::header::HeaderValue::from_static("AES256"),
+            );
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(qrmk) {
+                headers.insert("x-amz-server-side-encryption-customer-key", v);
+            }
+        }
+        let ctx = || format!("{} result chunk", self.cfg.display());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let url = chunk["url"].as_str().ok_or_else(|| {
+                Error::warehouse(ctx(), format!("chunk {i} has no url"), ErrorKind::Permanent)
+            })?;
+            let resp = self
+                .http
+                .get(url)
+                .headers(headers.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::warehouse(ctx(), format!("chunk {i}: {e}"), ErrorKind::Transient)
+                })?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| {
+                Error::warehouse(ctx(), format!("chunk {i}: {e}"), ErrorKind::Transient)
+            })?;
+            if !status.is_success() {
+                return Err(Error::warehouse(
+                    ctx(),
+                    format!("chunk {i}: HTTP {status}"),
+                    ErrorKind::from_http_status(status.as_u16()),
+                ));
+            }
+            let body = gunzip_if_needed(&body).map_err(|e| {
+                Error::warehouse(ctx(), format!("chunk {i}: {e}"), ErrorKind::Transient)
+            })?;
+            let before = rows.rows.len();
+            if arrow {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
+                let more = decode_arrow(&b64).map_err(|e| {
+                    Error::warehouse(ctx(), format!("chunk {i}: {e}"), ErrorKind::Permanent)
+                })?;
+                rows.rows.extend(more);
+            } else {
+                let mut text = Vec::with_capacity(body.len() + 2);
+                text.push(b'[');
+                text.extend_from_slice(&body);
+                text.push(b']');
+                let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    Error::warehouse(ctx(), format!("chunk {i}: {e}"), ErrorKind::Transient)
+                })?;
+                rows.rows.extend(json_rows(&v));
+            }
+            if let Some(n) = chunk["rowCount"].as_u64() {
+                let got = (rows.rows.len() - before) as u64;
+                if got != n {
+                    return Err(Error::warehouse(
+                        ctx(),
+                        format!("chunk {i} holds {got} rows, the answer said {n}"),
+                        ErrorKind::Transient,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-async fn read_json(cfg: &SnowflakeConfig, resp: reqwest::Response) -> Result<serde_json::Value> {
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Error::warehouse(cfg.display(), format!("reading the answer: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|_| {
-        Error::warehouse(
-            cfg.display(),
-            format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
-            ),
-        )
-    })
+/// Decompress a gzip body (magic `1f 8b`); other bodies come back as they are.
+fn gunzip_if_needed(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    if body.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(body), &mut out)?;
+        Ok(out)
+    } else {
+        Ok(body.to_vec())
+    }
 }
 
-/// Snowflake's error, verbatim: `code: message`.
-fn check(cfg: &SnowflakeConfig, what: &str, v: &serde_json::Value) -> Result<()> {
-    if v["success"].as_bool() == Some(true) {
-        return Ok(());
-    }
-    let code = v["code"].as_str().unwrap_or("?");
-    let message = v["message"].as_str().unwrap_or("(no message)");
-    let what: String = what.chars().take(200).collect();
-    Err(Error::Warehouse {
-        context: format!("{} running {what}", cfg.display()),
-        message: format!("Snowflake error {code}: {message}"),
-    })
-}
-
-fn decode(cfg: &SnowflakeConfig, data: &serde_json::Value) -> Result<Rows> {
-    let columns: Vec<String> = data["rowtype"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|c| c["name"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    if data["chunks"].as_array().is_some_and(|c| !c.is_empty()) {
-        return Err(Error::warehouse(
-            cfg.display(),
-            "result spans several chunks; pgp's statements return small results",
-        ));
-    }
-    if let Some(b64) = data["rowsetBase64"].as_str().filter(|s| !s.is_empty()) {
-        let rows = decode_arrow(b64).map_err(|e| Error::warehouse(cfg.display(), e))?;
-        return Ok(Rows { columns, rows });
-    }
-    let rows = data["rowset"]
-        .as_array()
+/// Rows of a JSON rowset: every value as text or NULL.
+fn json_rows(v: &serde_json::Value) -> Vec<Vec<Option<String>>> {
+    v.as_array()
         .map(|rows| {
             rows.iter()
                 .map(|r| {
@@ -332,8 +431,93 @@ fn decode(cfg: &SnowflakeConfig, data: &serde_json::Value) -> Result<Rows> {
                 })
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+async fn read_json(cfg: &SnowflakeConfig, resp: reqwest::Response) -> Result<serde_json::Value> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| {
+        Error::warehouse(
+            cfg.display(),
+            format!("reading the answer: {e}"),
+            ErrorKind::Transient,
+        )
+    })?;
+    let kind = if status.is_success() {
+        // A success status with a body that is not JSON: cut off on the way.
+        ErrorKind::Transient
+    } else {
+        ErrorKind::from_http_status(status.as_u16())
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+        Error::warehouse(
+            cfg.display(),
+            format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            ),
+            kind,
+        )
+    })?;
+    // A server error is transient whatever its body says (Snowflake's documented 5xx
+    // answers; an emulator's unhandled exception, such as a transaction conflict).
+    if !status.is_success() && (status.is_server_error() || v["success"].as_bool() != Some(false))
+    {
+        let message = v["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        return Err(Error::warehouse(
+            cfg.display(),
+            format!("HTTP {status}: {message}"),
+            kind,
+        ));
+    }
+    Ok(v)
+}
+
+/// Snowflake's error, verbatim: `code: message`. The kind comes from the SQLSTATE the
+/// answer carries (`data.sqlState`, the standard classes: see
+/// [`ErrorKind::from_sqlstate`]); too many waiters on a lock (`000625`) is busy; an
+/// error without a SQLSTATE is permanent.
+fn check(cfg: &SnowflakeConfig, what: &str, v: &serde_json::Value) -> Result<()> {
+    if v["success"].as_bool() == Some(true) {
+        return Ok(());
+    }
+    let code = v["code"].as_str().unwrap_or("?");
+    let message = v["message"].as_str().unwrap_or("(no message)");
+    let state = v["data"]["sqlState"].as_str();
+    let kind = match (code, state) {
+        (LOCK_WAITERS_EXCEEDED, _) => ErrorKind::Busy,
+        (_, Some(s)) => ErrorKind::from_sqlstate(s),
+        (_, None) => ErrorKind::Permanent,
+    };
+    let what: String = what.chars().take(200).collect();
+    Err(Error::Warehouse {
+        context: format!("{} running {what}", cfg.display()),
+        message: match state {
+            Some(s) => format!("Snowflake error {code} ({s}): {message}"),
+            None => format!("Snowflake error {code}: {message}"),
+        },
+        kind,
+    })
+}
+
+fn decode(cfg: &SnowflakeConfig, data: &serde_json::Value) -> Result<Rows> {
+    let columns: Vec<String> = data["rowtype"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
         .unwrap_or_default();
-    Ok(Rows { columns, rows })
+    if let Some(b64) = data["rowsetBase64"].as_str().filter(|s| !s.is_empty()) {
+        let rows = decode_arrow(b64)
+            .map_err(|e| Error::warehouse(cfg.display(), e, ErrorKind::Permanent))?;
+        return Ok(Rows { columns, rows });
+    }
+    Ok(Rows {
+        columns,
+        rows: json_rows(&data["rowset"]),
+    })
 }
 
 /// Decode an Arrow IPC stream (Snowflake's `rowsetBase64`) into text values. Integer

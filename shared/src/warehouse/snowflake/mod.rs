@@ -5,28 +5,36 @@
 //! every schema, table and column name is upper-cased and then quoted (quoting keeps
 //! `$`, reserved words and leading underscores safe; names are checked `Ident`s).
 //!
-//! Loading: `COPY INTO <load table> (columns) FROM (SELECT $1::type, ..., '<uploaded
-//! at>'::TIMESTAMP_TZ, '<task instance>' FROM @stage) FILES = ('<object>') FILE_FORMAT =
-//! (<the core's format>) FORCE = TRUE`, in one transaction with the object's row in the
-//! load ledger `_PGP.LOADS`; COPY's per-file result (`status`, `rows_loaded`,
-//! `errors_seen`, `first_error`) is the count and the error. FORCE because the ledger,
-//! not Snowflake's 64-day load metadata, decides what was loaded: a rolled-back load
-//! must be loadable again.
+//! The primitives of [`crate::warehouse`], in Snowflake terms:
+//! - loading: `COPY INTO <load table> (columns) FROM (SELECT $1::type, ..., '<uploaded
+//!   at>'::TIMESTAMP_TZ, '<task instance>', '<load id>' FROM @stage) FILES = ('<object>')
+//!   FILE_FORMAT = (<the core's format>) FORCE = TRUE` inside the caller's transaction;
+//!   COPY's per-file result (`status`, `rows_loaded`, `errors_seen`, `first_error`) is
+//!   the count and the error. FORCE because the ledger, not Snowflake's 64-day load
+//!   metadata, decides what was loaded: a rolled-back load must be loadable again, and
+//!   two loaders loading one object are told apart by their load id, not prevented;
+//! - the lock of a target: `UPDATE` of the one row of the target's own lock table
+//!   `_PGP."LOCK$<SCHEMA>$<TABLE>"`. Snowflake runs one UPDATE/DELETE/MERGE per table
+//!   at a time and holds it to the end of the transaction
+//!   (<https://docs.snowflake.com/en/sql-reference/transactions#resource-locking>), so a
+//!   table per target keeps publishers of different targets from waiting on each other.
+//!   Waiting is bounded by the session's `LOCK_TIMEOUT` (set at login), then the
+//!   statement fails and the step is retried;
+//! - the swap: `ALTER TABLE <from> SWAP WITH <to>` (a rename when `to` is missing),
+//!   atomic for readers, after `COMMENT ON TABLE <from>` with the run's marker;
+//! - the ledger `_PGP.LOAD_LEDGER` and run table `_PGP.RUNS`: plain tables, no keys.
 //!
-//! Publishing: append is one transaction (`INSERT INTO target SELECT * FROM stage` plus
-//! the `_PGP.PUBLISHES` row). Swap is `ALTER TABLE <t>_TEMP SWAP WITH <t>` (or a rename
-//! when the target is missing), atomic for readers; DDL commits any open transaction,
-//! so the swap is claimed first: an `UPDATE` of the target's row in `_PGP.LOCKS`
-//! (Snowflake runs one UPDATE/DELETE/MERGE per table at a time, holding it to the end of
-//! the transaction) guards the ledger check and a `swapping` row; the new table carries the
-//! comment `pgp run <id>`, which tells a retry after a crash whether the swap happened.
+//! A transaction holds the session (one statement at a time) from `BEGIN` to `COMMIT`.
+//! One dropped half-way (request cancelled, deadline) is rolled back at once by a task
+//! that keeps the session until `ROLLBACK` returns; without a runtime to run it, the
+//! session remembers it and rolls back before its next statement.
 //!
 //! Emulator fallbacks (`copy=staged`, `swap=rename`, `arrays=variant` in the URL; used
 //! against fakesnow, which lacks COPY transformations, several FILE_FORMAT options,
-//! `SWAP WITH` and an ARRAY type of its own): COPY into an all-text scratch table with
-//! the format minus its default-valued options, then `INSERT ... SELECT` with the same
-//! casts; rename the target away and the temp in; expect `VARIANT` where an `ARRAY` was
-//! created. Production SQL is unit-tested below as text.
+//! `SWAP WITH` and an ARRAY type of its own): COPY into an all-text scratch table (one
+//! per load attempt) with the format minus its default-valued options, then `INSERT ...
+//! SELECT` with the same casts; rename the target away and the new table in; expect
+//! `VARIANT` where an `ARRAY` was created. Production SQL is unit-tested below as text.
 
 pub mod client;
 pub mod config;
@@ -35,20 +43,22 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    ActualColumn, Loaded, Published, RunMeta, TableSchema, Warehouse, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate,
+    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
-use crate::ident::{Ident, TableName};
+use crate::ident::TableName;
 use crate::storage::ObjectKey;
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
-use tokio::sync::Mutex;
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// A Snowflake database pgp loads into.
 pub struct Snowflake {
     cfg: SnowflakeConfig,
-    client: Mutex<Client>,
+    client: Arc<Mutex<Client>>,
     ready: tokio::sync::OnceCell<()>,
 }
 
@@ -135,6 +145,7 @@ fn emulator_file_format(c: Compression) -> String {
 fn load_columns(
     schema: &TableSchema,
     run: &RunMeta,
+    load_id: &str,
     field: impl Fn(usize) -> String,
 ) -> (Vec<String>, Vec<String>) {
     let mut cols: Vec<String> = schema.columns.iter().map(|c| q(c.name.as_str())).collect();
@@ -156,6 +167,8 @@ fn load_columns(
             None => "NULL::TEXT".into(),
         });
     }
+    cols.push(q(LOAD_ID));
+    exprs.push(lit(load_id));
     (cols, exprs)
 }
 
@@ -167,8 +180,9 @@ pub fn copy_transform_sql(
     stage: &str,
     object: &ObjectKey,
     compression: Compression,
+    load_id: &str,
 ) -> String {
-    let (cols, exprs) = load_columns(schema, run, |i| format!("${}", i + 1));
+    let (cols, exprs) = load_columns(schema, run, load_id, |i| format!("${}", i + 1));
     format!(
         "COPY INTO {table} ({}) FROM (SELECT {} FROM {stage}) FILES = ({}) FILE_FORMAT = {} ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
         cols.join(", "),
@@ -183,12 +197,154 @@ pub fn swap_sql(temp: &str, target: &str) -> String {
     format!("ALTER TABLE {temp} SWAP WITH {target}")
 }
 
+/// `DATABASE."_PGP"."NAME"`.
+fn ledger(cfg: &SnowflakeConfig, name: &str) -> String {
+    format!("{}.\"_PGP\".{}", q(&cfg.database), q(name))
+}
+
+/// `DATABASE."SCHEMA"."TABLE"`.
+fn full(cfg: &SnowflakeConfig, t: &TableName) -> String {
+    format!(
+        "{}.{}.{}",
+        q(&cfg.database),
+        q(t.schema.as_str()),
+        q(t.table.as_str())
+    )
+}
+
+/// The lock table of one target.
+fn lock_table(cfg: &SnowflakeConfig, target: &TableName) -> String {
+    ledger(
+        cfg,
+        &format!("LOCK${}${}", target.schema.as_str(), target.table.as_str()),
+    )
+}
+
+fn stage_ref(cfg: &SnowflakeConfig) -> String {
+    match &cfg.stage {
+        Stage::Named(n) => format!("@{n}"),
+        Stage::Create { .. } => format!("@{}", ledger(cfg, "PGP_STAGE")),
+    }
+}
+
+fn num(v: &Option<String>) -> Option<i64> {
+    // Snowflake sends NUMBER(38,0) as text, sometimes with a `.0` scale.
+    v.as_deref()
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.parse().ok())
+}
+
+const RUN_COLUMNS: &str = "TARGET, RUN_ID, LOAD_TABLE, MODE, CHUNKS, FINGERPRINT, STATE, CLAIM, \
+     DATEDIFF('second', CLAIMED_AT, CURRENT_TIMESTAMP()), ROWS, REASON";
+
+fn run_records(target: &TableName, r: &Rows) -> Result<Vec<RunRecord>> {
+    r.rows
+        .iter()
+        .map(|row| {
+            let text = |i: usize| row[i].clone().unwrap_or_default();
+            Ok(RunRecord {
+                target: target.clone(),
+                run_id: text(1),
+                load_table: super::duckdb::parse_table(&text(2))?,
+                mode: text(3),
+                chunks: num(&row[4]).unwrap_or(0) as u64,
+                fingerprint: text(5),
+                state: RunState::parse(&text(6))?,
+                claim: row[7].clone(),
+                claim_age_seconds: num(&row[8]),
+                rows: num(&row[9]).map(|n| n as u64),
+                reason: row[10].clone(),
+            })
+        })
+        .collect()
+}
+
+fn columns_sql(cfg: &SnowflakeConfig, table: &TableName) -> String {
+    format!(
+        "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM {}.INFORMATION_SCHEMA.COLUMNS \
+         WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
+        q(&cfg.database),
+        lit(&table.schema.as_str().to_uppercase()),
+        lit(&table.table.as_str().to_uppercase())
+    )
+}
+
+fn actual_columns(r: &Rows) -> Option<Vec<ActualColumn>> {
+    let cols: Vec<ActualColumn> = r
+        .rows
+        .iter()
+        .map(|row| {
+            let ty = row[1].clone().unwrap_or_default().to_uppercase();
+            let data_type = match (ty.as_str(), &row[2], &row[3]) {
+                ("NUMBER", Some(p), Some(s)) => format!("NUMBER({p},{s})"),
+                _ => ty,
+            };
+            ActualColumn {
+                name: row[0].clone().unwrap_or_default(),
+                data_type,
+            }
+        })
+        .collect();
+    if cols.is_empty() {
+        None
+    } else {
+        Some(cols)
+    }
+}
+
+/// `SELECT <col> FROM INFORMATION_SCHEMA.TABLES` for one table.
+fn table_info_sql(cfg: &SnowflakeConfig, t: &TableName, col: &str) -> String {
+    format!(
+        "SELECT {col} FROM {}.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+        q(&cfg.database),
+        lit(&t.schema.as_str().to_uppercase()),
+        lit(&t.table.as_str().to_uppercase())
+    )
+}
+
+/// Sum a COPY result's `rows_loaded`, failing on any file that did not load whole.
+fn copy_rows(cfg: &SnowflakeConfig, object: &ObjectKey, r: &Rows) -> Result<u64> {
+    let ctx = format!("{} load {object}", cfg.display());
+    let (Some(status), Some(loaded)) = (r.col("status"), r.col("rows_loaded")) else {
+        // COPY answers "Copy executed with 0 files processed." when it found no file:
+        // the object is missing from the stage, which waiting does not fix.
+        return Err(Error::warehouse(
+            ctx,
+            format!("COPY loaded no file (is {object} in the stage?): {:?}", r.rows),
+            ErrorKind::Permanent,
+        ));
+    };
+    let errors = r.col("errors_seen");
+    let first = r.col("first_error");
+    let mut rows = 0u64;
+    for row in &r.rows {
+        let st = row[status].as_deref().unwrap_or("");
+        let seen: u64 = errors
+            .and_then(|i| row[i].as_deref())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if !st.eq_ignore_ascii_case("LOADED") || seen > 0 {
+            let why = first.and_then(|i| row[i].clone()).unwrap_or_default();
+            return Err(Error::warehouse(
+                ctx,
+                format!("COPY status {st}, {seen} errors: {why}"),
+                ErrorKind::Permanent,
+            ));
+        }
+        rows += row[loaded]
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(rows)
+}
+
 impl Snowflake {
     pub fn new(cfg: SnowflakeConfig) -> Result<Self> {
         let client = Client::new(cfg.clone())?;
         Ok(Snowflake {
             cfg,
-            client: Mutex::new(client),
+            client: Arc::new(Mutex::new(client)),
             ready: tokio::sync::OnceCell::new(),
         })
     }
@@ -198,54 +354,41 @@ impl Snowflake {
     }
 
     fn table(&self, t: &TableName) -> String {
-        format!(
-            "{}.{}.{}",
-            self.db(),
-            q(t.schema.as_str()),
-            q(t.table.as_str())
-        )
+        full(&self.cfg, t)
     }
 
-    fn ledger(&self, name: &str) -> String {
-        format!("{}.\"_PGP\".{}", self.db(), q(name))
-    }
-
-    fn stage_ref(&self) -> String {
-        match &self.cfg.stage {
-            Stage::Named(n) => format!("@{n}"),
-            Stage::Create { .. } => format!("@{}", self.ledger("PGP_STAGE")),
+    /// The session, with any transaction a dropped caller left open rolled back.
+    async fn session(&self) -> Result<OwnedMutexGuard<Client>> {
+        let mut c = self.client.clone().lock_owned().await;
+        if c.in_txn {
+            c.query("ROLLBACK").await?;
+            c.in_txn = false;
         }
-    }
-
-    fn ctx(&self, what: impl std::fmt::Display) -> String {
-        format!("{} {what}", self.cfg.display())
+        Ok(c)
     }
 
     /// Run one statement (also for operators and tests: `pgp` itself only runs the
     /// statements in this module).
     pub async fn query(&self, sql: &str) -> Result<Rows> {
         self.setup().await?;
-        self.client.lock().await.query(sql).await
+        self.session().await?.query(sql).await
     }
 
     /// The ledger schema and tables, and the stage when pgp owns it; once per process.
     async fn setup(&self) -> Result<()> {
         self.ready
             .get_or_try_init(|| async {
-                let mut c = self.client.lock().await;
+                let mut c = self.session().await?;
+                let l = |n: &str| ledger(&self.cfg, n);
                 let mut stmts = vec![
                     format!("CREATE SCHEMA IF NOT EXISTS {}.\"_PGP\"", self.db()),
                     format!(
-                        "CREATE TABLE IF NOT EXISTS {} (TARGET TEXT NOT NULL, RUN_ID TEXT NOT NULL, OBJECT TEXT NOT NULL, ROWS NUMBER(38,0) NOT NULL, LOADED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP())",
-                        self.ledger("LOADS")
+                        "CREATE TABLE IF NOT EXISTS {} (LOAD_TABLE TEXT NOT NULL, RUN_ID TEXT NOT NULL, CHUNK NUMBER(38,0) NOT NULL, OBJECT TEXT NOT NULL, LOAD_ID TEXT NOT NULL, ROWS NUMBER(38,0) NOT NULL, LOADED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP())",
+                        l("LOAD_LEDGER")
                     ),
                     format!(
-                        "CREATE TABLE IF NOT EXISTS {} (TARGET TEXT NOT NULL, RUN_ID TEXT NOT NULL, ACTION TEXT NOT NULL, ROWS NUMBER(38,0) NOT NULL, PUBLISHED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP())",
-                        self.ledger("PUBLISHES")
-                    ),
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS {} (TARGET TEXT NOT NULL, N NUMBER(38,0) NOT NULL)",
-                        self.ledger("LOCKS")
+                        "CREATE TABLE IF NOT EXISTS {} (TARGET TEXT NOT NULL, RUN_ID TEXT NOT NULL, LOAD_TABLE TEXT NOT NULL, MODE TEXT NOT NULL, CHUNKS NUMBER(38,0) NOT NULL, FINGERPRINT TEXT NOT NULL, STATE TEXT NOT NULL, CLAIM TEXT, CLAIMED_AT TIMESTAMP_TZ, ROWS NUMBER(38,0), REASON TEXT, CREATED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP(), UPDATED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP())",
+                        l("RUNS")
                     ),
                 ];
                 if let Stage::Create { url, integration } = &self.cfg.stage {
@@ -255,7 +398,7 @@ impl Snowflake {
                         .unwrap_or_default();
                     stmts.push(format!(
                         "CREATE STAGE IF NOT EXISTS {} URL = {}{integ}",
-                        self.ledger("PGP_STAGE"),
+                        l("PGP_STAGE"),
                         lit(url)
                     ));
                 }
@@ -268,100 +411,8 @@ impl Snowflake {
             .map(|_| ())
     }
 
-    /// Run `body` inside BEGIN/COMMIT on the locked session; ROLLBACK on error.
-    async fn in_transaction<T>(
-        &self,
-        c: &mut Client,
-        body: impl AsyncFnOnce(&mut Client) -> Result<T>,
-    ) -> Result<T> {
-        c.query("BEGIN").await?;
-        match body(c).await {
-            Ok(v) => {
-                c.query("COMMIT").await?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = c.query("ROLLBACK").await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Serialize publishers of one target (see the module doc).
-    /// Makes sure `target` has its row in `_PGP.LOCKS`; run outside the transaction. A
-    /// race may insert the row twice, which is harmless: the lock is the UPDATE's.
-    fn lock_row_sql(&self, target: &str) -> String {
-        format!(
-            "INSERT INTO {l} (TARGET, N) SELECT {t}, 0 WHERE NOT EXISTS (SELECT 1 FROM {l} WHERE TARGET = {t})",
-            l = self.ledger("LOCKS"),
-            t = lit(target)
-        )
-    }
-
-    /// The first statement of a publishing transaction: Snowflake does not run two
-    /// UPDATE/DELETE/MERGE statements on one table at once, so this UPDATE holds
-    /// every other publisher of any table until this transaction ends.
-    fn lock_sql(&self, target: &str) -> String {
-        format!(
-            "UPDATE {} SET N = N + 1 WHERE TARGET = {}",
-            self.ledger("LOCKS"),
-            lit(target)
-        )
-    }
-
-    async fn exists(&self, c: &mut Client, t: &TableName) -> Result<bool> {
-        let sql = format!(
-            "SELECT COUNT(*) FROM {}.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-            self.db(),
-            lit(&t.schema.as_str().to_uppercase()),
-            lit(&t.table.as_str().to_uppercase())
-        );
-        Ok(c.query(&sql).await?.scalar().unwrap_or("0") != "0")
-    }
-
-    async fn comment(&self, c: &mut Client, t: &TableName) -> Result<Option<String>> {
-        let sql = format!(
-            "SELECT COMMENT FROM {}.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-            self.db(),
-            lit(&t.schema.as_str().to_uppercase()),
-            lit(&t.table.as_str().to_uppercase())
-        );
-        Ok(c.query(&sql).await?.scalar().map(str::to_string))
-    }
-
-    /// Sum a COPY result's `rows_loaded`, failing on any file that did not load whole.
-    fn copy_rows(&self, object: &ObjectKey, r: &Rows) -> Result<u64> {
-        let (Some(status), Some(loaded)) = (r.col("status"), r.col("rows_loaded")) else {
-            return Err(Error::warehouse(
-                self.ctx(format!("load {object}")),
-                format!(
-                    "COPY loaded no file (is {object} in the stage?): {:?}",
-                    r.rows
-                ),
-            ));
-        };
-        let errors = r.col("errors_seen");
-        let first = r.col("first_error");
-        let mut rows = 0u64;
-        for row in &r.rows {
-            let st = row[status].as_deref().unwrap_or("");
-            let seen: u64 = errors
-                .and_then(|i| row[i].as_deref())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if !st.eq_ignore_ascii_case("LOADED") || seen > 0 {
-                let why = first.and_then(|i| row[i].clone()).unwrap_or_default();
-                return Err(Error::warehouse(
-                    self.ctx(format!("load {object}")),
-                    format!("COPY status {st}, {seen} errors: {why}"),
-                ));
-            }
-            rows += row[loaded]
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        Ok(rows)
+    async fn info_schema(&self, c: &mut Client, t: &TableName, col: &str) -> Result<Rows> {
+        c.query(&table_info_sql(&self.cfg, t, col)).await
     }
 }
 
@@ -383,33 +434,16 @@ impl Warehouse for Snowflake {
     }
 
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
-        let sql = format!(
-            "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM {}.INFORMATION_SCHEMA.COLUMNS \
-             WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
-            self.db(),
-            lit(&table.schema.as_str().to_uppercase()),
-            lit(&table.table.as_str().to_uppercase())
-        );
-        let r = self.query(&sql).await?;
-        let cols: Vec<ActualColumn> = r
-            .rows
-            .iter()
-            .map(|row| {
-                let ty = row[1].clone().unwrap_or_default().to_uppercase();
-                let data_type = match (ty.as_str(), &row[2], &row[3]) {
-                    ("NUMBER", Some(p), Some(s)) => format!("NUMBER({p},{s})"),
-                    _ => ty,
-                };
-                ActualColumn {
-                    name: row[0].clone().unwrap_or_default(),
-                    data_type,
-                }
-            })
-            .collect();
-        Ok(if cols.is_empty() { None } else { Some(cols) })
+        let r = self.query(&columns_sql(&self.cfg, table)).await?;
+        Ok(actual_columns(&r))
     }
 
-    async fn create_table(&self, table: &TableName, schema: &TableSchema) -> Result<()> {
+    async fn create_table(
+        &self,
+        table: &TableName,
+        schema: &TableSchema,
+        stamped: bool,
+    ) -> Result<()> {
         let mut cols: Vec<String> = schema
             .columns
             .iter()
@@ -419,6 +453,9 @@ impl Warehouse for Snowflake {
         if schema.task_instance {
             cols.push(format!("{} TEXT", q(TASK_INSTANCE)));
         }
+        if stamped {
+            cols.push(format!("{} TEXT", q(LOAD_ID)));
+        }
         self.query(&format!(
             "CREATE SCHEMA IF NOT EXISTS {}.{}",
             self.db(),
@@ -426,9 +463,23 @@ impl Warehouse for Snowflake {
         ))
         .await?;
         self.query(&format!(
-            "CREATE OR REPLACE TABLE {} ({})",
+            "CREATE TABLE IF NOT EXISTS {} ({})",
             self.table(table),
             cols.join(", ")
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn prepare_lock(&self, target: &TableName) -> Result<()> {
+        // The target's lock table: created outside any transaction (DDL would commit
+        // it), so that `lock` inside one finds it. One row, never deleted; a race may
+        // insert two, which changes nothing (the lock is the UPDATE's, on the table).
+        let lock = lock_table(&self.cfg, target);
+        self.query(&format!("CREATE TABLE IF NOT EXISTS {lock} (N NUMBER(38,0))"))
+            .await?;
+        self.query(&format!(
+            "INSERT INTO {lock} (N) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {lock})"
         ))
         .await
         .map(|_| ())
@@ -440,343 +491,381 @@ impl Warehouse for Snowflake {
             .map(|_| ())
     }
 
-    async fn load(
-        &self,
-        table: &TableName,
-        schema: &TableSchema,
-        run: &RunMeta,
-        object: &ObjectKey,
-        compression: Compression,
-    ) -> Result<Loaded> {
+    async fn swap_in(&self, from: &TableName, to: &TableName, marker: &str) -> Result<()> {
         self.setup().await?;
-        let target = table.to_string();
-        let check = format!(
-            "SELECT ROWS FROM {} WHERE TARGET = {} AND RUN_ID = {} AND OBJECT = {}",
-            self.ledger("LOADS"),
-            lit(&target),
-            lit(&run.run_id),
-            lit(object.as_str())
-        );
-        let record = |rows: u64| {
-            format!(
-                "INSERT INTO {} (TARGET, RUN_ID, OBJECT, ROWS) VALUES ({}, {}, {}, {rows})",
-                self.ledger("LOADS"),
-                lit(&target),
-                lit(&run.run_id),
-                lit(object.as_str())
-            )
-        };
-        let mut c = self.client.lock().await;
-        if let Some(n) = c.query(&check).await?.scalar() {
-            return Ok(Loaded {
-                rows: n.parse().unwrap_or(0),
-                already: true,
-            });
-        }
-        let tbl = self.table(table);
-        match self.cfg.copy {
-            CopyMode::Transform => {
-                let copy =
-                    copy_transform_sql(&tbl, schema, run, &self.stage_ref(), object, compression);
-                self.in_transaction(&mut c, async |c: &mut Client| {
-                    let rows = self.copy_rows(object, &c.query(&copy).await?)?;
-                    c.query(&record(rows)).await?;
-                    Ok(Loaded {
-                        rows,
-                        already: false,
-                    })
-                })
-                .await
-            }
-            CopyMode::Staged => {
-                let scratch = format!(
-                    "{}.\"_PGP\".{}",
-                    self.db(),
-                    q(&format!(
-                        "RAW_{}",
-                        object
-                            .as_str()
-                            .chars()
-                            .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
-                            .collect::<String>()
-                    ))
-                );
-                let raw_cols: Vec<String> = (0..schema.columns.len())
-                    .map(|i| format!("\"C{i}\" TEXT"))
-                    .collect();
-                c.query(&format!(
-                    "CREATE OR REPLACE TABLE {scratch} ({})",
-                    raw_cols.join(", ")
-                ))
-                .await?;
-                let (cols, exprs) = load_columns(schema, run, |i| format!("\"C{i}\""));
-                let copy = format!(
-                    "COPY INTO {scratch} FROM {} FILES = ({}) FILE_FORMAT = {} ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
-                    self.stage_ref(),
-                    lit(object.as_str()),
-                    emulator_file_format(compression)
-                );
-                let insert = format!(
-                    "INSERT INTO {tbl} ({}) SELECT {} FROM {scratch}",
-                    cols.join(", "),
-                    exprs.join(", ")
-                );
-                let result = self
-                    .in_transaction(&mut c, async |c: &mut Client| {
-                        let rows = self.copy_rows(object, &c.query(&copy).await?)?;
-                        c.query(&insert).await?;
-                        c.query(&record(rows)).await?;
-                        Ok(Loaded {
-                            rows,
-                            already: false,
-                        })
-                    })
-                    .await;
-                let _ = c.query(&format!("DROP TABLE IF EXISTS {scratch}")).await;
-                result
-            }
-        }
-    }
-
-    async fn loaded_objects(&self, table: &TableName, run_id: &str) -> Result<Vec<(String, u64)>> {
-        let r = self
-            .query(&format!(
-                "SELECT OBJECT, ROWS FROM {} WHERE TARGET = {} AND RUN_ID = {} ORDER BY OBJECT",
-                self.ledger("LOADS"),
-                lit(&table.to_string()),
-                lit(run_id)
-            ))
-            .await?;
-        Ok(r.rows
-            .iter()
-            .map(|row| {
-                (
-                    row[0].clone().unwrap_or_default(),
-                    row[1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
-                )
-            })
-            .collect())
-    }
-
-    async fn published(&self, target: &TableName, run_id: &str) -> Result<bool> {
-        let r = self
-            .query(&format!(
-                "SELECT COUNT(*) FROM {} WHERE TARGET = {} AND RUN_ID = {}",
-                self.ledger("PUBLISHES"),
-                lit(&target.to_string()),
-                lit(run_id)
-            ))
-            .await?;
-        Ok(r.scalar().unwrap_or("0") != "0")
-    }
-
-    async fn publish_append(
-        &self,
-        stage: &TableName,
-        target: &TableName,
-        run_id: &str,
-    ) -> Result<Published> {
-        self.setup().await?;
-        let t = target.to_string();
-        let lock = self.lock_sql(&t);
-        let check = format!(
-            "SELECT ROWS FROM {} WHERE TARGET = {} AND RUN_ID = {}",
-            self.ledger("PUBLISHES"),
-            lit(&t),
-            lit(run_id)
-        );
-        let insert = format!(
-            "INSERT INTO {} SELECT * FROM {}",
-            self.table(target),
-            self.table(stage)
-        );
-        let mut c = self.client.lock().await;
-        c.query(&self.lock_row_sql(&t)).await?;
-        let published = self
-            .in_transaction(&mut c, async |c: &mut Client| {
-                c.query(&lock).await?;
-                if let Some(n) = c.query(&check).await?.scalar() {
-                    return Ok(Published {
-                        rows: n.parse().unwrap_or(0),
-                        already: true,
-                    });
-                }
-                let r = c.query(&insert).await?;
-                let rows: u64 = r.scalar().and_then(|v| v.parse().ok()).unwrap_or(0);
-                c.query(&format!(
-                    "INSERT INTO {} (TARGET, RUN_ID, ACTION, ROWS) VALUES ({}, {}, 'append', {rows})",
-                    self.ledger("PUBLISHES"),
-                    lit(&t),
-                    lit(run_id)
-                ))
-                .await?;
-                Ok(Published { rows, already: false })
-            })
-            .await?;
-        c.query(&format!("DROP TABLE IF EXISTS {}", self.table(stage)))
-            .await?;
-        Ok(published)
-    }
-
-    async fn publish_swap(
-        &self,
-        temp: &TableName,
-        target: &TableName,
-        run_id: &str,
-    ) -> Result<Published> {
-        self.setup().await?;
-        let t = target.to_string();
-        let marker = format!("pgp run {run_id}");
-        let mut c = self.client.lock().await;
-        // 1. Claim the swap (or learn it happened).
-        c.query(&self.lock_row_sql(&t)).await?;
-        let claim = self
-            .in_transaction(&mut c, async |c: &mut Client| {
-                c.query(&self.lock_sql(&t)).await?;
-                let r = c
-                    .query(&format!(
-                        "SELECT ACTION, ROWS, DATEDIFF('second', PUBLISHED_AT, CURRENT_TIMESTAMP()) FROM {} WHERE TARGET = {} AND RUN_ID = {}",
-                        self.ledger("PUBLISHES"),
-                        lit(&t),
-                        lit(run_id)
-                    ))
-                    .await?;
-                if let Some(row) = r.rows.first() {
-                    return Ok(Some((
-                        row[0].clone().unwrap_or_default(),
-                        row[1].as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
-                        row[2].as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-                    )));
-                }
-                let rows: u64 = c
-                    .query(&format!("SELECT COUNT(*) FROM {}", self.table(temp)))
-                    .await?
-                    .scalar()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                c.query(&format!(
-                    "INSERT INTO {} (TARGET, RUN_ID, ACTION, ROWS) VALUES ({}, {}, 'swapping', {rows})",
-                    self.ledger("PUBLISHES"),
-                    lit(&t),
-                    lit(run_id)
-                ))
-                .await?;
-                Ok(None)
-            })
-            .await?;
-        let rows = match claim {
-            Some((action, rows, _)) if action == "swap" => {
-                c.query(&format!("DROP TABLE IF EXISTS {}", self.table(temp)))
-                    .await?;
-                return Ok(Published {
-                    rows,
-                    already: true,
-                });
-            }
-            Some((_, _, age)) if age < 3600 => {
-                return Err(Error::warehouse(
-                    self.ctx(format!("swap {t}")),
-                    format!("another loader is swapping run {run_id} (busy); retry later"),
-                ));
-            }
-            // A claim older than an hour: its loader died; finish its swap.
-            Some((_, rows, _)) => rows,
-            None => {
-                let r = c
-                    .query(&format!("SELECT COUNT(*) FROM {}", self.table(temp)))
-                    .await?;
-                r.scalar().and_then(|v| v.parse().ok()).unwrap_or(0)
-            }
-        };
-        // 2. Swap, unless the target already is this run's table.
-        if self.comment(&mut c, target).await?.as_deref() != Some(marker.as_str()) {
-            c.query(&format!(
-                "COMMENT ON TABLE {} IS {}",
-                self.table(temp),
-                lit(&marker)
-            ))
-            .await?;
-            if self.exists(&mut c, target).await? {
-                match self.cfg.swap {
-                    SwapMode::Swap => {
-                        c.query(&swap_sql(&self.table(temp), &self.table(target)))
-                            .await?;
-                    }
-                    SwapMode::Rename => {
-                        let old = target.with_suffix("_PGP_OLD")?;
-                        c.query(&format!("DROP TABLE IF EXISTS {}", self.table(&old)))
-                            .await?;
-                        c.query(&format!(
-                            "ALTER TABLE {} RENAME TO {}",
-                            self.table(target),
-                            self.table(&old)
-                        ))
-                        .await?;
-                        c.query(&format!(
-                            "ALTER TABLE {} RENAME TO {}",
-                            self.table(temp),
-                            self.table(target)
-                        ))
-                        .await?;
-                        c.query(&format!("DROP TABLE IF EXISTS {}", self.table(&old)))
-                            .await?;
-                    }
-                }
-            } else {
-                c.query(&format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    self.table(temp),
-                    self.table(target)
-                ))
-                .await?;
-            }
-        }
-        // 3. Record it and drop the old table (now under the temp name).
+        let mut c = self.session().await?;
         c.query(&format!(
-            "UPDATE {} SET ACTION = 'swap' WHERE TARGET = {} AND RUN_ID = {}",
-            self.ledger("PUBLISHES"),
-            lit(&t),
-            lit(run_id)
+            "COMMENT ON TABLE {} IS {}",
+            self.table(from),
+            lit(marker)
         ))
         .await?;
-        c.query(&format!("DROP TABLE IF EXISTS {}", self.table(temp)))
-            .await?;
-        Ok(Published {
-            rows,
-            already: false,
-        })
-    }
-
-    async fn max_key(&self, table: &TableName, key: &Ident) -> Result<Option<i64>> {
-        let r = self
-            .query(&format!(
-                "SELECT MAX({}) FROM {}",
-                q(key.as_str()),
-                self.table(table)
+        let exists = self.info_schema(&mut c, to, "COUNT(*)").await?.scalar() != Some("0");
+        if !exists {
+            c.query(&format!(
+                "ALTER TABLE {} RENAME TO {}",
+                self.table(from),
+                self.table(to)
             ))
             .await?;
-        match r.scalar() {
-            None => Ok(None),
-            Some(v) => v
-                .split('.')
-                .next()
-                .unwrap_or(v)
-                .parse()
-                .map(Some)
-                .map_err(|_| {
-                    Error::warehouse(
-                        self.ctx(format!("max key of {table}")),
-                        format!("not an integer: {v}"),
-                    )
-                }),
+            return Ok(());
         }
+        match self.cfg.swap {
+            SwapMode::Swap => {
+                c.query(&swap_sql(&self.table(from), &self.table(to)))
+                    .await?;
+            }
+            SwapMode::Rename => {
+                // Emulator only: not atomic for readers (see the module doc).
+                let old = to.with_suffix("_PGP_OLD")?;
+                c.query(&format!("DROP TABLE IF EXISTS {}", self.table(&old)))
+                    .await?;
+                c.query(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    self.table(to),
+                    self.table(&old)
+                ))
+                .await?;
+                c.query(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    self.table(from),
+                    self.table(to)
+                ))
+                .await?;
+                c.query(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    self.table(&old),
+                    self.table(from)
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn marker(&self, table: &TableName) -> Result<Option<String>> {
+        self.setup().await?;
+        let mut c = self.session().await?;
+        Ok(self
+            .info_schema(&mut c, table, "COMMENT")
+            .await?
+            .scalar()
+            .map(str::to_string))
     }
 
     async fn row_count(&self, table: &TableName) -> Result<u64> {
         let r = self
             .query(&format!("SELECT COUNT(*) FROM {}", self.table(table)))
             .await?;
-        Ok(r.scalar().and_then(|v| v.parse().ok()).unwrap_or(0))
+        Ok(num(&r.rows.first().and_then(|r| r.first().cloned()).flatten()).unwrap_or(0) as u64)
+    }
+
+    async fn loaded_chunks(&self, load_table: &TableName, run_id: &str) -> Result<Vec<u32>> {
+        let r = self
+            .query(&format!(
+                "SELECT DISTINCT CHUNK FROM {} WHERE LOAD_TABLE = {} AND RUN_ID = {} ORDER BY CHUNK",
+                ledger(&self.cfg, "LOAD_LEDGER"),
+                lit(&load_table.to_string()),
+                lit(run_id)
+            ))
+            .await?;
+        Ok(r.rows.iter().filter_map(|row| num(&row[0])).map(|c| c as u32).collect())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        self.setup().await?;
+        let mut c = self.session().await?;
+        c.query("BEGIN").await?;
+        c.in_txn = true;
+        Ok(Box::new(SfTxn {
+            cfg: self.cfg.clone(),
+            client: Some(c),
+        }))
+    }
+}
+
+/// A transaction holding the session.
+struct SfTxn {
+    cfg: SnowflakeConfig,
+    client: Option<OwnedMutexGuard<Client>>,
+}
+
+impl SfTxn {
+    async fn q(&mut self, sql: &str) -> Result<Rows> {
+        match self.client.as_mut() {
+            Some(c) => c.query(sql).await,
+            None => Err(Error::warehouse(
+                self.cfg.display(),
+                "transaction already ended",
+                ErrorKind::Permanent,
+            )),
+        }
+    }
+
+    async fn end(mut self: Box<Self>, stmt: &str) -> Result<()> {
+        let mut c = self.client.take().expect("an open transaction has its session");
+        let r = c.query(stmt).await;
+        if r.is_ok() || stmt == "ROLLBACK" {
+            c.in_txn = false;
+        }
+        r.map(|_| ())
+    }
+}
+
+impl Drop for SfTxn {
+    fn drop(&mut self) {
+        let Some(mut c) = self.client.take() else {
+            return;
+        };
+        // Dropped before commit or rollback (a cancelled request, a failed step that
+        // did not roll back): roll back now, holding the session until done so that
+        // nobody uses it inside this transaction, and so that the lock goes at once.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if c.query("ROLLBACK").await.is_ok() {
+                    c.in_txn = false;
+                }
+            });
+        }
+        // Without a runtime, `in_txn` stays set: the next user rolls back first.
+    }
+}
+
+#[async_trait]
+impl Transaction for SfTxn {
+    async fn lock(&mut self, target: &TableName) -> Result<()> {
+        let sql = format!("UPDATE {} SET N = N + 1", lock_table(&self.cfg, target));
+        self.q(&sql).await.map(|_| ())
+    }
+
+    async fn copy_into(
+        &mut self,
+        table: &TableName,
+        schema: &TableSchema,
+        run: &RunMeta,
+        object: &ObjectKey,
+        compression: Compression,
+        load_id: &str,
+    ) -> Result<u64> {
+        let cfg = self.cfg.clone();
+        let tbl = full(&cfg, table);
+        match cfg.copy {
+            CopyMode::Transform => {
+                let copy = copy_transform_sql(
+                    &tbl,
+                    schema,
+                    run,
+                    &stage_ref(&cfg),
+                    object,
+                    compression,
+                    load_id,
+                );
+                let r = self.q(&copy).await?;
+                copy_rows(&cfg, object, &r)
+            }
+            CopyMode::Staged => {
+                // Emulator only: the scratch table's DDL runs inside the transaction,
+                // which fakesnow (DuckDB) allows and Snowflake would commit.
+                let scratch = ledger(
+                    &cfg,
+                    &format!(
+                        "RAW_{}",
+                        load_id
+                            .chars()
+                            .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+                            .collect::<String>()
+                    ),
+                );
+                let raw_cols: Vec<String> = (0..schema.columns.len())
+                    .map(|i| format!("\"C{i}\" TEXT"))
+                    .collect();
+                self.q(&format!(
+                    "CREATE OR REPLACE TABLE {scratch} ({})",
+                    raw_cols.join(", ")
+                ))
+                .await?;
+                let (cols, exprs) = load_columns(schema, run, load_id, |i| format!("\"C{i}\""));
+                let copy = format!(
+                    "COPY INTO {scratch} FROM {} FILES = ({}) FILE_FORMAT = {} ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
+                    stage_ref(&cfg),
+                    lit(object.as_str()),
+                    emulator_file_format(compression)
+                );
+                let rows = match self.q(&copy).await {
+                    Ok(r) => copy_rows(&cfg, object, &r),
+                    Err(e) => Err(e),
+                };
+                let rows = match rows {
+                    Ok(n) => self
+                        .q(&format!(
+                            "INSERT INTO {tbl} ({}) SELECT {} FROM {scratch}",
+                            cols.join(", "),
+                            exprs.join(", ")
+                        ))
+                        .await
+                        .map(|_| n),
+                    Err(e) => Err(e),
+                };
+                let _ = self.q(&format!("DROP TABLE IF EXISTS {scratch}")).await;
+                rows
+            }
+        }
+    }
+
+    async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
+        let sql = columns_sql(&self.cfg, table);
+        Ok(actual_columns(&self.q(&sql).await?))
+    }
+
+    async fn marker(&mut self, table: &TableName) -> Result<Option<String>> {
+        let sql = table_info_sql(&self.cfg, table, "COMMENT");
+        Ok(self.q(&sql).await?.scalar().map(str::to_string))
+    }
+
+    async fn record_load(&mut self, r: &LoadRecord) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (LOAD_TABLE, RUN_ID, CHUNK, OBJECT, LOAD_ID, ROWS) VALUES ({}, {}, {}, {}, {}, {})",
+            ledger(&self.cfg, "LOAD_LEDGER"),
+            lit(&r.load_table.to_string()),
+            lit(&r.run_id),
+            r.chunk,
+            lit(&r.object),
+            lit(&r.load_id),
+            r.rows
+        );
+        self.q(&sql).await.map(|_| ())
+    }
+
+    async fn chunk_loaded(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+        chunk: u32,
+    ) -> Result<Option<u64>> {
+        let sql = format!(
+            "SELECT ROWS FROM {} WHERE LOAD_TABLE = {} AND RUN_ID = {} AND CHUNK = {chunk} ORDER BY LOAD_ID LIMIT 1",
+            ledger(&self.cfg, "LOAD_LEDGER"),
+            lit(&load_table.to_string()),
+            lit(run_id)
+        );
+        let r = self.q(&sql).await?;
+        Ok(r.rows.first().and_then(|row| num(&row[0])).map(|n| n as u64))
+    }
+
+    async fn ledger_summary(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<LedgerSummary> {
+        let l = ledger(&self.cfg, "LOAD_LEDGER");
+        let (t, run) = (lit(&load_table.to_string()), lit(run_id));
+        let sql = format!(
+            "SELECT COUNT(*), COALESCE(SUM(L.ROWS), 0) FROM \
+             (SELECT CHUNK, MIN(LOAD_ID) AS LOAD_ID FROM {l} WHERE LOAD_TABLE = {t} AND RUN_ID = {run} GROUP BY CHUNK) AS C \
+             JOIN {l} AS L ON L.LOAD_ID = C.LOAD_ID AND L.LOAD_TABLE = {t} AND L.RUN_ID = {run}"
+        );
+        let r = self.q(&sql).await?;
+        let row = r.rows.first().cloned().unwrap_or_default();
+        Ok(LedgerSummary {
+            chunks: row.first().and_then(num).unwrap_or(0) as u64,
+            rows: row.get(1).and_then(num).unwrap_or(0) as u64,
+        })
+    }
+
+    async fn insert_chosen(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        run_id: &str,
+    ) -> Result<u64> {
+        let mut cols: Vec<String> = schema.columns.iter().map(|c| q(c.name.as_str())).collect();
+        cols.push(q(UPLOADED_AT));
+        if schema.task_instance {
+            cols.push(q(TASK_INSTANCE));
+        }
+        let cols = cols.join(", ");
+        let sql = format!(
+            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE {stamp} IN \
+             (SELECT MIN(LOAD_ID) FROM {l} WHERE LOAD_TABLE = {t} AND RUN_ID = {run} GROUP BY CHUNK)",
+            to = full(&self.cfg, to),
+            from = full(&self.cfg, from),
+            stamp = q(LOAD_ID),
+            l = ledger(&self.cfg, "LOAD_LEDGER"),
+            t = lit(&from.to_string()),
+            run = lit(run_id),
+        );
+        let r = self.q(&sql).await?;
+        Ok(num(&r.rows.first().and_then(|r| r.first().cloned()).flatten()).unwrap_or(0) as u64)
+    }
+
+    async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM {} WHERE TARGET = {} AND STATE IN ('planned', 'claimed') ORDER BY CREATED_AT, RUN_ID",
+            ledger(&self.cfg, "RUNS"),
+            lit(&target.to_string())
+        );
+        let r = self.q(&sql).await?;
+        run_records(target, &r)
+    }
+
+    async fn run(&mut self, target: &TableName, run_id: &str) -> Result<Option<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM {} WHERE TARGET = {} AND RUN_ID = {} ORDER BY CREATED_AT LIMIT 1",
+            ledger(&self.cfg, "RUNS"),
+            lit(&target.to_string()),
+            lit(run_id)
+        );
+        let r = self.q(&sql).await?;
+        Ok(run_records(target, &r)?.into_iter().next())
+    }
+
+    async fn insert_run(&mut self, r: &RunRecord) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (TARGET, RUN_ID, LOAD_TABLE, MODE, CHUNKS, FINGERPRINT, STATE) VALUES ({}, {}, {}, {}, {}, {}, {})",
+            ledger(&self.cfg, "RUNS"),
+            lit(&r.target.to_string()),
+            lit(&r.run_id),
+            lit(&r.load_table.to_string()),
+            lit(&r.mode),
+            r.chunks,
+            lit(&r.fingerprint),
+            lit(r.state.as_str())
+        );
+        self.q(&sql).await.map(|_| ())
+    }
+
+    async fn update_run(
+        &mut self,
+        target: &TableName,
+        run_id: &str,
+        update: &RunUpdate,
+    ) -> Result<()> {
+        let set = match update {
+            RunUpdate::Claim(c) => format!(
+                "STATE = 'claimed', CLAIM = {}, CLAIMED_AT = CURRENT_TIMESTAMP()",
+                lit(c)
+            ),
+            RunUpdate::Published { rows } => format!("STATE = 'published', ROWS = {rows}"),
+            RunUpdate::Abandoned { reason } => {
+                format!("STATE = 'abandoned', REASON = {}", lit(reason))
+            }
+        };
+        let sql = format!(
+            "UPDATE {} SET {set}, UPDATED_AT = CURRENT_TIMESTAMP() WHERE TARGET = {} AND RUN_ID = {}",
+            ledger(&self.cfg, "RUNS"),
+            lit(&target.to_string()),
+            lit(run_id)
+        );
+        self.q(&sql).await.map(|_| ())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.end("COMMIT").await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.end("ROLLBACK").await
     }
 }
 
@@ -819,13 +908,14 @@ mod tests {
             "@\"RAW\".\"_PGP\".\"PGP_STAGE\"",
             &key,
             Compression::Gzip,
+            "l1",
         );
         assert_eq!(
             sql,
-            "COPY INTO \"RAW\".\"GITLAB_COM\".\"USERS_PGP_STAGE_r1\" (\"ID\", \"NAME\", \"PROPS\", \"TAGS\", \"AMOUNT\", \"AT\", \"RAW\", \"F\", \"_UPLOADED_AT\", \"_TASK_INSTANCE\") \
+            "COPY INTO \"RAW\".\"GITLAB_COM\".\"USERS_PGP_STAGE_r1\" (\"ID\", \"NAME\", \"PROPS\", \"TAGS\", \"AMOUNT\", \"AT\", \"RAW\", \"F\", \"_UPLOADED_AT\", \"_TASK_INSTANCE\", \"_PGP_LOAD\") \
              FROM (SELECT $1::NUMBER(38,0), $2, PARSE_JSON($3), PARSE_JSON($4)::ARRAY, $5::NUMBER(20,4), $6::TIMESTAMP_TZ, TO_BINARY($7, 'HEX'), \
              (CASE $8 WHEN 'Infinity' THEN 'inf' WHEN '-Infinity' THEN '-inf' ELSE $8 END)::FLOAT, \
-             '2026-11-24T10:00:00+00:00'::TIMESTAMP_TZ, 'dag.task.o''clock\\\\' FROM @\"RAW\".\"_PGP\".\"PGP_STAGE\") \
+             '2026-11-24T10:00:00+00:00'::TIMESTAMP_TZ, 'dag.task.o''clock\\\\', 'l1' FROM @\"RAW\".\"_PGP\".\"PGP_STAGE\") \
              FILES = ('gitlab_com/users/r1/00000.tsv.gz') \
              FILE_FORMAT = (TYPE = CSV FIELD_DELIMITER = '\\t' RECORD_DELIMITER = '\\n' FIELD_OPTIONALLY_ENCLOSED_BY = '\"' ESCAPE = NONE ESCAPE_UNENCLOSED_FIELD = NONE EMPTY_FIELD_AS_NULL = TRUE NULL_IF = () SKIP_HEADER = 0 TRIM_SPACE = FALSE ERROR_ON_COLUMN_COUNT_MISMATCH = TRUE REPLACE_INVALID_CHARACTERS = FALSE ENCODING = 'UTF8' COMPRESSION = GZIP TIMESTAMP_FORMAT = AUTO) \
              ON_ERROR = ABORT_STATEMENT FORCE = TRUE"

@@ -1,7 +1,7 @@
 //! Shared helpers of the end-to-end tests: a temp folder with local storage and a
 //! DuckDB file, a fresh PostgreSQL database, and runs of the real pipeline.
 
-#![allow(dead_code)]
+
 
 use chrono::{DateTime, Utc};
 use pgp::manifest::Manifest;

@@ -1,9 +1,9 @@
 //! The four load types end to end: scd, incremental, backfill (chunked, resumable,
 //! swapped), test; schema-change triggers; idempotent retries.
 
-mod common;
+
 use chrono::{TimeZone, Utc};
-use common::*;
+use crate::common::*;
 use pgp::plan::LoadType;
 use pgp::run::Outcome;
 
@@ -77,9 +77,9 @@ async fn scd_creates_on_first_run_then_appends_a_snapshot_each_run() {
         w.duck_count("SELECT count(*) FROM gitlab_com.application_settings WHERE value = ''"),
         2
     );
-    // no stage or _TEMP left behind
+    // no load or swap table left behind
     let leftovers = w.duck_count(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'gitlab_com' AND (table_name LIKE '%_TEMP' OR table_name LIKE '%_PGP_STAGE_%')",
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'gitlab_com' AND table_name LIKE '%_PGP_%'",
     );
     assert_eq!(leftovers, 0);
     // staged objects are cleaned up after a successful load
@@ -242,61 +242,84 @@ async fn a_schema_change_rebuilds_through_temp_and_swap() {
     );
 }
 
-#[tokio::test]
-async fn an_interrupted_backfill_resumes_from_temp_and_keeps_the_old_target_until_the_swap() {
-    let setup = "
-CREATE TABLE ctl (fail boolean);
-INSERT INTO ctl VALUES (true);
+const RESUME_SETUP: &str = "
+CREATE TABLE ctl (fail boolean, slow boolean);
+INSERT INTO ctl VALUES (false, false);
 CREATE TABLE events (id bigint, payload text);
 INSERT INTO events SELECT g, 'p' || g FROM generate_series(1, 1000) g;
 INSERT INTO events VALUES (NULL, 'null key row');
+-- STABLE and opaque (plpgsql), so that planning queries that do not read the column
+-- never call it (a volatile pg_sleep in the select list would stop the planner from
+-- dropping the unused column).
+CREATE FUNCTION maybe_sleep() RETURNS text STABLE LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT slow FROM ctl) THEN PERFORM pg_sleep(3); END IF;
+  RETURN '';
+END $$;
 ";
-    let tables = "  events:
+
+// Rows from id 600 on fail (division by zero: permanent) or time out (statement
+// timeout: transient) while `ctl` says so.
+const RESUME_TABLES: &str = "  events:
     import_db: TEST_DB
     export_schema: 'ev'
     export_table: 'events'
     export_table_primary_key: id
     import_query: |-
       SELECT id
-      , payload || CASE WHEN id >= 600 THEN (1 / (SELECT CASE WHEN fail THEN 0 ELSE 1 END FROM ctl))::text ELSE '' END AS payload
+      , payload || CASE WHEN id >= 600 THEN (1 / (SELECT CASE WHEN fail THEN 0 ELSE 1 END FROM ctl))::text
+          || maybe_sleep() ELSE '' END AS payload
       FROM events
 ";
-    let w = World::new("resume", setup, tables).await;
+
+async fn resume_world(prefix: &str) -> World {
+    let w = World::new(prefix, RESUME_SETUP, RESUME_TABLES).await;
+    w.db.exec(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '1s'",
+        w.db.name
+    ))
+    .await;
     // An existing target with an older shape, readable throughout.
-    {
-        let c = duckdb::Connection::open(w.duckdb_path()).unwrap();
-        c.execute_batch("CREATE SCHEMA ev; CREATE TABLE ev.events (id BIGINT, _uploaded_at TIMESTAMPTZ); INSERT INTO ev.events VALUES (42, now());").unwrap();
-    }
+    let c = duckdb::Connection::open(w.duckdb_path()).unwrap();
+    c.execute_batch("CREATE SCHEMA ev; CREATE TABLE ev.events (id BIGINT, _uploaded_at TIMESTAMPTZ); INSERT INTO ev.events VALUES (42, now());").unwrap();
+    w
+}
+
+fn backfill(w: &World, run_id: &str) -> pgp::run::RunOptions {
     let mut o = w.options(LoadType::Backfill, Utc::now());
     o.chunk_rows = Some(100);
-    let r = w.run(o.clone()).await;
+    o.run_id = run_id.into();
+    o.attempts = 2;
+    o
+}
+
+#[tokio::test]
+async fn a_stalled_backfill_requested_again_finishes_the_chunks_it_misses() {
+    let w = resume_world("resume").await;
+    w.db.exec("UPDATE ctl SET slow = true").await;
+    let r = w.run(backfill(&w, "first")).await;
     match outcome(&r, "events") {
-        Outcome::Failed(m) => assert!(m.contains("division by zero"), "{m}"),
+        Outcome::Failed(m) => assert!(m.contains("statement timeout"), "{m}"),
         o => panic!("{o:?}"),
     }
-    // the old target is untouched; _TEMP holds the chunks that completed
+    // the old target is untouched; the run's own load table holds the chunks that
+    // completed: [-inf,101)+NULL .. [501,601) fails at id 600, and so do the later ones
     assert_eq!(w.duck_count("SELECT count(*) FROM ev.events"), 1);
-    // ranges are [-inf,101)+NULL, [101,201), ... [501,601): the sixth fails at id 600
-    assert_eq!(w.duck_count("SELECT max(id) FROM ev.events_TEMP"), 500);
+    let loaded = w.duck_count("SELECT count(*) FROM ev.events_PGP_LOAD_first");
+    assert_eq!(loaded, 501, "ids 1..500 and the NULL-key row");
     assert_eq!(
-        w.duck_count("SELECT count(*) FROM ev.events_TEMP"),
-        501,
-        "ids 1..500 and the NULL-key row"
+        w.duck_count("SELECT count(*) FROM _pgp.runs WHERE run_id = 'first' AND state = 'planned'"),
+        1,
+        "a run that stalled on transient errors stays open"
     );
 
-    w.db.exec("UPDATE ctl SET fail = false").await;
-    let mut o2 = w.options(LoadType::Backfill, Utc::now());
-    o2.chunk_rows = Some(100);
-    let m = pgp::manifest::Manifest::from_file(&w.manifest).unwrap();
-    let (plans, _) = w.pipeline().plan(&m, &o2).await.unwrap();
-    assert_eq!(plans[0].resume_after, Some(500));
-    assert_eq!(plans[0].chunks[0].lo, Some(501));
-    assert!(
-        !plans[0].chunks[0].nulls,
-        "NULL keys were loaded by the first run"
-    );
-    let r = w.run(o2).await;
+    // requested again under a new id: the first run is resumed, its chunks 5.. only
+    w.db.exec("UPDATE ctl SET slow = false").await;
+    let r = w.run(backfill(&w, "second")).await;
     assert_eq!(outcome(&r, "events"), &Outcome::Swapped, "{r:#?}");
+    let t = r.tables.iter().find(|t| t.table == "events").unwrap();
+    assert_eq!(t.resumed.as_deref(), Some("first"));
+    assert_eq!(t.chunks, 5, "chunks [501,601) .. [901,+inf): {t:?}");
     assert_eq!(w.duck_count("SELECT count(*) FROM ev.events"), 1001);
     assert_eq!(
         w.duck_count("SELECT count(DISTINCT id) FROM ev.events"),
@@ -306,7 +329,38 @@ INSERT INTO events VALUES (NULL, 'null key row');
         w.duck_count("SELECT count(*) FROM ev.events WHERE id IS NULL"),
         1
     );
-    assert!(!w.duck_has_table("ev", "events_TEMP"));
+    assert_eq!(
+        w.duck_count("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'ev' AND table_name LIKE '%_PGP_%'"),
+        0,
+        "no load or swap table left"
+    );
+}
+
+#[tokio::test]
+async fn a_backfill_that_fails_for_good_leaves_the_target_and_the_next_one_starts_clean() {
+    let w = resume_world("restart").await;
+    w.db.exec("UPDATE ctl SET fail = true").await;
+    let r = w.run(backfill(&w, "first")).await;
+    match outcome(&r, "events") {
+        Outcome::Failed(m) => assert!(m.contains("division by zero"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(w.duck_count("SELECT count(*) FROM ev.events"), 1);
+    let reason = w.duck("SELECT state, reason FROM _pgp.runs WHERE run_id = 'first'");
+    assert_eq!(reason[0][0].as_deref(), Some("abandoned"));
+    assert!(
+        reason[0][1].as_deref().unwrap().contains("division by zero"),
+        "{reason:?}"
+    );
+    assert!(!w.duck_has_table("ev", "events_PGP_LOAD_first"));
+
+    w.db.exec("UPDATE ctl SET fail = false").await;
+    let r = w.run(backfill(&w, "second")).await;
+    assert_eq!(outcome(&r, "events"), &Outcome::Swapped, "{r:#?}");
+    let t = r.tables.iter().find(|t| t.table == "events").unwrap();
+    assert_eq!(t.resumed, None);
+    assert_eq!(t.chunks, 10);
+    assert_eq!(w.duck_count("SELECT count(*) FROM ev.events"), 1001);
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! Bad input gets a clear error and loses nothing: unreachable database, failing
 //! query, unknown placeholder, secret-like placeholder; other tables still load.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use pgp::plan::LoadType;
 use pgp::run::Outcome;
 

@@ -20,15 +20,30 @@ struct Stack {
     admin: Admin,
     planner: Proc,
     extractor: Proc,
-    _loader: Proc,
+    /// Further extractor instances (each with its own push subscription: every chunk
+    /// task reaches every instance).
+    more_extractors: Vec<Proc>,
+    loaders: Vec<(Proc, u16)>,
     extractor_port: u16,
     env: BTreeMap<String, String>,
-    _feeder: FinalizeFeeder,
+    feeder: FinalizeFeeder,
 }
+
+/// How many instances of the extractor and the loader a stack runs.
+#[derive(Clone, Copy)]
+struct Instances {
+    extractors: usize,
+    loaders: usize,
+}
+
+const ONE_EACH: Instances = Instances {
+    extractors: 1,
+    loaders: 1,
+};
 
 impl Stack {
     async fn new(name: &str, setup: &str, tables: &str) -> Stack {
-        Stack::with_warehouse(name, setup, tables, None).await
+        Stack::with_warehouse(name, setup, tables, None, ONE_EACH).await
     }
 
     /// A stack whose services load into `warehouse` (URL and its extra environment)
@@ -38,6 +53,7 @@ impl Stack {
         setup: &str,
         tables: &str,
         warehouse: Option<(String, BTreeMap<String, String>)>,
+        n: Instances,
     ) -> Stack {
         let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
         let db = Pg::get().fresh_db(name).await;
@@ -79,10 +95,28 @@ impl Stack {
             env.insert("PGP_WAREHOUSE_URL".into(), url);
             env.extend(extra);
         }
-        let (pp, ep, lp) = (free_port(), free_port(), free_port());
+        let (pp, ep) = (free_port(), free_port());
         let planner = start_service("planner", pp, &env);
         let extractor = start_service("extractor", ep, &env);
-        let loader = start_service("loader", lp, &env);
+        let mut more_extractors = Vec::new();
+        for i in 1..n.extractors {
+            let port = free_port();
+            more_extractors.push(start_service("extractor", port, &env));
+            admin
+                .push_subscription(
+                    &format!("{name}-extract-{i}"),
+                    &extract,
+                    &format!("http://127.0.0.1:{port}/"),
+                )
+                .await;
+        }
+        let loaders: Vec<(Proc, u16)> = (0..n.loaders)
+            .map(|_| {
+                let port = free_port();
+                (start_service("loader", port, &env), port)
+            })
+            .collect();
+        let lp = loaders[0].1;
         admin
             .push_subscription(
                 &format!("{name}-plan"),
@@ -104,11 +138,14 @@ impl Stack {
                 &format!("http://127.0.0.1:{lp}/"),
             )
             .await;
-        let feeder = FinalizeFeeder::start(
+        let feeder = FinalizeFeeder::to_loaders(
             admin.clone(),
             format!("{name}/"),
             gcs.clone(),
-            format!("http://127.0.0.1:{lp}/"),
+            loaders
+                .iter()
+                .map(|(_, p)| format!("http://127.0.0.1:{p}/"))
+                .collect(),
         );
         Stack {
             name: name.to_string(),
@@ -117,10 +154,11 @@ impl Stack {
             admin,
             planner,
             extractor,
-            _loader: loader,
+            more_extractors,
+            loaders,
             extractor_port: ep,
             env,
-            _feeder: feeder,
+            feeder,
         }
     }
 
@@ -351,13 +389,9 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
     )
     .await;
     let chunks = s
-        .duck("SELECT CAST(count(*) AS VARCHAR) FROM _pgp.loads WHERE run_id = 'big-1'")
+        .duck("SELECT CAST(count(DISTINCT chunk) AS VARCHAR) FROM _pgp.load_ledger WHERE run_id = 'big-1'")
         .unwrap();
-    assert_eq!(
-        chunks[0][0].as_deref(),
-        Some("8"),
-        "one ledger entry per chunk"
-    );
+    assert_eq!(chunks[0][0].as_deref(), Some("8"), "eight chunks loaded");
     s.db.exec(
         "DELETE FROM big WHERE id % 10 = 0; UPDATE big SET payload = 'changed' WHERE id < 100;
          ALTER TABLE big ADD COLUMN note text DEFAULT E'added\\tcolumn';",
@@ -383,15 +417,17 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
             .await
     );
 
-    // Nothing left half-done: no stage tables, every run published once.
+    // Nothing left half-done: no load or swap tables, every run published, one row per
+    // run.
     let stages = s
-        .duck("SELECT CAST(count(*) AS VARCHAR) FROM information_schema.tables WHERE table_name LIKE '%_PGP_STAGE_%' OR table_name LIKE '%_TEMP'")
+        .duck("SELECT CAST(count(*) AS VARCHAR) FROM information_schema.tables WHERE table_name LIKE '%_PGP_%'")
         .unwrap();
     assert_eq!(stages[0][0].as_deref(), Some("0"));
-    let publishes = s
-        .duck("SELECT CAST(count(*) AS VARCHAR), CAST(count(DISTINCT target || run_id) AS VARCHAR) FROM _pgp.publishes")
+    let runs = s
+        .duck("SELECT CAST(count(*) AS VARCHAR), CAST(count(DISTINCT target || run_id) AS VARCHAR), CAST(count(*) FILTER (WHERE state = 'published') AS VARCHAR) FROM _pgp.runs")
         .unwrap();
-    assert_eq!(publishes[0][0], publishes[0][1]);
+    assert_eq!(runs[0][0], runs[0][1]);
+    assert_eq!(runs[0][0], runs[0][2], "every run published");
 
     // A poison chunk task is acknowledged with its reason, not redelivered forever;
     // a request for an unknown table likewise.
@@ -439,8 +475,7 @@ async fn scd_incremental_and_chunked_backfill_through_the_services() {
         let v: serde_json::Value = serde_json::from_str(first).unwrap();
         assert!(v.get("severity").is_some(), "{first}");
     }
-    let _ = &s.env;
-    let _ = s.extractor_port;
+    let _ = (&s.env, s.extractor_port, &s.more_extractors, &s.feeder);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -536,6 +571,7 @@ async fn the_services_load_into_snowflake() {
         SETUP,
         &tables("sfsvc"),
         Some((url.clone(), sf_env.clone())),
+        ONE_EACH,
     )
     .await;
     let query = |sql: String| {
@@ -586,21 +622,25 @@ async fn the_services_load_into_snowflake() {
         .await;
     assert_eq!(sf, pg);
     let loads = query(
-        "SELECT COUNT(*), SUM(ROWS)::TEXT FROM SFSVC.\"_PGP\".LOADS WHERE RUN_ID = 'sf-big-1'"
+        "SELECT COUNT(DISTINCT CHUNK) FROM SFSVC.\"_PGP\".LOAD_LEDGER WHERE RUN_ID = 'sf-big-1'"
             .into(),
     )
     .await
     .unwrap();
+    assert_eq!(loads[0][0].as_deref(), Some("4"), "four chunks: {loads:?}");
+    let runs = query(
+        "SELECT MODE, STATE, ROWS::TEXT FROM SFSVC.\"_PGP\".RUNS WHERE RUN_ID = 'sf-big-1'".into(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        loads[0][0].as_deref(),
-        Some("4"),
-        "one load per chunk: {loads:?}"
+        runs,
+        vec![vec![
+            Some("swap".to_string()),
+            Some("published".to_string()),
+            Some("5000".to_string())
+        ]]
     );
-    let publishes =
-        query("SELECT ACTION FROM SFSVC.\"_PGP\".PUBLISHES WHERE RUN_ID = 'sf-big-1'".into())
-            .await
-            .unwrap();
-    assert_eq!(publishes, vec![vec![Some("swap".to_string())]]);
 
     s.request(
         serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd",
@@ -629,4 +669,148 @@ async fn the_services_load_into_snowflake() {
         }
     }
     let _ = &s.env;
+}
+
+/// Concurrency and faults across processes, on the Snowflake emulator (which serves
+/// several sessions at once): three loaders receive every finalize event at the same
+/// moment (and one of them also through Pub/Sub), two extractors receive every chunk
+/// task, loaders are killed and restarted while they work, and the finalize event of
+/// one chunk is lost so that the backfill stalls; requested again under a new run id,
+/// the stalled run is resumed (only its missing chunk is extracted again) and
+/// published. The target must equal the source, each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
+    use pgp::warehouse::snowflake::client::Client;
+    use pgp::warehouse::snowflake::config::SnowflakeConfig;
+    let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
+    let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
+    let url = fs.url("SFRACE");
+    let sf_env: BTreeMap<String, String> = [
+        ("PGP_SNOWFLAKE_PASSWORD", "unused".to_string()),
+        (
+            "PGP_SNOWFLAKE_STAGE_URL",
+            format!(
+                "file://{}/",
+                emu.gcs_dir.join(".cloudstorage").join(BUCKET).display()
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let client = || {
+        let cfg = SnowflakeConfig::from_url(&url, &sf_env, &format!("gs://{BUCKET}")).unwrap();
+        Client::new(cfg).unwrap()
+    };
+    client()
+        .query("CREATE DATABASE IF NOT EXISTS SFRACE")
+        .await
+        .unwrap();
+    let setup = "CREATE TABLE big (id bigint PRIMARY KEY, payload text, amount numeric(12,2));
+        INSERT INTO big SELECT g, repeat(md5(g::text), 3), g * 1.25 FROM generate_series(1, 5000) g;";
+    let tables = "  big:
+    import_db: TEST_DB
+    export_schema: 'sfrace'
+    export_table: 'big'
+    export_table_primary_key: id
+    import_query: SELECT * FROM big
+";
+    let mut s = Stack::with_warehouse(
+        "sfrace",
+        setup,
+        tables,
+        Some((url.clone(), sf_env.clone())),
+        Instances {
+            extractors: 2,
+            loaders: 3,
+        },
+    )
+    .await;
+    let query = |sql: &str| {
+        let mut c = client();
+        let sql = sql.to_string();
+        async move { c.query(&sql).await.map(|r| r.rows).map_err(|e| e.to_string()) }
+    };
+    // Chunk 2's finalize event of the first run never arrives.
+    s.feeder.lose.lock().unwrap().push("/stall-1/00002.".into());
+    s.request(serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 700, "run_id": "stall-1"}))
+        .await;
+
+    // Kill loaders while they work; the platform restarts them on the same port.
+    let mut rng = 0x5eed_u64;
+    let mut next = || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng >> 33
+    };
+    let seven = "SELECT COUNT(DISTINCT CHUNK)::TEXT FROM SFRACE.\"_PGP\".LOAD_LEDGER WHERE RUN_ID = 'stall-1'";
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut kills = 0;
+    loop {
+        let loaded = query(seven).await.ok().and_then(|r| r.first().and_then(|r| r[0].clone()));
+        if loaded.as_deref() == Some("7") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first run did not load its 7 chunks: {loaded:?}");
+        if kills < 4 {
+            let victim = 1 + (next() as usize % 2);
+            tokio::time::sleep(Duration::from_millis(200 + next() % 1500)).await;
+            let port = s.loaders[victim].1;
+            s.loaders[victim].0.kill();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.loaders[victim].0 = start_service("loader", port, &s.env);
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // Stalled: chunk 2 is extracted but never loaded, nothing published.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = query("SELECT STATE FROM SFRACE.\"_PGP\".RUNS WHERE RUN_ID = 'stall-1'")
+        .await
+        .unwrap();
+    assert_eq!(state, vec![vec![Some("planned".to_string())]]);
+    assert!(query("SELECT COUNT(*) FROM SFRACE.SFRACE.BIG").await.is_err(), "no target yet");
+
+    // Requested again under a new run id: the stalled run is resumed.
+    s.feeder.lose.lock().unwrap().clear();
+    s.request(serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 700, "run_id": "stall-2"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let n = query("SELECT COUNT(*) FROM SFRACE.SFRACE.BIG").await;
+        if matches!(&n, Ok(r) if r.first().and_then(|r| r[0].as_deref()) == Some("5000")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not published: {n:?}\n--- planner\n{}",
+            s.planner.output()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.planner.wait_for("resuming an unfinished run", Duration::from_secs(5));
+    let sf = query("SELECT \"ID\"::TEXT, \"PAYLOAD\", \"AMOUNT\"::TEXT FROM SFRACE.SFRACE.BIG ORDER BY \"ID\"")
+        .await
+        .unwrap();
+    let pg = s
+        .pg("SELECT id::text, payload, amount::text FROM big ORDER BY big.id")
+        .await;
+    assert_eq!(sf, pg, "the target equals the source, each row once");
+    let runs = query("SELECT RUN_ID, STATE FROM SFRACE.\"_PGP\".RUNS ORDER BY RUN_ID")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs,
+        vec![vec![Some("stall-1".into()), Some("published".into())]],
+        "the second request resumed the first run instead of starting its own"
+    );
+    let attempts = query(
+        "SELECT COUNT(*)::TEXT, COUNT(DISTINCT CHUNK)::TEXT FROM SFRACE.\"_PGP\".LOAD_LEDGER WHERE RUN_ID = 'stall-1'",
+    )
+    .await
+    .unwrap();
+    println!("loads committed / chunks: {attempts:?} (more loads than chunks: concurrent loaders loaded one object twice, and one copy was published); {kills} loader kills");
+    assert!(!pgp_e2e::PASSWORD.is_empty());
 }

@@ -1,8 +1,8 @@
 //! Every value arrives exactly as PostgreSQL holds it: PostgreSQL -> COPY -> gzip
 //! object -> DuckDB, compared value by value against PostgreSQL itself.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use pgp::plan::LoadType;
 use pgp::run::Outcome;
 

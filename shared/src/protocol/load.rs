@@ -1,0 +1,145 @@
+//! Step 3, the loader: an object-finalize event in; the chunk loaded; the run published
+//! when its ledger is complete.
+//!
+//! Per event, whatever the run's size: one read of the run header, and a fixed number
+//! of statements (begin; is the chunk loaded; COPY; ledger row; commit; begin; ledger
+//! summary; rollback). The COPY, the count check and the ledger row commit together or
+//! not at all: a count that differs rolls the rows back before anything else sees them.
+//! Two loaders handling one object both commit (nothing can stop them in Snowflake);
+//! each stamps its rows with its own load id, and the publish takes one of them.
+
+use super::publish::{abandon, finish_run, run_state, Finished};
+use super::record::{read_header, ChunkObject};
+use super::Parts;
+use crate::error::{Error, Result};
+use crate::storage::ObjectInfo;
+use crate::warehouse::{LoadRecord, RunState};
+
+/// What a loader did with an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// Not a chunk of a run (a run record, an upload in flight, a foreign object).
+    Ignored(String),
+    /// The chunk is in the run's load table (`already`: by an earlier attempt); the run
+    /// still misses chunks.
+    Loaded { rows: u64, already: bool },
+    /// This was the last chunk: the run is finished.
+    Finished(Finished),
+}
+
+/// Step 3.
+pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> {
+    let Some(c) = ChunkObject::from_info(info)? else {
+        return Ok(LoadOutcome::Ignored(format!(
+            "{} carries no pgp chunk metadata",
+            info.key
+        )));
+    };
+    let h = read_header(parts.store.as_ref(), &c.run_id, &c.table).await?;
+    if !c.key.as_str().starts_with(&h.chunk_prefix(c.chunk)) {
+        return Ok(LoadOutcome::Ignored(format!(
+            "{} is not an object of chunk {} of run {}",
+            c.key, c.chunk, h.run_id
+        )));
+    }
+    h.check_chunk(c.chunk, c.chunks)?;
+    let wh = parts.wh()?;
+    if let Some(reason) = &c.failed {
+        let reason = format!("chunk {} could not be extracted: {reason}", c.chunk);
+        return Ok(LoadOutcome::Finished(abandon(parts, &h, &reason).await?));
+    }
+
+    let mut txn = wh.begin().await?;
+    let loaded = match txn.chunk_loaded(&h.load_table, &h.run_id, c.chunk).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = txn.rollback().await;
+            return Err(e);
+        }
+    };
+    let (rows, already) = match loaded {
+        Some(rows) => {
+            txn.rollback().await?;
+            (rows, true)
+        }
+        None => {
+            let load_id = parts.ids.fresh();
+            let copied = txn
+                .copy_into(
+                    &h.load_table,
+                    &h.schema,
+                    &h.meta,
+                    &c.key,
+                    h.compression,
+                    &load_id,
+                )
+                .await;
+            let checked = copied.and_then(|n| {
+                if n == c.rows {
+                    Ok(n)
+                } else {
+                    Err(Error::CountMismatch {
+                        table: h.table.clone(),
+                        chunk: format!("{} ({})", c.chunk, c.key),
+                        source_rows: c.rows,
+                        loaded_rows: n,
+                    })
+                }
+            });
+            let n = match checked {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    return fail_chunk(parts, &h, e).await;
+                }
+            };
+            let record = LoadRecord {
+                load_table: h.load_table.clone(),
+                run_id: h.run_id.clone(),
+                chunk: c.chunk,
+                object: c.key.to_string(),
+                load_id,
+                rows: n,
+            };
+            if let Err(e) = txn.record_load(&record).await {
+                let _ = txn.rollback().await;
+                return Err(e);
+            }
+            txn.commit().await?;
+            (n, false)
+        }
+    };
+
+    let mut txn = wh.begin().await?;
+    let summary = txn.ledger_summary(&h.load_table, &h.run_id).await;
+    let _ = txn.rollback().await;
+    if summary?.chunks < h.chunks as u64 {
+        return Ok(LoadOutcome::Loaded { rows, already });
+    }
+    Ok(LoadOutcome::Finished(finish_run(parts, &h).await?))
+}
+
+/// A chunk failed to load. A permanent failure (bad data, a count mismatch, a load
+/// table dropped because the run was published or retired) ends the run with that
+/// reason, unless it has ended already, in which case the event is just late.
+async fn fail_chunk(parts: &Parts, h: &super::RunHeader, e: Error) -> Result<LoadOutcome> {
+    if e.is_retriable() {
+        return Err(e);
+    }
+    match run_state(parts, h).await? {
+        Some(run) if run.state == RunState::Published => {
+            Ok(LoadOutcome::Finished(Finished::AlreadyPublished {
+                rows: run.rows.unwrap_or(0),
+            }))
+        }
+        Some(run) if run.state == RunState::Abandoned => {
+            Ok(LoadOutcome::Finished(Finished::Abandoned {
+                reason: run.reason.unwrap_or_default(),
+            }))
+        }
+        _ => {
+            abandon(parts, h, &format!("a chunk failed to load: {e}")).await?;
+            Err(e)
+        }
+    }
+}

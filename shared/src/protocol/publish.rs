@@ -1,0 +1,432 @@
+//! Publishing a run whose ledger holds every chunk: the one step readers can see.
+//!
+//! **Append** (scd, incremental): one transaction under the target's lock checks the
+//! run's state (published or abandoned already?), that no swap of the target is in
+//! flight, that the target still has the columns the run was planned with, and that
+//! the ledger holds every chunk; inserts the chosen attempt of each chunk; checks the
+//! rows inserted against the ledger's total; and records the run published. All or
+//! nothing.
+//!
+//! **Swap** (backfill, rebuilt scd tables; test loads into their scratch table): DDL
+//! cannot be inside a transaction, so:
+//! 1. build the new table `<target>_PGP_SWAP_<run>_<attempt>` from the chosen attempt
+//!    of each chunk and check its rows against the ledger's total (no lock: it can take
+//!    long, and nobody else uses this table);
+//! 2. claim the swap under the target's lock (`claimed`, with the attempt as claim id
+//!    and the warehouse's time). A fresh claim of anyone else makes this loader busy; a
+//!    claim older than [`CLAIM_LEASE`] is resolved: the target's marker says whether
+//!    that claimant swapped (then it is published) or not (then it is taken over, or,
+//!    for another run, abandoned);
+//! 3. unless the target already carries this run's marker, swap the new table in,
+//!    marked `pgp run <id>`; but only while less than a third of the lease has passed
+//!    since the claim (measured from before it was taken), so a slow claimant stops
+//!    before anyone may take over;
+//! 4. record the run published under the lock; drop what is left (the old table, now
+//!    under the new table's name, and the load table).
+//!
+//! A loader that dies anywhere in 2–4 leaves a claim that expires; the next event of
+//! the run (or the next request for the target) finishes or retires it.
+
+use super::plan::mode_name;
+use super::{Parts, RunHeader, CLAIM_LEASE};
+use crate::error::{Error, Result};
+use crate::ident::TableName;
+use crate::plan::Mode;
+use crate::warehouse::{
+    schema_state, RunRecord, RunState, RunUpdate, SchemaState, Transaction,
+};
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Finished {
+    /// Made visible now.
+    Published { rows: u64 },
+    /// Made visible earlier (by another loader, or an earlier delivery).
+    AlreadyPublished { rows: u64 },
+    /// Will never be visible, and why.
+    Abandoned { reason: String },
+}
+
+/// The marker a swapped-in table carries.
+pub fn marker(run_id: &str) -> String {
+    format!("pgp run {run_id}")
+}
+
+/// The table a swap claim builds and swaps in.
+fn swap_table(h_target: &TableName, run_id: &str, claim: &str) -> Result<TableName> {
+    h_target.with_suffix(&format!(
+        "_PGP_SWAP_{}_{claim}",
+        crate::plan::stage_suffix(run_id)
+    ))
+}
+
+/// End a transaction by the outcome of its body: commit on `Ok`, roll back on `Err`.
+async fn settle<T>(txn: Box<dyn Transaction>, body: Result<T>) -> Result<T> {
+    match body {
+        Ok(v) => {
+            txn.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = txn.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Run a block in a transaction `$txn` of `$wh`: commit on `Ok`, roll back on `Err`.
+/// (A macro, not a function taking an async closure: such closures lose `Send` in the
+/// services' spawned tasks.)
+macro_rules! in_txn {
+    ($wh:expr, |$txn:ident| $body:block) => {{
+        let mut $txn = $wh.begin().await?;
+        let body = async { $body }.await;
+        settle($txn, body).await
+    }};
+}
+
+/// The run's row, added when a planner died before adding it.
+async fn ensure_run(txn: &mut Box<dyn Transaction>, h: &RunHeader) -> Result<RunRecord> {
+    if let Some(r) = txn.run(&h.target, &h.run_id).await? {
+        return Ok(r);
+    }
+    let r = RunRecord {
+        target: h.target.clone(),
+        run_id: h.run_id.clone(),
+        load_table: h.load_table.clone(),
+        mode: mode_name(h.mode).into(),
+        chunks: h.chunks as u64,
+        fingerprint: h.fingerprint.clone(),
+        state: RunState::Planned,
+        claim: None,
+        claim_age_seconds: None,
+        rows: None,
+        reason: None,
+    };
+    txn.insert_run(&r).await?;
+    Ok(r)
+}
+
+/// The run's row, if any.
+pub async fn run_state(parts: &Parts, h: &RunHeader) -> Result<Option<RunRecord>> {
+    let wh = parts.wh()?;
+    let mut txn = wh.begin().await?;
+    let r = txn.run(&h.target, &h.run_id).await;
+    let _ = txn.rollback().await;
+    r
+}
+
+/// End a run for good with `reason` (unless it ended already); drop its load table.
+pub async fn abandon(parts: &Parts, h: &RunHeader, reason: &str) -> Result<Finished> {
+    let wh = parts.wh()?;
+    wh.prepare_lock(&h.target).await?;
+    let end = in_txn!(wh, |txn| {
+        txn.lock(&h.target).await?;
+        let r = ensure_run(&mut txn, h).await?;
+        Ok(match r.state {
+            RunState::Published => Finished::AlreadyPublished {
+                rows: r.rows.unwrap_or(0),
+            },
+            RunState::Abandoned => Finished::Abandoned {
+                reason: r.reason.unwrap_or_default(),
+            },
+            _ => {
+                txn.update_run(
+                    &h.target,
+                    &h.run_id,
+                    &RunUpdate::Abandoned {
+                        reason: reason.to_string(),
+                    },
+                )
+                .await?;
+                tracing::error!(run_id = %h.run_id, target_table = %h.target, %reason, "run abandoned");
+                Finished::Abandoned {
+                    reason: reason.to_string(),
+                }
+            }
+        })
+    })?;
+    if matches!(end, Finished::Abandoned { .. }) {
+        let _ = wh.drop_table(&h.load_table).await;
+    }
+    Ok(end)
+}
+
+/// What a finished state says, if final.
+fn final_state(r: &RunRecord) -> Option<Finished> {
+    match r.state {
+        RunState::Published => Some(Finished::AlreadyPublished {
+            rows: r.rows.unwrap_or(0),
+        }),
+        RunState::Abandoned => Some(Finished::Abandoned {
+            reason: r.reason.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
+
+/// Other runs' swap claims on the target: busy while one is fresh; a stale one is
+/// resolved by the target's marker (its swap happened: published; else abandoned).
+/// Returns the swap tables of resolved claims, to drop after commit.
+async fn settle_other_claims(
+    txn: &mut Box<dyn Transaction>,
+    h: &RunHeader,
+) -> Result<Vec<TableName>> {
+    let mut leftovers = Vec::new();
+    for other in txn.open_runs(&h.target).await? {
+        if other.run_id == h.run_id || other.state != RunState::Claimed {
+            continue;
+        }
+        let age = other.claim_age_seconds.unwrap_or(0);
+        if age < CLAIM_LEASE.as_secs() as i64 {
+            return Err(Error::Busy(format!(
+                "run {} is swapping {} (claimed {age} s ago)",
+                other.run_id, h.target
+            )));
+        }
+        let swapped = txn.marker(&h.target).await?.as_deref() == Some(&marker(&other.run_id));
+        let update = if swapped {
+            let s = txn.ledger_summary(&other.load_table, &other.run_id).await?;
+            RunUpdate::Published { rows: s.rows }
+        } else {
+            RunUpdate::Abandoned {
+                reason: format!(
+                    "its swap claim expired before the swap; run {} went on",
+                    h.run_id
+                ),
+            }
+        };
+        tracing::warn!(target_table = %h.target, stale = %other.run_id, ?update, "settled an expired swap claim");
+        txn.update_run(&h.target, &other.run_id, &update).await?;
+        if let Some(c) = &other.claim {
+            leftovers.push(swap_table(&h.target, &other.run_id, c)?);
+        }
+        leftovers.push(other.load_table.clone());
+    }
+    Ok(leftovers)
+}
+
+/// Publish a run whose ledger holds every chunk (or find how it ended). A permanent
+/// failure of a run that another loader has meanwhile finished (its load table dropped
+/// under this one's feet) is that end, not a failure.
+pub async fn finish_run(parts: &Parts, h: &RunHeader) -> Result<Finished> {
+    match publish(parts, h).await {
+        Err(e) if !e.is_retriable() => match run_state(parts, h).await? {
+            Some(r) => match final_state(&r) {
+                Some(f) => Ok(f),
+                None => Err(e),
+            },
+            None => Err(e),
+        },
+        r => r,
+    }
+}
+
+async fn publish(parts: &Parts, h: &RunHeader) -> Result<Finished> {
+    match h.mode {
+        Mode::Append => publish_append(parts, h).await,
+        Mode::Swap | Mode::Test => publish_swap(parts, h).await,
+        Mode::None => Err(Error::Unsupported {
+            table: h.table.clone(),
+            message: "nothing to publish for a plan that loads nothing".into(),
+        }),
+    }
+}
+
+enum AppendEnd {
+    Done(Finished),
+    /// Cannot be published; abandon with this reason.
+    Refused(String),
+}
+
+async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
+    let wh = parts.wh()?;
+    wh.prepare_lock(&h.target).await?;
+    let mut leftovers = Vec::new();
+    let end = in_txn!(wh, |txn| {
+        txn.lock(&h.target).await?;
+        let run = ensure_run(&mut txn, h).await?;
+        if let Some(f) = final_state(&run) {
+            return Ok(AppendEnd::Done(f));
+        }
+        leftovers = settle_other_claims(&mut txn, h).await?;
+        let actual = txn.columns(&h.target).await?;
+        match schema_state(wh, &h.schema.columns, actual.as_deref()) {
+            SchemaState::Same => {}
+            s => {
+                return Ok(AppendEnd::Refused(format!(
+                    "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
+                    h.target
+                )))
+            }
+        }
+        let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
+        if summary.chunks != h.chunks as u64 {
+            return Err(not_complete(h, summary.chunks));
+        }
+        let rows = txn
+            .insert_chosen(&h.load_table, &h.target, &h.schema, &h.run_id)
+            .await?;
+        if rows != summary.rows {
+            // Roll the insert back (by failing the transaction), then abandon.
+            return Err(Error::CountMismatch {
+                table: h.table.clone(),
+                chunk: format!("all {} chunks", h.chunks),
+                source_rows: summary.rows,
+                loaded_rows: rows,
+            });
+        }
+        txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
+            .await?;
+        Ok(AppendEnd::Done(Finished::Published { rows }))
+    });
+    if end.is_ok() {
+        // Only once the settlement of expired claims is committed are their tables
+        // garbage; after a failed commit those runs may still be finished.
+        for t in leftovers {
+            let _ = wh.drop_table(&t).await;
+        }
+    }
+    match end {
+        Ok(AppendEnd::Done(f)) => {
+            if !matches!(f, Finished::Abandoned { .. }) {
+                let _ = wh.drop_table(&h.load_table).await;
+            }
+            Ok(f)
+        }
+        Ok(AppendEnd::Refused(reason)) => abandon(parts, h, &reason).await,
+        Err(e @ Error::CountMismatch { .. }) => abandon(parts, h, &e.to_string()).await,
+        Err(e) => Err(e),
+    }
+}
+
+fn not_complete(h: &RunHeader, loaded: u64) -> Error {
+    Error::Busy(format!(
+        "run {} of {} has {loaded} of {} chunks loaded; not publishing yet",
+        h.run_id, h.target, h.chunks
+    ))
+}
+
+enum Claim {
+    Done(Finished),
+    /// This loader holds the claim.
+    Held,
+}
+
+async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
+    let wh = parts.wh()?;
+    // A late event of a finished run builds nothing.
+    if let Some(f) = run_state(parts, h).await?.as_ref().and_then(final_state) {
+        return Ok(f);
+    }
+
+    // 1. Build this attempt's table from the chosen loads, and check it.
+    let attempt = parts.ids.fresh();
+    let fresh = swap_table(&h.target, &h.run_id, &attempt)?;
+    wh.create_table(&fresh, &h.schema, false).await?;
+    let built = in_txn!(wh, |txn| {
+        let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
+        if summary.chunks != h.chunks as u64 {
+            return Err(not_complete(h, summary.chunks));
+        }
+        let rows = txn
+            .insert_chosen(&h.load_table, &fresh, &h.schema, &h.run_id)
+            .await?;
+        Ok((rows, summary.rows))
+    });
+    let rows = match built {
+        Ok((rows, expected)) if rows == expected => rows,
+        Ok((rows, expected)) => {
+            let _ = wh.drop_table(&fresh).await;
+            let e = Error::CountMismatch {
+                table: h.table.clone(),
+                chunk: format!("all {} chunks", h.chunks),
+                source_rows: expected,
+                loaded_rows: rows,
+            };
+            return abandon(parts, h, &e.to_string()).await;
+        }
+        Err(e) => {
+            let _ = wh.drop_table(&fresh).await;
+            return Err(e);
+        }
+    };
+
+    // 2. Claim the swap.
+    wh.prepare_lock(&h.target).await?;
+    let started = parts.clock.monotonic();
+    let mut leftovers = Vec::new();
+    let claim = in_txn!(wh, |txn| {
+        txn.lock(&h.target).await?;
+        let run = ensure_run(&mut txn, h).await?;
+        if let Some(f) = final_state(&run) {
+            return Ok(Claim::Done(f));
+        }
+        if run.state == RunState::Claimed {
+            let age = run.claim_age_seconds.unwrap_or(0);
+            if age < CLAIM_LEASE.as_secs() as i64 {
+                return Err(Error::Busy(format!(
+                    "another loader is swapping run {} into {} (claimed {age} s ago)",
+                    h.run_id, h.target
+                )));
+            }
+            // That claimant is gone: its swap happened or never will.
+            if let Some(c) = &run.claim {
+                leftovers.push(swap_table(&h.target, &h.run_id, c)?);
+            }
+            if txn.marker(&h.target).await?.as_deref() == Some(&marker(&h.run_id)) {
+                txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
+                    .await?;
+                return Ok(Claim::Done(Finished::AlreadyPublished { rows }));
+            }
+        }
+        leftovers.extend(settle_other_claims(&mut txn, h).await?);
+        txn.update_run(&h.target, &h.run_id, &RunUpdate::Claim(attempt.clone()))
+            .await?;
+        Ok(Claim::Held)
+    });
+    if claim.is_ok() {
+        for t in leftovers {
+            let _ = wh.drop_table(&t).await;
+        }
+    }
+    match claim {
+        Ok(Claim::Held) => {}
+        Ok(Claim::Done(f)) => {
+            let _ = wh.drop_table(&fresh).await;
+            if !matches!(f, Finished::Abandoned { .. }) {
+                let _ = wh.drop_table(&h.load_table).await;
+            }
+            return Ok(f);
+        }
+        Err(e) => {
+            let _ = wh.drop_table(&fresh).await;
+            return Err(e);
+        }
+    }
+
+    // 3. Swap, while the claim is young enough that nobody can have taken it over.
+    let mark = marker(&h.run_id);
+    if wh.marker(&h.target).await?.as_deref() != Some(mark.as_str()) {
+        if parts.clock.monotonic().saturating_sub(started) > CLAIM_LEASE / 3 {
+            let _ = wh.drop_table(&fresh).await;
+            return Err(Error::Busy(format!(
+                "the swap claim of run {} on {} is too old to act on; the next attempt takes it over",
+                h.run_id, h.target
+            )));
+        }
+        wh.swap_in(&fresh, &h.target, &mark).await?;
+    }
+
+    // 4. Record it, and drop the old table (now under the new table's name).
+    in_txn!(wh, |txn| {
+        txn.lock(&h.target).await?;
+        txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
+            .await
+    })?;
+    let _ = wh.drop_table(&fresh).await;
+    let _ = wh.drop_table(&h.load_table).await;
+    tracing::info!(run_id = %h.run_id, target_table = %h.target, rows, "swapped in");
+    Ok(Finished::Published { rows })
+}
