@@ -17,10 +17,9 @@
 //!    claim older than [`CLAIM_LEASE`] is resolved: the target's marker says whether
 //!    that claimant swapped (then it is published) or not (then it is taken over, or,
 //!    for another run, abandoned);
-//! 3. unless the target already carries this run's marker, swap the new table in,
-//!    marked `pgp run <id>`; but only while less than a third of the lease has passed
-//!    since the claim (measured from before it was taken), so a slow claimant stops
-//!    before anyone may take over;
+//! 3. swap the new table in, marked `pgp run <id>`; but only while less than a third
+//!    of the lease has passed since the claim (measured from before it was taken), so a
+//!    slow claimant stops before anyone may take over;
 //! 4. record the run published under the lock; drop what is left (the old table, now
 //!    under the new table's name, and the load table).
 //!
@@ -406,24 +405,28 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         }
     }
 
-    // 3. Swap, while the claim is young enough that nobody can have taken it over.
-    let mark = marker(&h.run_id);
-    if wh.marker(&h.target).await?.as_deref() != Some(mark.as_str()) {
-        if parts.clock.monotonic().saturating_sub(started) > CLAIM_LEASE / 3 {
-            let _ = wh.drop_table(&fresh).await;
-            return Err(Error::Busy(format!(
-                "the swap claim of run {} on {} is too old to act on; the next attempt takes it over",
-                h.run_id, h.target
-            )));
-        }
-        wh.swap_in(&fresh, &h.target, &mark).await?;
+    // 3. Swap, while the claim is young enough that nobody can have taken it over. (An
+    // earlier claimant of this run that swapped and died was found out by the marker
+    // check under the lock, when its claim was taken over.)
+    if parts.clock.monotonic().saturating_sub(started) > CLAIM_LEASE / 3 {
+        let _ = wh.drop_table(&fresh).await;
+        return Err(Error::Busy(format!(
+            "the swap claim of run {} on {} is too old to act on; the next attempt takes it over",
+            h.run_id, h.target
+        )));
     }
+    wh.swap_in(&fresh, &h.target, &marker(&h.run_id)).await?;
 
-    // 4. Record it, and drop the old table (now under the new table's name).
+    // 4. Record it (unless a loader that took over the expired claim found the swap by
+    // its marker and recorded it), and drop the old table (now under the new name).
     in_txn!(wh, |txn| {
         txn.lock(&h.target).await?;
-        txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
-            .await
+        let run = ensure_run(&mut txn, h).await?;
+        if run.state == RunState::Claimed && run.claim.as_deref() == Some(attempt.as_str()) {
+            txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
+                .await?;
+        }
+        Ok(())
     })?;
     let _ = wh.drop_table(&fresh).await;
     let _ = wh.drop_table(&h.load_table).await;

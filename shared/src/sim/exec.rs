@@ -68,6 +68,8 @@ pub struct SimState {
     pub current: Option<u64>,
     pub dead: BTreeSet<u64>,
     yielded: bool,
+    /// The operation the task that yielded last is about to issue (see [`point_for`]).
+    pending: &'static str,
     /// The operations of the schedule, for the report of a failing seed.
     pub trace: Vec<String>,
 }
@@ -84,6 +86,7 @@ impl SimState {
             current: None,
             dead: BTreeSet::new(),
             yielded: false,
+            pending: "",
             trace: Vec::new(),
         }))
     }
@@ -118,15 +121,25 @@ impl SimState {
 /// A step boundary: the running task pauses here and the scheduler chooses what runs
 /// next. Outside the scheduler it returns at once.
 pub fn point(sim: &Sim) -> Point {
+    point_for(sim, "")
+}
+
+/// A step boundary before issuing the operation `kind`. A task paused at the boundary
+/// before a `swap` is past its last clock check: the protocol assumes a statement it
+/// decided to issue reaches the warehouse promptly (the swap claim's lease rests on
+/// it), so the scheduler never stalls it there; everywhere else it may stall for long.
+pub fn point_for(sim: &Sim, kind: &'static str) -> Point {
     Point {
         sim: sim.clone(),
         done: false,
+        kind,
     }
 }
 
 pub struct Point {
     sim: Sim,
     done: bool,
+    kind: &'static str,
 }
 
 impl Future for Point {
@@ -139,6 +152,7 @@ impl Future for Point {
         let mut s = self.sim.lock().unwrap();
         if s.current.is_some() {
             s.yielded = true;
+            s.pending = self.kind;
             Poll::Pending
         } else {
             Poll::Ready(())
@@ -152,6 +166,8 @@ pub struct Task {
     pub process: u64,
     /// Not polled before this time (a stalled instance).
     pub wake_at_ms: u64,
+    /// The kind of operation it is paused before.
+    pub pending: &'static str,
     fut: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -169,6 +185,7 @@ impl Executor {
             id: self.next,
             process,
             wake_at_ms: 0,
+            pending: "",
             fut: Box::pin(fut),
         });
     }
@@ -185,6 +202,7 @@ impl Executor {
                 Poll::Pending => {
                     let mut s = sim.lock().unwrap();
                     if std::mem::take(&mut s.yielded) {
+                        self.tasks[i].pending = std::mem::take(&mut s.pending);
                         break false;
                     }
                     drop(s);

@@ -14,7 +14,7 @@
 //! - Every statement is a step boundary and may fail transiently before or after it
 //!   took effect; a commit whose answer was lost has committed.
 
-use super::exec::{point, Sim, Strike};
+use super::exec::{point_for, Sim, Strike};
 use super::store::SimStore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
@@ -228,7 +228,7 @@ impl SimWarehouse {
 
     /// A step boundary and the fault dice for one statement.
     async fn stmt(&self, what: &str) -> Option<Strike> {
-        point(&self.sim).await;
+        point_for(&self.sim, if what.starts_with("swap") { "swap" } else { "" }).await;
         self.state.lock().unwrap().statements += 1;
         let mut s = self.sim.lock().unwrap();
         s.note(format!("wh {what}"));

@@ -505,9 +505,10 @@ impl World {
                 }
                 continue;
             }
-            if stall {
-                // A pause (GC, CPU starved, network), bounded as the protocol assumes.
-                let pause = self.rng().rng.below(CLAIM_LEASE.as_millis() as u64 / 3);
+            if stall && self.exec.tasks[i].pending != "swap" {
+                // A pause (GC, CPU starved, a slow network), up to twice the claim
+                // lease: long enough for a claim to expire under a live claimant.
+                let pause = self.rng().rng.below(2 * CLAIM_LEASE.as_millis() as u64);
                 self.exec.tasks[i].wake_at_ms = now + pause;
                 continue;
             }
