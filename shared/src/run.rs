@@ -324,10 +324,18 @@ impl Pipeline {
                 progress.table_finished(&l.report);
             }
             if !opts.keep_objects && !opts.extract_only {
-                if let (Some(h), Outcome::Appended | Outcome::Swapped | Outcome::Tested) =
-                    (&l.header, &l.report.outcome)
-                {
-                    cleanup(self.store.as_ref(), h, &opts.run_id).await;
+                match (&l.header, &l.report.outcome) {
+                    (Some(h), Outcome::Appended | Outcome::Swapped | Outcome::Tested) => {
+                        cleanup(self.store.as_ref(), h, &opts.run_id).await;
+                    }
+                    (None, Outcome::Skipped(_) | Outcome::NeedsBackfill(_)) => {
+                        // The recorded decision to skip is only for concurrent
+                        // deliveries of one request; this request has ended.
+                        if let Ok(k) = RunHeader::key(&opts.run_id, &name) {
+                            let _ = self.store.delete(&k).await;
+                        }
+                    }
+                    _ => {}
                 }
             }
             tables.push(l.report);

@@ -120,24 +120,39 @@ pub async fn plan_step(
     let (plans, window) = plan_tables(parts, wh, manifest, opts).await?;
     let mut tables = Vec::with_capacity(plans.len());
     for plan in plans {
-        // A run this request already recorded (an earlier delivery) goes on, whatever
-        // planning says now: the target may have changed meanwhile, and the recorded
-        // run must still end.
-        let recorded = !extract_only
-            && read_run_file(parts.store.as_ref(), &RunHeader::key(&opts.run_id, &plan.table)?)
-                .await?
-                .is_some();
-        if !plan.loads() && !recorded {
+        let key = RunHeader::key(&opts.run_id, &plan.table)?;
+        // What an earlier delivery of this request decided for the table stands,
+        // whatever planning says now (the target may have changed meanwhile): a run it
+        // recorded goes on and must still end; a skip stays a skip.
+        let mut decided = if extract_only {
+            None
+        } else {
+            read_run_file(parts.store.as_ref(), &key).await?
+        };
+        if decided.is_none() && !plan.loads() && !extract_only && plan.query.is_some() {
+            // A skip that depends on the warehouse's state: record it (create-only),
+            // or learn what a concurrent delivery recorded first.
+            let skip = RunFile::Skipped {
+                reason: plan.reason.clone().unwrap_or_default(),
+            };
+            decided = Some(create_run_file(parts.store.as_ref(), &key, &skip).await?);
+        }
+        let loads = match &decided {
+            Some(RunFile::Skipped { .. }) => false,
+            Some(_) => true,
+            None => plan.loads(),
+        };
+        if !loads {
             tables.push(PlannedTable {
                 plan,
                 header: None,
-                existing: false,
+                existing: decided.is_some(),
                 tasks: Vec::new(),
                 finished: None,
             });
             continue;
         }
-        tables.push(prepare_run(parts, wh, manifest, opts, plan, extract_only).await?);
+        tables.push(prepare_run(parts, wh, manifest, opts, plan, decided, extract_only).await?);
     }
     let tasks: Vec<_> = tables
         .iter()
@@ -162,12 +177,13 @@ async fn prepare_run(
     manifest: &Manifest,
     opts: &RunOptions,
     plan: TablePlan,
+    decided: Option<RunFile>,
     extract_only: bool,
 ) -> Result<PlannedTable> {
     let store = parts.store.as_ref();
     let key = RunHeader::key(&opts.run_id, &plan.table)?;
     let mut existing = true;
-    let header = match read_run_file(store, &key).await? {
+    let header = match decided {
         Some(file) => follow(store, file, &plan.table).await?,
         None => {
             let fresh = new_header(parts, manifest, opts, &plan)?;
@@ -196,12 +212,28 @@ async fn prepare_run(
                     store
                         .put(&fresh.ranges, ranges.into(), Default::default())
                         .await?;
+                    let load_table = fresh.load_table.clone();
                     let file = RunFile::Run(Box::new(fresh));
                     let file = create_run_file(store, &key, &file).await?;
-                    follow(store, file, &plan.table).await?
+                    let followed = follow(store, file, &plan.table).await?;
+                    if followed.is_none() && !extract_only {
+                        // A concurrent delivery decided to skip: this load table is
+                        // nobody's.
+                        let _ = wh.drop_table(&load_table).await;
+                    }
+                    followed
                 }
             }
         }
+    };
+    let Some(header) = header else {
+        return Ok(PlannedTable {
+            plan,
+            header: None,
+            existing: true,
+            tasks: Vec::new(),
+            finished: None,
+        });
     };
     let ranges: Vec<KeyRange> = serde_json::from_slice(&store.get(&header.ranges).await?)
         .map_err(|e| {
@@ -247,15 +279,19 @@ async fn prepare_run(
     })
 }
 
-/// The header a record leads to (a run, or the run a resuming request points at).
+/// The header a record leads to (a run, or the run a resuming request points at);
+/// `None` for a recorded skip.
 async fn follow(
     store: &dyn crate::storage::ObjectStore,
     file: RunFile,
     table: &str,
-) -> Result<RunHeader> {
+) -> Result<Option<RunHeader>> {
     match file {
-        RunFile::Run(h) => Ok(*h),
-        RunFile::Resumes { run_id } => super::record::read_header(store, &run_id, table).await,
+        RunFile::Run(h) => Ok(Some(*h)),
+        RunFile::Resumes { run_id } => super::record::read_header(store, &run_id, table)
+            .await
+            .map(Some),
+        RunFile::Skipped { .. } => Ok(None),
     }
 }
 

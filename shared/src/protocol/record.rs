@@ -61,6 +61,10 @@ pub struct RunHeader {
 pub enum RunFile {
     Run(Box<RunHeader>),
     Resumes { run_id: String },
+    /// The request's decision to load nothing for this table (its target was up to
+    /// date, or needs a backfill first), recorded so that a concurrent delivery of the
+    /// same request cannot record a run that no message would then drive to its end.
+    Skipped { reason: String },
 }
 
 impl RunHeader {
@@ -165,6 +169,11 @@ pub async fn read_header(store: &dyn ObjectStore, run_id: &str, table: &str) -> 
             run_id: run_id.to_string(),
             target: table.to_string(),
             message: format!("this request resumed run {other}; its chunks run under that id"),
+        }),
+        Some(RunFile::Skipped { reason }) => Err(Error::Run {
+            run_id: run_id.to_string(),
+            target: table.to_string(),
+            message: format!("this request loads nothing for the table: {reason}"),
         }),
         None => Err(Error::Run {
             run_id: run_id.to_string(),

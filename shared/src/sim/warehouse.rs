@@ -14,7 +14,7 @@
 //! - Every statement is a step boundary and may fail transiently before or after it
 //!   took effect; a commit whose answer was lost has committed.
 
-use super::exec::{point_for, Sim, Strike};
+use super::exec::{point, point_for, Sim, Strike};
 use super::store::SimStore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
@@ -104,6 +104,8 @@ struct State {
     next: u64,
     /// (target, run id) of every committed publish, in commit order.
     publishes: Vec<(String, String)>,
+    /// (target, marker) of every swap that took effect.
+    swaps: Vec<(String, String)>,
     /// Statements per kind, for the scale measurement.
     pub statements: u64,
 }
@@ -262,6 +264,11 @@ impl SimWarehouse {
         self.state.lock().unwrap().publishes.clone()
     }
 
+    /// (target, marker) of every swap that took effect, in order.
+    pub fn swaps(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().swaps.clone()
+    }
+
     /// Table names, for the invariant checks.
     pub fn table_names(&self) -> Vec<String> {
         self.state.lock().unwrap().tables.keys().cloned().collect()
@@ -409,6 +416,7 @@ impl Warehouse for SimWarehouse {
             if let Some(old) = st.tables.insert(name(to), new) {
                 st.tables.insert(name(from), old);
             }
+            st.swaps.push((to.to_string(), marker.to_string()));
         }
         if strike == Some(Strike::After) {
             return Err(transient());
@@ -927,6 +935,9 @@ impl Transaction for SimTxn {
             }
         }
         self.end();
+        // The answer travels back: the process may pause (or die) with the transaction
+        // committed and before it learns so.
+        point(&self.wh.sim).await;
         if strike == Some(Strike::After) {
             return Err(transient());
         }

@@ -557,6 +557,12 @@ impl World {
             }
         }
         let publishes = self.wh.publishes();
+        let mut swapped = std::collections::BTreeSet::new();
+        for s in self.wh.swaps() {
+            if !swapped.insert(s.clone()) {
+                return Err(format!("{}: {:?} was swapped in twice", s.0, s.1));
+            }
+        }
         for t in &self.tables {
             let name = target(&t.name);
             let query = format!("SELECT id, v FROM {}", t.name);
