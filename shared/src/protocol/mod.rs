@@ -36,6 +36,8 @@ pub mod load;
 pub mod plan;
 pub mod publish;
 pub mod record;
+#[cfg(test)]
+mod tests;
 
 pub use record::{ChunkObject, ChunkTask, RunFile, RunHeader, RUNS_PREFIX};
 

@@ -60,6 +60,16 @@ impl SimStore {
         std::mem::take(&mut self.state.lock().unwrap().events)
     }
 
+    /// Corrupt an object in place: drop its last line (as a truncated upload would,
+    /// its metadata unchanged).
+    pub fn truncate_last_line(&self, key: &ObjectKey) {
+        let mut st = self.state.lock().unwrap();
+        let o = st.objects.get_mut(key.as_str()).expect("the object exists");
+        let text = &o.data[..o.data.len().saturating_sub(1)];
+        let cut = text.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+        o.data = o.data.slice(..cut);
+    }
+
     /// Bytes of run records read so far.
     pub fn record_bytes_read(&self) -> u64 {
         self.state.lock().unwrap().record_bytes_read

@@ -324,6 +324,11 @@ impl World {
         }
     }
 
+    /// The scenario's manifest.
+    pub fn manifest(&self) -> Manifest {
+        (*self.manifest).clone()
+    }
+
     /// The parts a step of `service` runs with.
     pub fn parts(&self, service_has_warehouse: bool, with_queue: bool) -> Parts {
         Parts {

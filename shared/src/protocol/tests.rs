@@ -1,0 +1,315 @@
+//! Schedules the random simulation reaches too rarely to rely on, written out: each
+//! test drives the real steps over the simulation's components into one situation and
+//! checks the guarantee that the code under test provides (each fails when that code
+//! is removed).
+
+use super::extract::extract_step;
+use super::load::{load_step, LoadOutcome};
+use super::plan::plan_step;
+use super::publish::{finish_run, marker, Finished};
+use super::{Parts, RunHeader, CLAIM_LEASE};
+use crate::clock::Clock;
+use crate::plan::LoadType;
+use crate::queue::MemoryQueue;
+use crate::run::RunOptions;
+use crate::sim::world::{target, Config, SimTable, World};
+use crate::warehouse::{RunState, Warehouse};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A world with one table `t` of 10 rows, and no faults.
+async fn world(existing: bool) -> World {
+    let mut cfg = Config::from_seed(1);
+    cfg.faults = Default::default();
+    let rows: Vec<(i64, String)> = (1..=10).map(|i| (i, format!("v{i}"))).collect();
+    let w = World::new(
+        cfg,
+        vec![SimTable {
+            name: "t".into(),
+            existing: existing.then(|| rows.clone()),
+            rows,
+        }],
+        Vec::new(),
+    );
+    w.seed_targets().await;
+    w
+}
+
+fn opts(parts: &Parts, load_type: LoadType, run_id: &str) -> RunOptions {
+    let mut o = RunOptions::new(load_type, parts.clock.now());
+    o.run_id = run_id.into();
+    o.chunk_rows = Some(4);
+    o.compression = crate::format::Compression::None;
+    o
+}
+
+/// Plan a backfill of `t` and load every chunk; the last load publishes unless the
+/// warehouse is told otherwise. Returns the header and the last chunk's object.
+async fn load_all(w: &World, parts: &Parts, run_id: &str) -> (RunHeader, Vec<LoadOutcome>) {
+    let queue = Arc::new(MemoryQueue::default());
+    let mut p = parts.clone();
+    p.queue = Some(queue.clone());
+    let manifest = w.manifest();
+    let report = plan_step(&p, &manifest, &opts(&p, LoadType::Backfill, run_id), false)
+        .await
+        .unwrap();
+    let header = report.tables[0].header.clone().expect("loads");
+    let mut outcomes = Vec::new();
+    for m in queue.take() {
+        let task = serde_json::from_slice(&m.data).unwrap();
+        let out = extract_step(parts, &task, &|_, _| {}).await.unwrap();
+        outcomes.push(load_step(parts, out.object()).await.unwrap());
+    }
+    (header, outcomes)
+}
+
+/// A clock whose monotonic time jumps by `step` on every read.
+struct Jumping {
+    now: AtomicU64,
+    step: u64,
+}
+
+impl Clock for Jumping {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+    fn monotonic(&self) -> Duration {
+        Duration::from_secs(self.now.fetch_add(self.step, Ordering::SeqCst))
+    }
+}
+
+#[tokio::test]
+async fn a_claimant_that_was_paused_past_a_third_of_its_lease_does_not_swap() {
+    let w = world(false).await;
+    let parts = w.parts(true, false);
+    let (h, outcomes) = load_all(&w, &parts, "r1").await;
+    assert!(matches!(outcomes.last(), Some(LoadOutcome::Finished(_))));
+    // Start over: a second run, loaded, whose publishing loader is paused between its
+    // claim and its swap for longer than a third of the lease.
+    let mut paused = parts.clone();
+    paused.clock = Arc::new(Jumping {
+        now: AtomicU64::new(0),
+        step: CLAIM_LEASE.as_secs() / 2,
+    });
+    let before = w.wh.swaps().len();
+    w.wh.drop_table(&target("t")).await.unwrap();
+    let (h2, _) = {
+        // Plan and load without publishing: the planner of a missing target.
+        let queue = Arc::new(MemoryQueue::default());
+        let mut p = parts.clone();
+        p.queue = Some(queue.clone());
+        let report = plan_step(&p, &w.manifest(), &opts(&p, LoadType::Backfill, "r2"), false)
+            .await
+            .unwrap();
+        let h2 = report.tables[0].header.clone().unwrap();
+        let tasks = queue.take();
+        let (last, rest) = tasks.split_last().unwrap();
+        for m in rest {
+            let task = serde_json::from_slice(&m.data).unwrap();
+            let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
+            load_step(&parts, out.object()).await.unwrap();
+        }
+        let task = serde_json::from_slice(&last.data).unwrap();
+        let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
+        // The last chunk's loader is the paused one.
+        let r = load_step(&paused, out.object()).await;
+        assert!(
+            matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy),
+            "{r:?}"
+        );
+        (h2, ())
+    };
+    assert_eq!(w.wh.swaps().len(), before, "no swap after the budget ran out");
+    assert!(w.wh.columns(&target("t")).await.unwrap().is_none());
+    // Once the claim expired, the next loader takes it over and publishes, once.
+    w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
+    let f = finish_run(&parts, &h2).await.unwrap();
+    assert_eq!(f, Finished::Published { rows: 10 });
+    assert_eq!(w.wh.swaps().len(), before + 1);
+    let _ = h;
+}
+
+/// A warehouse whose process dies right after its first swap: every statement after
+/// it fails (the swap happened; recording it never does).
+struct DiesAfterSwap {
+    inner: crate::sim::warehouse::SimWarehouse,
+    dead: std::sync::atomic::AtomicBool,
+}
+
+impl DiesAfterSwap {
+    fn check(&self) -> crate::Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(crate::Error::warehouse(
+                "test",
+                "the process is gone",
+                crate::error::ErrorKind::Transient,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Warehouse for DiesAfterSwap {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+    async fn health(&self) -> crate::Result<()> {
+        self.inner.health().await
+    }
+    fn render_type(&self, ty: &crate::types::ColumnType) -> String {
+        self.inner.render_type(ty)
+    }
+    async fn columns(
+        &self,
+        t: &crate::ident::TableName,
+    ) -> crate::Result<Option<Vec<crate::warehouse::ActualColumn>>> {
+        self.check()?;
+        self.inner.columns(t).await
+    }
+    async fn create_table(
+        &self,
+        t: &crate::ident::TableName,
+        s: &crate::warehouse::TableSchema,
+        stamped: bool,
+    ) -> crate::Result<()> {
+        self.check()?;
+        self.inner.create_table(t, s, stamped).await
+    }
+    async fn prepare_lock(&self, t: &crate::ident::TableName) -> crate::Result<()> {
+        self.check()?;
+        self.inner.prepare_lock(t).await
+    }
+    async fn drop_table(&self, t: &crate::ident::TableName) -> crate::Result<()> {
+        self.check()?;
+        self.inner.drop_table(t).await
+    }
+    async fn swap_in(
+        &self,
+        from: &crate::ident::TableName,
+        to: &crate::ident::TableName,
+        marker: &str,
+    ) -> crate::Result<()> {
+        self.check()?;
+        self.inner.swap_in(from, to, marker).await?;
+        self.dead.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn marker(&self, t: &crate::ident::TableName) -> crate::Result<Option<String>> {
+        self.check()?;
+        self.inner.marker(t).await
+    }
+    async fn row_count(&self, t: &crate::ident::TableName) -> crate::Result<u64> {
+        self.check()?;
+        self.inner.row_count(t).await
+    }
+    async fn loaded_chunks(
+        &self,
+        t: &crate::ident::TableName,
+        run_id: &str,
+    ) -> crate::Result<Vec<u32>> {
+        self.check()?;
+        self.inner.loaded_chunks(t, run_id).await
+    }
+    async fn begin(&self) -> crate::Result<Box<dyn crate::warehouse::Transaction>> {
+        self.check()?;
+        self.inner.begin().await
+    }
+}
+
+#[tokio::test]
+async fn a_swap_that_happened_before_its_claimant_died_is_recorded_not_repeated() {
+    let w = world(false).await;
+    let parts = w.parts(true, false);
+    // The last chunk's loader swaps and dies before it records the publish.
+    let mut dying = parts.clone();
+    dying.warehouse = Some(Arc::new(DiesAfterSwap {
+        inner: w.wh.clone(),
+        dead: Default::default(),
+    }));
+    let queue = Arc::new(MemoryQueue::default());
+    let mut p = parts.clone();
+    p.queue = Some(queue.clone());
+    let report = plan_step(&p, &w.manifest(), &opts(&p, LoadType::Backfill, "r1"), false)
+        .await
+        .unwrap();
+    let h = report.tables[0].header.clone().unwrap();
+    let tasks = queue.take();
+    let (last, rest) = tasks.split_last().unwrap();
+    for m in rest {
+        let task = serde_json::from_slice(&m.data).unwrap();
+        let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
+        load_step(&parts, out.object()).await.unwrap();
+    }
+    let task = serde_json::from_slice(&last.data).unwrap();
+    let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
+    assert!(load_step(&dying, out.object()).await.is_err());
+    assert_eq!(w.wh.swaps().len(), 1);
+    assert_eq!(
+        w.wh.marker(&h.target).await.unwrap().as_deref(),
+        Some(marker("r1").as_str())
+    );
+    assert_eq!(w.wh.runs()[0].state, RunState::Claimed);
+    // Busy while the claim is young.
+    let r = finish_run(&parts, &h).await;
+    assert!(matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy), "{r:?}");
+    // Once it expired: recognized by the marker, recorded, not swapped again.
+    w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
+    let f = finish_run(&parts, &h).await.unwrap();
+    assert!(matches!(f, Finished::AlreadyPublished { rows: 10 }), "{f:?}");
+    assert_eq!(w.wh.swaps().len(), 1, "not swapped twice");
+    assert_eq!(w.wh.runs()[0].state, RunState::Published);
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10);
+}
+
+#[tokio::test]
+async fn a_requests_decision_to_skip_stands_for_its_later_deliveries() {
+    let w = world(false).await;
+    let parts = w.parts(true, false);
+    load_all(&w, &parts, "first").await;
+    // Delivery 1 of request "again": the target is up to date, nothing to do.
+    let manifest = w.manifest();
+    let o = opts(&parts, LoadType::Backfill, "again");
+    let r = plan_step(&parts, &manifest, &o, false).await.unwrap();
+    assert!(r.tables[0].header.is_none());
+    // Meanwhile the target went away; a late delivery of the same request must not
+    // record a run the first delivery's acknowledgement left no message to drive.
+    w.wh.drop_table(&target("t")).await.unwrap();
+    let r = plan_step(&parts, &manifest, &o, false).await.unwrap();
+    assert!(r.tables[0].header.is_none(), "{:?}", r.tables[0].header);
+    assert!(w.wh.runs().iter().all(|r| r.run_id != "again"));
+}
+
+#[tokio::test]
+async fn a_chunk_whose_object_lost_rows_is_refused_before_anything_is_visible() {
+    let w = world(false).await;
+    let parts = w.parts(true, false);
+    let queue = Arc::new(MemoryQueue::default());
+    let mut p = parts.clone();
+    p.queue = Some(queue.clone());
+    plan_step(&p, &w.manifest(), &opts(&p, LoadType::Backfill, "r1"), false)
+        .await
+        .unwrap();
+    let mut last = None;
+    for (i, m) in queue.take().into_iter().enumerate() {
+        let task = serde_json::from_slice(&m.data).unwrap();
+        let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
+        if i == 0 {
+            // Between extraction and load, the object loses its last row (its
+            // metadata still says how many PostgreSQL sent).
+            w.store.truncate_last_line(&out.object().key);
+        }
+        last = Some(load_step(&parts, out.object()).await);
+    }
+    let runs = w.wh.runs();
+    assert_eq!(runs[0].state, RunState::Abandoned, "{runs:?}");
+    assert!(
+        runs[0].reason.as_deref().unwrap().contains("postgres sent"),
+        "{:?}",
+        runs[0].reason
+    );
+    assert!(w.wh.columns(&target("t")).await.unwrap().is_none());
+    assert!(w.wh.swaps().is_empty());
+    let _ = last;
+}
