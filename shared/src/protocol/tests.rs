@@ -313,3 +313,97 @@ async fn a_chunk_whose_object_lost_rows_is_refused_before_anything_is_visible() 
     assert!(w.wh.swaps().is_empty());
     let _ = last;
 }
+
+/// Plan an SCD append of `t` (which exists) and extract its one chunk.
+async fn append_run(w: &World, parts: &Parts, run_id: &str) -> (RunHeader, crate::storage::ObjectInfo) {
+    let queue = Arc::new(MemoryQueue::default());
+    let mut p = parts.clone();
+    p.queue = Some(queue.clone());
+    let report = plan_step(&p, &w.manifest(), &opts(&p, LoadType::Scd, run_id), false)
+        .await
+        .unwrap();
+    let h = report.tables[0].header.clone().unwrap();
+    assert_eq!(h.mode, crate::plan::Mode::Append);
+    let task = serde_json::from_slice(&queue.take()[0].data).unwrap();
+    let out = extract_step(parts, &task, &|_, _| {}).await.unwrap();
+    (h, out.object().clone())
+}
+
+#[tokio::test]
+async fn a_publish_refuses_a_load_table_whose_total_differs_from_the_ledger() {
+    let w = world(true).await;
+    let parts = w.parts(true, false);
+    let (h, object) = append_run(&w, &parts, "scd1").await;
+    // The chunk loads as a loader loads it ...
+    let mut txn = w.wh.begin().await.unwrap();
+    let n = txn
+        .copy_into(&h.load_table, &h.schema, &h.meta, &object.key, h.compression, "aaaa")
+        .await
+        .unwrap();
+    txn.record_load(&crate::warehouse::LoadRecord {
+        load_table: h.load_table.clone(),
+        run_id: h.run_id.clone(),
+        chunk: 0,
+        object: object.key.to_string(),
+        load_id: "aaaa".into(),
+        rows: n,
+    })
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    // ... and its COPY is applied a second time under the same stamp (a statement the
+    // warehouse ran twice): the ledger says 10 rows, the load table holds 20.
+    let mut txn = w.wh.begin().await.unwrap();
+    txn.copy_into(&h.load_table, &h.schema, &h.meta, &object.key, h.compression, "aaaa")
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let f = finish_run(&parts, &h).await.unwrap();
+    match f {
+        Finished::Abandoned { reason } => {
+            assert!(reason.contains("postgres sent 10 rows but the warehouse loaded 20"), "{reason}")
+        }
+        f => panic!("{f:?}"),
+    }
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10, "target untouched");
+}
+
+#[tokio::test]
+async fn an_append_waits_while_another_run_holds_a_fresh_swap_claim_on_the_target() {
+    let w = world(true).await;
+    let parts = w.parts(true, false);
+    // Another run of the target claimed its swap a moment ago.
+    let mut txn = w.wh.begin().await.unwrap();
+    txn.lock(&target("t")).await.unwrap();
+    txn.insert_run(&crate::warehouse::RunRecord {
+        target: target("t"),
+        run_id: "swapper".into(),
+        load_table: target("t").with_suffix("_PGP_LOAD_swapper").unwrap(),
+        mode: "swap".into(),
+        chunks: 1,
+        fingerprint: "f".into(),
+        state: RunState::Planned,
+        claim: None,
+        claim_age_seconds: None,
+        rows: None,
+        reason: None,
+    })
+    .await
+    .unwrap();
+    txn.update_run(&target("t"), "swapper", &crate::warehouse::RunUpdate::Claim("c".into()))
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let (_, object) = append_run(&w, &parts, "scd1").await;
+    let r = load_step(&parts, &object).await;
+    assert!(matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy), "{r:?}");
+    assert_eq!(w.wh.row_count(&target("t")).await.unwrap(), 10, "nothing appended");
+    // Once that claim expired unresolved (no marker: its swap never happened), the run
+    // that held it is retired and the append goes on.
+    w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
+    let r = load_step(&parts, &object).await.unwrap();
+    assert_eq!(r, LoadOutcome::Finished(Finished::Published { rows: 10 }));
+    assert_eq!(w.wh.row_count(&target("t")).await.unwrap(), 20);
+    let swapper = w.wh.runs().into_iter().find(|r| r.run_id == "swapper").unwrap();
+    assert_eq!(swapper.state, RunState::Abandoned);
+}
