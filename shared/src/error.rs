@@ -229,7 +229,12 @@ impl Error {
         // config is not part of the message. DbError carries server text + detail.
         let message = match e.as_db_error() {
             Some(db) => {
-                let mut m = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+                let mut m = format!(
+                    "{}: {} (SQLSTATE {})",
+                    db.severity(),
+                    db.message(),
+                    db.code().code()
+                );
                 if let Some(d) = db.detail() {
                     m.push_str(&format!(" (detail: {d})"));
                 }

@@ -150,16 +150,13 @@ pub async fn extract_chunk(
             }
         }
         if !batch.is_empty() {
-            raw_tx
-                .send(batch.freeze())
-                .await
-                .map_err(|_| {
-                    Error::storage(
-                        key.as_str(),
-                        "the compressor or writer stopped",
-                        crate::error::ErrorKind::Transient,
-                    )
-                })?;
+            raw_tx.send(batch.freeze()).await.map_err(|_| {
+                Error::storage(
+                    key.as_str(),
+                    "the compressor or writer stopped",
+                    crate::error::ErrorKind::Transient,
+                )
+            })?;
         }
         drop(raw_tx);
         progress(rows, bytes);

@@ -213,7 +213,10 @@ impl Pipeline {
         progress: &dyn Progress,
     ) -> Result<RunReport> {
         let parts = self.parts();
-        let report = retry("plan", opts.attempts, || plan_step(&parts, manifest, opts, opts.extract_only)).await?;
+        let report = retry("plan", opts.attempts, || {
+            plan_step(&parts, manifest, opts, opts.extract_only)
+        })
+        .await?;
         let live: Mutex<HashMap<String, Live>> = Mutex::new(HashMap::new());
         let mut order = Vec::new();
         let mut tasks: Vec<ChunkTask> = Vec::new();
@@ -242,7 +245,8 @@ impl Pipeline {
 
         // Extraction workers feed the loader through a bounded channel, so extraction
         // of later chunks overlaps loading of earlier ones without piling up objects.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkTask, ObjectInfo)>(opts.parallel.max(1));
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(ChunkTask, ObjectInfo)>(opts.parallel.max(1));
         let queue = Mutex::new(std::collections::VecDeque::from(tasks));
         let extract = async {
             let worker = |_: usize| {
@@ -250,14 +254,20 @@ impl Pipeline {
                 let (parts, live, queue) = (&parts, &live, &queue);
                 async move {
                     loop {
-                        let Some(task) = queue.lock().unwrap().pop_front() else { break };
+                        let Some(task) = queue.lock().unwrap().pop_front() else {
+                            break;
+                        };
                         if live.lock().unwrap().get(&task.table).is_none_or(|l| l.done) {
                             continue;
                         }
                         let table = task.table.clone();
                         let chunk = task.chunk as usize;
-                        let cb = |rows: u64, bytes: u64| progress.chunk_progress(&table, chunk, rows, bytes);
-                        match retry("extract", opts.attempts, || extract_step(parts, &task, &cb)).await {
+                        let cb = |rows: u64, bytes: u64| {
+                            progress.chunk_progress(&table, chunk, rows, bytes)
+                        };
+                        match retry("extract", opts.attempts, || extract_step(parts, &task, &cb))
+                            .await
+                        {
                             Ok(out) => {
                                 let of = task.chunks as usize;
                                 let stats = match &out {
@@ -300,7 +310,13 @@ impl Pipeline {
                             finish(l, &f, progress);
                         }
                     }
-                    Err(e) if live.lock().unwrap().get(&task.table).is_some_and(|l| l.done) => {
+                    Err(e)
+                        if live
+                            .lock()
+                            .unwrap()
+                            .get(&task.table)
+                            .is_some_and(|l| l.done) =>
+                    {
                         tracing::warn!(table = %task.table, error = %e, "a chunk of a failed table did not load");
                     }
                     Ok(_) => {}

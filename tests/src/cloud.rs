@@ -379,7 +379,11 @@ impl FinalizeFeeder {
                     let name = o["name"].as_str().unwrap_or("").to_string();
                     let id = format!("{name}#{}", o["generation"]);
                     if seen.insert(id) {
-                        let lost = lose2.lock().unwrap().iter().any(|l| name.contains(l.as_str()));
+                        let lost = lose2
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .any(|l| name.contains(l.as_str()));
                         if !lost {
                             fresh.push(o);
                         }
@@ -402,9 +406,12 @@ impl FinalizeFeeder {
                     let (admin, topic, loaders) = (admin.clone(), topic.clone(), loaders.clone());
                     let delivered = delivered2.clone();
                     sends.push(async move {
-                        let posts = loaders.iter().map(|l| post_cloudevent(&admin.http, l, &o, n));
+                        let posts = loaders
+                            .iter()
+                            .map(|l| post_cloudevent(&admin.http, l, &o, n));
+                        let body = o.to_string();
                         futures::join!(
-                            admin.publish(&topic, o.to_string().as_bytes(), &attrs),
+                            admin.publish(&topic, body.as_bytes(), &attrs),
                             futures::future::join_all(posts)
                         );
                         delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -179,7 +179,11 @@ async fn plan(st: &PlannerState, req: LoadRequest, run_id: String, plain: bool) 
     };
     drop(lease);
     let messages: usize = report.tables.iter().map(|t| t.tasks.len()).sum();
-    tracing::info!(tables = report.tables.len(), messages, "planned and published");
+    tracing::info!(
+        tables = report.tables.len(),
+        messages,
+        "planned and published"
+    );
     let planned: Vec<_> = report
         .tables
         .iter()
@@ -246,5 +250,3 @@ async fn load_manifest(st: &PlannerState, name: &str) -> pgp::Result<Manifest> {
     }
     Manifest::from_file(&path)
 }
-
-

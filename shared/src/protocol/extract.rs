@@ -21,7 +21,10 @@ use bytes::Bytes;
 #[derive(Debug, Clone)]
 pub enum ExtractOutcome {
     /// Read from PostgreSQL into a new object.
-    Extracted { object: ObjectInfo, stats: Extracted },
+    Extracted {
+        object: ObjectInfo,
+        stats: Extracted,
+    },
     /// The chunk had an object; it was copied to a new name to announce it again.
     Reannounced { object: ObjectInfo },
     /// The chunk cannot be extracted (a permanent error): an object saying so was left

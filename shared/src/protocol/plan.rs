@@ -10,9 +10,7 @@
 //! published; a run missing none is published right here.
 
 use super::publish::{finish_run, Finished};
-use super::record::{
-    create_run_file, fingerprint, read_run_file, ChunkTask, RunFile, RunHeader,
-};
+use super::record::{create_run_file, fingerprint, read_run_file, ChunkTask, RunFile, RunHeader};
 use super::Parts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{Manifest, TableSpec};
@@ -235,8 +233,8 @@ async fn prepare_run(
             finished: None,
         });
     };
-    let ranges: Vec<KeyRange> = serde_json::from_slice(&store.get(&header.ranges).await?)
-        .map_err(|e| {
+    let ranges: Vec<KeyRange> =
+        serde_json::from_slice(&store.get(&header.ranges).await?).map_err(|e| {
             Error::storage(
                 header.ranges.as_str(),
                 format!("unreadable ranges: {e}"),
@@ -307,7 +305,10 @@ fn new_header(
     };
     let schema = plan.schema.clone().ok_or_else(|| missing("schema"))?;
     let target = plan.visible_name.clone().ok_or_else(|| missing("target"))?;
-    let load_table = plan.load_name.clone().ok_or_else(|| missing("load table"))?;
+    let load_table = plan
+        .load_name
+        .clone()
+        .ok_or_else(|| missing("load table"))?;
     let query = plan.query.clone().ok_or_else(|| missing("query"))?;
     let fp = fingerprint(
         &target,
@@ -367,13 +368,12 @@ async fn adoptable(
         {
             continue;
         }
-        let header = match super::record::read_header(parts.store.as_ref(), &r.run_id, &fresh.table)
-            .await
-        {
-            Ok(h) => h,
-            Err(e) if e.is_retriable() => return Err(e),
-            Err(_) => continue, // recorded under another manifest name, or collected
-        };
+        let header =
+            match super::record::read_header(parts.store.as_ref(), &r.run_id, &fresh.table).await {
+                Ok(h) => h,
+                Err(e) if e.is_retriable() => return Err(e),
+                Err(_) => continue, // recorded under another manifest name, or collected
+            };
         if wh.columns(&header.load_table).await?.is_some() {
             return Ok(Some(header));
         }

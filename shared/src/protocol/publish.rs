@@ -31,9 +31,7 @@ use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
 use crate::plan::Mode;
-use crate::warehouse::{
-    schema_state, RunRecord, RunState, RunUpdate, SchemaState, Transaction,
-};
+use crate::warehouse::{schema_state, RunRecord, RunState, RunUpdate, SchemaState, Transaction};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -253,12 +251,10 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         let actual = txn.columns(&h.target).await?;
         match schema_state(wh, &h.schema.columns, actual.as_deref()) {
             SchemaState::Same => {}
-            s => {
-                return Ok(AppendEnd::Refused(format!(
-                    "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
-                    h.target
-                )))
-            }
+            s => return Ok(AppendEnd::Refused(format!(
+                "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
+                h.target
+            ))),
         }
         let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
         if summary.chunks != h.chunks as u64 {

@@ -60,11 +60,15 @@ pub struct RunHeader {
 #[serde(rename_all = "snake_case")]
 pub enum RunFile {
     Run(Box<RunHeader>),
-    Resumes { run_id: String },
+    Resumes {
+        run_id: String,
+    },
     /// The request's decision to load nothing for this table (its target was up to
     /// date, or needs a backfill first), recorded so that a concurrent delivery of the
     /// same request cannot record a run that no message would then drive to its end.
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 impl RunHeader {
@@ -185,7 +189,11 @@ pub async fn read_header(store: &dyn ObjectStore, run_id: &str, table: &str) -> 
 
 /// Store the record at `key` unless one is there; returns the record that is there
 /// afterwards (ours, or the one another planner stored first).
-pub async fn create_run_file(store: &dyn ObjectStore, key: &ObjectKey, file: &RunFile) -> Result<RunFile> {
+pub async fn create_run_file(
+    store: &dyn ObjectStore,
+    key: &ObjectKey,
+    file: &RunFile,
+) -> Result<RunFile> {
     let body = serde_json::to_vec_pretty(file).expect("a run record serializes");
     match store
         .put_if_absent(key, body.into(), Metadata::new())
@@ -256,13 +264,9 @@ impl ChunkObject {
         let md = |k: &str| info.metadata.get(k).cloned();
         let failed = md("error");
         let rows = md("rows").or_else(|| failed.as_ref().map(|_| "0".to_string()));
-        let (Some(run_id), Some(table), Some(chunk), Some(chunks), Some(rows)) = (
-            md("run_id"),
-            md("table"),
-            md("chunk"),
-            md("chunks"),
-            rows,
-        ) else {
+        let (Some(run_id), Some(table), Some(chunk), Some(chunks), Some(rows)) =
+            (md("run_id"), md("table"), md("chunk"), md("chunks"), rows)
+        else {
             return Ok(None);
         };
         let bad = |what: &str| Error::Run {

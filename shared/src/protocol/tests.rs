@@ -99,9 +99,14 @@ async fn a_claimant_that_was_paused_past_a_third_of_its_lease_does_not_swap() {
         let queue = Arc::new(MemoryQueue::default());
         let mut p = parts.clone();
         p.queue = Some(queue.clone());
-        let report = plan_step(&p, &w.manifest(), &opts(&p, LoadType::Backfill, "r2"), false)
-            .await
-            .unwrap();
+        let report = plan_step(
+            &p,
+            &w.manifest(),
+            &opts(&p, LoadType::Backfill, "r2"),
+            false,
+        )
+        .await
+        .unwrap();
         let h2 = report.tables[0].header.clone().unwrap();
         let tasks = queue.take();
         let (last, rest) = tasks.split_last().unwrap();
@@ -120,7 +125,11 @@ async fn a_claimant_that_was_paused_past_a_third_of_its_lease_does_not_swap() {
         );
         (h2, ())
     };
-    assert_eq!(w.wh.swaps().len(), before, "no swap after the budget ran out");
+    assert_eq!(
+        w.wh.swaps().len(),
+        before,
+        "no swap after the budget ran out"
+    );
     assert!(w.wh.columns(&target("t")).await.unwrap().is_none());
     // Once the claim expired, the next loader takes it over and publishes, once.
     w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
@@ -231,9 +240,14 @@ async fn a_swap_that_happened_before_its_claimant_died_is_recorded_not_repeated(
     let queue = Arc::new(MemoryQueue::default());
     let mut p = parts.clone();
     p.queue = Some(queue.clone());
-    let report = plan_step(&p, &w.manifest(), &opts(&p, LoadType::Backfill, "r1"), false)
-        .await
-        .unwrap();
+    let report = plan_step(
+        &p,
+        &w.manifest(),
+        &opts(&p, LoadType::Backfill, "r1"),
+        false,
+    )
+    .await
+    .unwrap();
     let h = report.tables[0].header.clone().unwrap();
     let tasks = queue.take();
     let (last, rest) = tasks.split_last().unwrap();
@@ -253,11 +267,17 @@ async fn a_swap_that_happened_before_its_claimant_died_is_recorded_not_repeated(
     assert_eq!(w.wh.runs()[0].state, RunState::Claimed);
     // Busy while the claim is young.
     let r = finish_run(&parts, &h).await;
-    assert!(matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy), "{r:?}");
+    assert!(
+        matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy),
+        "{r:?}"
+    );
     // Once it expired: recognized by the marker, recorded, not swapped again.
     w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
     let f = finish_run(&parts, &h).await.unwrap();
-    assert!(matches!(f, Finished::AlreadyPublished { rows: 10 }), "{f:?}");
+    assert!(
+        matches!(f, Finished::AlreadyPublished { rows: 10 }),
+        "{f:?}"
+    );
     assert_eq!(w.wh.swaps().len(), 1, "not swapped twice");
     assert_eq!(w.wh.runs()[0].state, RunState::Published);
     assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10);
@@ -288,9 +308,14 @@ async fn a_chunk_whose_object_lost_rows_is_refused_before_anything_is_visible() 
     let queue = Arc::new(MemoryQueue::default());
     let mut p = parts.clone();
     p.queue = Some(queue.clone());
-    plan_step(&p, &w.manifest(), &opts(&p, LoadType::Backfill, "r1"), false)
-        .await
-        .unwrap();
+    plan_step(
+        &p,
+        &w.manifest(),
+        &opts(&p, LoadType::Backfill, "r1"),
+        false,
+    )
+    .await
+    .unwrap();
     let mut last = None;
     for (i, m) in queue.take().into_iter().enumerate() {
         let task = serde_json::from_slice(&m.data).unwrap();
@@ -315,7 +340,11 @@ async fn a_chunk_whose_object_lost_rows_is_refused_before_anything_is_visible() 
 }
 
 /// Plan an SCD append of `t` (which exists) and extract its one chunk.
-async fn append_run(w: &World, parts: &Parts, run_id: &str) -> (RunHeader, crate::storage::ObjectInfo) {
+async fn append_run(
+    w: &World,
+    parts: &Parts,
+    run_id: &str,
+) -> (RunHeader, crate::storage::ObjectInfo) {
     let queue = Arc::new(MemoryQueue::default());
     let mut p = parts.clone();
     p.queue = Some(queue.clone());
@@ -337,7 +366,14 @@ async fn a_publish_refuses_a_load_table_whose_total_differs_from_the_ledger() {
     // The chunk loads as a loader loads it ...
     let mut txn = w.wh.begin().await.unwrap();
     let n = txn
-        .copy_into(&h.load_table, &h.schema, &h.meta, &object.key, h.compression, "aaaa")
+        .copy_into(
+            &h.load_table,
+            &h.schema,
+            &h.meta,
+            &object.key,
+            h.compression,
+            "aaaa",
+        )
         .await
         .unwrap();
     txn.record_load(&crate::warehouse::LoadRecord {
@@ -354,18 +390,32 @@ async fn a_publish_refuses_a_load_table_whose_total_differs_from_the_ledger() {
     // ... and its COPY is applied a second time under the same stamp (a statement the
     // warehouse ran twice): the ledger says 10 rows, the load table holds 20.
     let mut txn = w.wh.begin().await.unwrap();
-    txn.copy_into(&h.load_table, &h.schema, &h.meta, &object.key, h.compression, "aaaa")
-        .await
-        .unwrap();
+    txn.copy_into(
+        &h.load_table,
+        &h.schema,
+        &h.meta,
+        &object.key,
+        h.compression,
+        "aaaa",
+    )
+    .await
+    .unwrap();
     txn.commit().await.unwrap();
     let f = finish_run(&parts, &h).await.unwrap();
     match f {
         Finished::Abandoned { reason } => {
-            assert!(reason.contains("postgres sent 10 rows but the warehouse loaded 20"), "{reason}")
+            assert!(
+                reason.contains("postgres sent 10 rows but the warehouse loaded 20"),
+                "{reason}"
+            )
         }
         f => panic!("{f:?}"),
     }
-    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10, "target untouched");
+    assert_eq!(
+        w.wh.row_count(&h.target).await.unwrap(),
+        10,
+        "target untouched"
+    );
 }
 
 #[tokio::test]
@@ -390,20 +440,35 @@ async fn an_append_waits_while_another_run_holds_a_fresh_swap_claim_on_the_targe
     })
     .await
     .unwrap();
-    txn.update_run(&target("t"), "swapper", &crate::warehouse::RunUpdate::Claim("c".into()))
-        .await
-        .unwrap();
+    txn.update_run(
+        &target("t"),
+        "swapper",
+        &crate::warehouse::RunUpdate::Claim("c".into()),
+    )
+    .await
+    .unwrap();
     txn.commit().await.unwrap();
     let (_, object) = append_run(&w, &parts, "scd1").await;
     let r = load_step(&parts, &object).await;
-    assert!(matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy), "{r:?}");
-    assert_eq!(w.wh.row_count(&target("t")).await.unwrap(), 10, "nothing appended");
+    assert!(
+        matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy),
+        "{r:?}"
+    );
+    assert_eq!(
+        w.wh.row_count(&target("t")).await.unwrap(),
+        10,
+        "nothing appended"
+    );
     // Once that claim expired unresolved (no marker: its swap never happened), the run
     // that held it is retired and the append goes on.
     w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
     let r = load_step(&parts, &object).await.unwrap();
     assert_eq!(r, LoadOutcome::Finished(Finished::Published { rows: 10 }));
     assert_eq!(w.wh.row_count(&target("t")).await.unwrap(), 20);
-    let swapper = w.wh.runs().into_iter().find(|r| r.run_id == "swapper").unwrap();
+    let swapper =
+        w.wh.runs()
+            .into_iter()
+            .find(|r| r.run_id == "swapper")
+            .unwrap();
     assert_eq!(swapper.state, RunState::Abandoned);
 }

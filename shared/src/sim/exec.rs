@@ -230,8 +230,9 @@ impl Executor {
             s.dead.insert(process);
             s.note(format!("CRASH process {process}"));
         }
-        let (dead, alive): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.tasks).into_iter().partition(|t| t.process == process);
+        let (dead, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .partition(|t| t.process == process);
         self.tasks = alive;
         sim.lock().unwrap().current = Some(process);
         drop(dead);

@@ -55,7 +55,9 @@ pub async fn measure(chunks: u32) -> ScaleReport {
     let source = SimSource::new(sim.clone());
     source.add(
         "SELECT id, v FROM big",
-        (1..=chunks as i64).map(|i| (i, format!("value {i}"))).collect(),
+        (1..=chunks as i64)
+            .map(|i| (i, format!("value {i}")))
+            .collect(),
     );
     let yaml = format!(
         "connection_info:\n  database: D\n  host: H\n  pass: P\n  port: PORT\n  user: U\ntables:\n  big:\n    import_db: SIM\n    import_query: SELECT id, v FROM big\n    export_schema: {SCHEMA}\n    export_table: big\n    export_table_primary_key: id\n"
@@ -81,11 +83,10 @@ pub async fn measure(chunks: u32) -> ScaleReport {
     let plan_seconds = started.elapsed().as_secs_f64();
     let header = report.tables[0].header.clone().expect("the table loads");
     assert_eq!(header.chunks, chunks, "one chunk per row");
-    let header_bytes = serde_json::to_vec_pretty(&crate::protocol::RunFile::Run(Box::new(
-        header.clone(),
-    )))
-    .unwrap()
-    .len() as u64;
+    let header_bytes =
+        serde_json::to_vec_pretty(&crate::protocol::RunFile::Run(Box::new(header.clone())))
+            .unwrap()
+            .len() as u64;
     let tasks = queue.take();
 
     let started = Instant::now();
@@ -137,7 +138,10 @@ mod tests {
         // The same statements at 10 and 10,000 chunks; the header differs by the digits
         // of the chunk count alone.
         let (a, b) = (small.events[0], loading[0]);
-        assert_eq!(a.statements, b.statements, "the same at 10 and 10,000 chunks");
+        assert_eq!(
+            a.statements, b.statements,
+            "the same at 10 and 10,000 chunks"
+        );
         assert!(b.record_bytes - a.record_bytes <= 4, "{a:?} vs {b:?}");
         let (a, b) = (*small.events.last().unwrap(), *big.events.last().unwrap());
         assert_eq!(

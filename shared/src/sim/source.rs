@@ -139,7 +139,7 @@ impl Source for SimSource {
 
     async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>> {
         let rows = self.rows(table, query)?;
-        Ok((!rows.is_empty()).then(|| 16.0))
+        Ok((!rows.is_empty()).then_some(16.0))
     }
 
     async fn copy_chunk(

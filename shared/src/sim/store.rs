@@ -66,7 +66,11 @@ impl SimStore {
         let mut st = self.state.lock().unwrap();
         let o = st.objects.get_mut(key.as_str()).expect("the object exists");
         let text = &o.data[..o.data.len().saturating_sub(1)];
-        let cut = text.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+        let cut = text
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
         o.data = o.data.slice(..cut);
     }
 
@@ -129,7 +133,11 @@ struct SimWriter {
 }
 
 impl SimWriter {
-    async fn complete(self: Box<Self>, metadata: Metadata, create_only: bool) -> Result<Option<ObjectInfo>> {
+    async fn complete(
+        self: Box<Self>,
+        metadata: Metadata,
+        create_only: bool,
+    ) -> Result<Option<ObjectInfo>> {
         let strike = self.store.op("finish", self.key.as_str()).await;
         if strike == Some(Strike::Before) {
             return Err(transient(self.key.as_str()));
@@ -189,7 +197,12 @@ impl ObjectStore for SimStore {
         Ok(data)
     }
 
-    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo> {
+    async fn copy(
+        &self,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo> {
         let strike = self.op("copy", to.as_str()).await;
         if strike == Some(Strike::Before) {
             return Err(transient(to.as_str()));
@@ -217,7 +230,10 @@ impl ObjectStore for SimStore {
             return Err(transient(key.as_str()));
         }
         let st = self.state.lock().unwrap();
-        Ok(st.objects.get(key.as_str()).map(|o| Self::info(key.as_str(), o)))
+        Ok(st
+            .objects
+            .get(key.as_str())
+            .map(|o| Self::info(key.as_str(), o)))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {

@@ -22,8 +22,8 @@ use crate::ident::TableName;
 use crate::storage::ObjectKey;
 use crate::types::ColumnType;
 use crate::warehouse::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate,
-    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, TableSchema,
+    Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,7 +53,10 @@ struct RunRow {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Insert { table: u64, rows: Vec<Row> },
+    Insert {
+        table: u64,
+        rows: Vec<Row>,
+    },
     Ledger(LoadRecord),
     RunInsert(RunRow),
     RunUpdate {
@@ -184,7 +187,11 @@ pub fn parse_staged(data: &[u8]) -> std::result::Result<Vec<Row>, String> {
             }
             '\t' | '\n' => {
                 let v = std::mem::take(&mut field);
-                row.push(if v.is_empty() && !quoted { None } else { Some(v) });
+                row.push(if v.is_empty() && !quoted {
+                    None
+                } else {
+                    Some(v)
+                });
                 quoted = false;
                 if c == '\n' {
                     rows.push(std::mem::take(&mut row));
@@ -198,7 +205,11 @@ pub fn parse_staged(data: &[u8]) -> std::result::Result<Vec<Row>, String> {
         return Err("unterminated quoted field".into());
     }
     if any {
-        row.push(if field.is_empty() && !quoted { None } else { Some(field) });
+        row.push(if field.is_empty() && !quoted {
+            None
+        } else {
+            Some(field)
+        });
         rows.push(row);
     }
     Ok(rows)
@@ -230,7 +241,11 @@ impl SimWarehouse {
 
     /// A step boundary and the fault dice for one statement.
     async fn stmt(&self, what: &str) -> Option<Strike> {
-        point_for(&self.sim, if what.starts_with("swap") { "swap" } else { "" }).await;
+        point_for(
+            &self.sim,
+            if what.starts_with("swap") { "swap" } else { "" },
+        )
+        .await;
         self.state.lock().unwrap().statements += 1;
         let mut s = self.sim.lock().unwrap();
         s.note(format!("wh {what}"));
@@ -288,13 +303,19 @@ impl SimWarehouse {
     /// Insert rows directly (a target that exists before the scenario starts).
     pub fn seed_rows(&self, t: &TableName, rows: Vec<Row>) {
         let mut st = self.state.lock().unwrap();
-        st.tables.get_mut(&name(t)).expect("seeded table exists").rows.extend(rows);
+        st.tables
+            .get_mut(&name(t))
+            .expect("seeded table exists")
+            .rows
+            .extend(rows);
     }
 }
 
 fn with_age(r: &RunRow, now: u64) -> RunRecord {
     let mut rec = r.rec.clone();
-    rec.claim_age_seconds = r.claimed_at_ms.map(|c| (now.saturating_sub(c) / 1000) as i64);
+    rec.claim_age_seconds = r
+        .claimed_at_ms
+        .map(|c| (now.saturating_sub(c) / 1000) as i64);
     rec
 }
 
@@ -574,7 +595,13 @@ impl SimTxn {
     }
 
     /// Rows of the chosen load of one chunk, if any.
-    fn chunk_rows(&self, st: &State, load_table: &TableName, run_id: &str, chunk: u32) -> Option<u64> {
+    fn chunk_rows(
+        &self,
+        st: &State,
+        load_table: &TableName,
+        run_id: &str,
+        chunk: u32,
+    ) -> Option<u64> {
         let key = (load_table.to_string(), run_id.to_string());
         let committed = st.ledger.get(&key).and_then(|l| l.chosen.get(&chunk));
         let own = self.own_ledger(load_table, run_id).get(&chunk).copied();
@@ -587,7 +614,12 @@ impl SimTxn {
     }
 
     /// The chosen load of each chunk of a run (the smallest load id).
-    fn chosen(&self, st: &State, load_table: &TableName, run_id: &str) -> BTreeMap<u32, LoadRecord> {
+    fn chosen(
+        &self,
+        st: &State,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> BTreeMap<u32, LoadRecord> {
         self.ledger(st, load_table, run_id).chosen
     }
 
@@ -661,7 +693,11 @@ impl Transaction for SimTxn {
         compression: Compression,
         load_id: &str,
     ) -> Result<u64> {
-        if self.stmt(&format!("copy {object} -> {table}")).await.is_some() {
+        if self
+            .stmt(&format!("copy {object} -> {table}"))
+            .await
+            .is_some()
+        {
             return Err(transient());
         }
         let data = self
@@ -712,7 +748,9 @@ impl Transaction for SimTxn {
             }
             r.push(Some(load_id.to_string()));
             if r.len() != t.columns.len() {
-                return Err(permanent(format!("{table} has other columns than the load")));
+                return Err(permanent(format!(
+                    "{table} has other columns than the load"
+                )));
             }
             rows.push(r);
         }
@@ -779,7 +817,11 @@ impl Transaction for SimTxn {
         schema: &TableSchema,
         run_id: &str,
     ) -> Result<u64> {
-        if self.stmt(&format!("insert chosen {from} -> {to}")).await.is_some() {
+        if self
+            .stmt(&format!("insert chosen {from} -> {to}"))
+            .await
+            .is_some()
+        {
             return Err(transient());
         }
         let st = self.wh.state.lock().unwrap();
@@ -811,7 +853,10 @@ impl Transaction for SimTxn {
             .map(|n| pos(src, n).ok_or_else(|| permanent(format!("{from} has no column {n}"))))
             .collect::<Result<_>>()?;
         if dst.columns.len() != wanted.len()
-            || wanted.iter().enumerate().any(|(i, n)| dst.columns[i].0 != *n)
+            || wanted
+                .iter()
+                .enumerate()
+                .any(|(i, n)| dst.columns[i].0 != *n)
         {
             return Err(permanent(format!("{to} does not have the run's columns")));
         }
@@ -970,7 +1015,11 @@ mod tests {
             rows,
             vec![
                 vec![Some("1".into()), None, Some("".into())],
-                vec![Some("2".into()), Some("a\tb\nc\"d".into()), Some("x".into())],
+                vec![
+                    Some("2".into()),
+                    Some("a\tb\nc\"d".into()),
+                    Some("x".into())
+                ],
             ]
         );
     }

@@ -357,7 +357,8 @@ impl World {
         let alive = self.instances[&service].clone();
         let process = alive[self.rng().rng.below(alive.len() as u64) as usize];
         let parts = self.parts(service != Service::Extractor, service == Service::Planner);
-        let (sim, topics, manifest) = (self.sim.clone(), self.topics.clone(), self.manifest.clone());
+        let (sim, topics, manifest) =
+            (self.sim.clone(), self.topics.clone(), self.manifest.clone());
         let id = msg.id;
         self.rng()
             .note(format!("deliver message {id} ({service:?}) to p{process}"));
@@ -422,7 +423,13 @@ impl World {
                     "did not settle in {} steps: {} tasks, {} messages open",
                     self.cfg.max_steps,
                     self.exec.tasks.len(),
-                    self.topics.lock().unwrap().messages.iter().filter(|m| !m.acked).count()
+                    self.topics
+                        .lock()
+                        .unwrap()
+                        .messages
+                        .iter()
+                        .filter(|m| !m.acked)
+                        .count()
                 ));
             }
             let now = self.rng().now_ms;
@@ -432,8 +439,10 @@ impl World {
                 let id = self.rng().rng.below(200) as i64;
                 let name = self.tables[t].name.clone();
                 self.rng().note(format!("pg INSERT id {id} into {name}"));
-                self.source
-                    .insert(&format!("SELECT id, v FROM {name}"), (id, format!("new{id}")));
+                self.source.insert(
+                    &format!("SELECT id, v FROM {name}"),
+                    (id, format!("new{id}")),
+                );
             }
             for ev in self.store.take_events() {
                 self.topics.lock().unwrap().push(Payload::Object(ev), now);
@@ -550,7 +559,10 @@ impl World {
                         || reason.contains("claim expired")
                         || self.corrupted();
                     if !expected {
-                        return Err(format!("run {} of {} abandoned: {reason}", r.run_id, r.target));
+                        return Err(format!(
+                            "run {} of {} abandoned: {reason}",
+                            r.run_id, r.target
+                        ));
                     }
                 }
                 s => {
@@ -590,7 +602,9 @@ impl World {
                 || reason.contains("claim expired")
                 || self.corrupted();
             if !expected {
-                return Err(format!("a message was rejected as permanent: {reason} ({msg})"));
+                return Err(format!(
+                    "a message was rejected as permanent: {reason} ({msg})"
+                ));
             }
         }
         Ok(())
@@ -600,6 +614,9 @@ impl World {
         false
     }
 }
+
+/// A table's column names and rows, as [`SimWarehouse::dump`] gives them.
+type Dump = (Vec<String>, Vec<Vec<Option<String>>>);
 
 /// What a target must hold: the snapshot of the last swap published into it (or the
 /// rows it had before), then one snapshot per append published after that swap; every
@@ -613,7 +630,7 @@ fn check_target(
     all: &BTreeMap<i64, String>,
     runs: &[crate::warehouse::RunRecord],
     publishes: &[(String, String)],
-    dump: Option<(Vec<String>, Vec<Vec<Option<String>>>)>,
+    dump: Option<Dump>,
     corrupted: bool,
 ) -> Result<(), String> {
     let mode = |run: &str| {
@@ -699,7 +716,10 @@ fn check_target(
         g.sort();
         for w in g.windows(2) {
             if w[0].0 == w[1].0 {
-                return Err(format!("{name}: id {} twice in the snapshot of {at}", w[0].0));
+                return Err(format!(
+                    "{name}: id {} twice in the snapshot of {at}",
+                    w[0].0
+                ));
             }
         }
         for (id, v) in &g {
@@ -739,7 +759,9 @@ pub fn scenario(seed: u64) -> (Vec<SimTable>, Vec<SimRequest>) {
             id += 1 + r.below(4) as i64;
             ids.push(id);
         }
-        ids.into_iter().map(|i| (i, format!("v{i}x{}", r.below(1000)))).collect()
+        ids.into_iter()
+            .map(|i| (i, format!("v{i}x{}", r.below(1000))))
+            .collect()
     };
     let n1 = r.below(40);
     let n2 = r.below(20);

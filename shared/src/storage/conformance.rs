@@ -71,14 +71,20 @@ pub async fn run(store: &dyn ObjectStore) {
         .await
         .unwrap();
     assert!(again.is_none(), "a create-only write replaced an object");
-    assert_eq!(store.get(&claim).await.unwrap(), Bytes::from_static(b"first"));
+    assert_eq!(
+        store.get(&claim).await.unwrap(),
+        Bytes::from_static(b"first")
+    );
 
     // a copy is a new object with its own metadata
     let copy = ObjectKey::parse("conf/t/run1/record.copy.json").unwrap();
     let md: super::Metadata = [("attempt".to_string(), "2".to_string())].into();
     let info = store.copy(&claim, &copy, md).await.unwrap();
     assert_eq!(info.size, 5);
-    assert_eq!(store.get(&copy).await.unwrap(), Bytes::from_static(b"first"));
+    assert_eq!(
+        store.get(&copy).await.unwrap(),
+        Bytes::from_static(b"first")
+    );
     let head = store.head(&copy).await.unwrap().unwrap();
     assert_eq!(head.metadata.get("attempt").map(String::as_str), Some("2"));
     store.delete(&claim).await.unwrap();

@@ -126,7 +126,11 @@ impl GcsStore {
             .headers(http::Extensions::new())
             .await
             .map_err(|e| {
-                Error::storage(self.url(), format!("credentials: {e}"), ErrorKind::Transient)
+                Error::storage(
+                    self.url(),
+                    format!("credentials: {e}"),
+                    ErrorKind::Transient,
+                )
             })?;
         Ok(match headers {
             CacheableResource::New { data, .. } => req.headers(data),
@@ -140,7 +144,9 @@ impl GcsStore {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<Option<serde_json::Value>> {
-        self.json_unless(what, req, None).await.map(|r| r.ok().flatten())
+        self.json_unless(what, req, None)
+            .await
+            .map(|r| r.ok().flatten())
     }
 
     /// Send a JSON API request; `Ok(None)` on 404, `Err(status)` inside `Ok` when the
@@ -151,12 +157,9 @@ impl GcsStore {
         req: reqwest::RequestBuilder,
         unless: Option<reqwest::StatusCode>,
     ) -> Result<std::result::Result<Option<serde_json::Value>, reqwest::StatusCode>> {
-        let resp = self
-            .auth(req)
-            .await?
-            .send()
-            .await
-            .map_err(|e| Error::storage(what, format!("request failed: {e}"), ErrorKind::Transient))?;
+        let resp = self.auth(req).await?.send().await.map_err(|e| {
+            Error::storage(what, format!("request failed: {e}"), ErrorKind::Transient)
+        })?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(Ok(None));
@@ -309,9 +312,9 @@ impl ObjectWriter for GcsWriter {
 
     async fn finish(self: Box<Self>, metadata: Metadata) -> Result<ObjectInfo> {
         let key = self.key.clone();
-        self.complete(metadata, false).await?.ok_or_else(|| {
-            Error::storage(key.as_str(), "rewrite refused", ErrorKind::Transient)
-        })
+        self.complete(metadata, false)
+            .await?
+            .ok_or_else(|| Error::storage(key.as_str(), "rewrite refused", ErrorKind::Transient))
     }
 
     async fn finish_if_absent(self: Box<Self>, metadata: Metadata) -> Result<Option<ObjectInfo>> {
@@ -431,7 +434,12 @@ impl ObjectStore for GcsStore {
         Ok(Bytes::from(out))
     }
 
-    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo> {
+    async fn copy(
+        &self,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo> {
         self.rewrite(from.as_str(), to, &metadata, false)
             .await?
             .ok_or_else(|| Error::storage(to.as_str(), "rewrite refused", ErrorKind::Transient))

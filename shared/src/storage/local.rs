@@ -233,7 +233,12 @@ impl ObjectStore for LocalStore {
             .map_err(|e| Error::storage_io(key.as_str(), e))
     }
 
-    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo> {
+    async fn copy(
+        &self,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo> {
         // Copy the file into a writer's temporary file (streamed by the kernel), then
         // finish as any write does.
         let mut w = self.local_writer(to).await?;

@@ -106,7 +106,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
     /// Copy `from` to a new object `to` with `metadata`, in the store (GCS: a rewrite,
     /// which finalizes `to` and so announces it like any write).
-    async fn copy(&self, from: &ObjectKey, to: &ObjectKey, metadata: Metadata) -> Result<ObjectInfo>;
+    async fn copy(
+        &self,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo>;
     /// Stream an object into a local file (bounded memory); returns its size.
     async fn copy_to_file(&self, key: &ObjectKey, path: &Path) -> Result<u64>;
     /// Metadata of one object, `None` when absent.

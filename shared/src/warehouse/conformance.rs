@@ -6,8 +6,8 @@
 //! one object must simply be a second attempt).
 
 use super::{
-    schema_state, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, SchemaState,
-    TableSchema, Warehouse, LOAD_ID,
+    schema_state, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, SchemaState, TableSchema,
+    Warehouse, LOAD_ID,
 };
 use crate::format::Compression;
 use crate::ident::{Ident, TableName};
@@ -208,7 +208,10 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         txn.chunk_loaded(&load_table, "run1", 0).await.unwrap(),
         Some(2)
     );
-    assert_eq!(txn.chunk_loaded(&load_table, "run1", 1).await.unwrap(), None);
+    assert_eq!(
+        txn.chunk_loaded(&load_table, "run1", 1).await.unwrap(),
+        None
+    );
     txn.rollback().await.unwrap();
 
     // a rolled-back load leaves neither rows nor a ledger row
@@ -230,7 +233,10 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     .unwrap();
     txn.rollback().await.unwrap();
     assert_eq!(wh.row_count(&load_table).await.unwrap(), 2);
-    assert_eq!(wh.loaded_chunks(&load_table, "run1").await.unwrap(), vec![0]);
+    assert_eq!(
+        wh.loaded_chunks(&load_table, "run1").await.unwrap(),
+        vec![0]
+    );
 
     // a transaction dropped half-way is rolled back before the next one starts
     {
@@ -255,7 +261,10 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     let s = txn.ledger_summary(&load_table, "run1").await.unwrap();
     assert_eq!((s.chunks, s.rows), (2, 3));
     assert_eq!(
-        txn.ledger_summary(&load_table, "other").await.unwrap().chunks,
+        txn.ledger_summary(&load_table, "other")
+            .await
+            .unwrap()
+            .chunks,
         0
     );
     txn.rollback().await.unwrap();
@@ -308,9 +317,15 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     assert_eq!(wh.row_count(&target).await.unwrap(), 3);
     let mut txn = wh.begin().await.unwrap();
     let published = txn.run(&target, "run1").await.unwrap().unwrap();
-    assert_eq!((published.state, published.rows), (RunState::Published, Some(3)));
+    assert_eq!(
+        (published.state, published.rows),
+        (RunState::Published, Some(3))
+    );
     let cols_in_txn = txn.columns(&target).await.unwrap().unwrap();
-    assert_eq!(schema_state(wh, &cols, Some(&cols_in_txn)), SchemaState::Same);
+    assert_eq!(
+        schema_state(wh, &cols, Some(&cols_in_txn)),
+        SchemaState::Same
+    );
     txn.update_run(
         &target,
         "run1",
@@ -390,7 +405,9 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     let other = TableName::new(schema.clone(), Ident::parse("t", "fresh").unwrap());
     let other_new = other.with_suffix("_PGP_SWAP_run4_x").unwrap();
     wh.create_table(&other_new, &ts, false).await.unwrap();
-    wh.swap_in(&other_new, &other, "pgp run run4").await.unwrap();
+    wh.swap_in(&other_new, &other, "pgp run run4")
+        .await
+        .unwrap();
     assert!(wh.columns(&other).await.unwrap().is_some());
     assert_eq!(wh.columns(&other_new).await.unwrap(), None);
     assert_eq!(

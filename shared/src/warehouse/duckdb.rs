@@ -10,8 +10,8 @@
 //! connection, and the next user rolls it back before anything else.
 
 use super::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate,
-    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, TableSchema,
+    Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
@@ -320,7 +320,7 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn run_row(r: &duckdb::Row<'_>) -> duckdb::Result<(Vec<String>, i64, Option<String>, Option<i64>, Option<i64>, Option<String>)> {
+fn run_row(r: &duckdb::Row<'_>) -> duckdb::Result<RawRun> {
     Ok((
         vec![
             r.get::<_, String>(0)?,
@@ -339,7 +339,14 @@ fn run_row(r: &duckdb::Row<'_>) -> duckdb::Result<(Vec<String>, i64, Option<Stri
     ))
 }
 
-type RawRun = (Vec<String>, i64, Option<String>, Option<i64>, Option<i64>, Option<String>);
+type RawRun = (
+    Vec<String>,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
 
 fn to_record(target: &TableName, load_table: &TableName, raw: RawRun) -> Result<RunRecord> {
     let (s, chunks, claim, age, rows, reason) = raw;
@@ -365,7 +372,11 @@ fn to_record(target: &TableName, load_table: &TableName, raw: RawRun) -> Result<
 /// Parse `schema.table` as the ledger stores it.
 pub(crate) fn parse_table(s: &str) -> Result<TableName> {
     let (schema, table) = s.split_once('.').ok_or_else(|| {
-        Error::warehouse("run table", format!("bad table name {s:?}"), ErrorKind::Permanent)
+        Error::warehouse(
+            "run table",
+            format!("bad table name {s:?}"),
+            ErrorKind::Permanent,
+        )
     })?;
     Ok(TableName::new(
         crate::ident::Ident::parse("schema", schema)?,
@@ -522,7 +533,11 @@ impl DuckTxn {
 
     async fn end(mut self: Box<Self>, stmt: &'static str) -> Result<()> {
         let guard = self.guard.take().ok_or_else(|| {
-            Error::warehouse("duckdb transaction", "connection lost", ErrorKind::Transient)
+            Error::warehouse(
+                "duckdb transaction",
+                "connection lost",
+                ErrorKind::Transient,
+            )
         })?;
         blocking(guard, move |s| {
             let r = s.conn.execute_batch(stmt).map_err(db_err(stmt));
@@ -660,8 +675,12 @@ impl Transaction for DuckTxn {
         );
         let (t, run) = (from.to_string(), run_id.to_string());
         let e = db_err(format!("publish {from} into {to}"));
-        self.op(move |c| c.execute(&sql, params![t, run]).map(|n| n as u64).map_err(e))
-            .await
+        self.op(move |c| {
+            c.execute(&sql, params![t, run])
+                .map(|n| n as u64)
+                .map_err(e)
+        })
+        .await
     }
 
     async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>> {

@@ -185,8 +185,12 @@ pub struct RunRecord {
 pub enum RunUpdate {
     /// Claim the swap under a fresh claim id; the claim time is the warehouse's now.
     Claim(String),
-    Published { rows: u64 },
-    Abandoned { reason: String },
+    Published {
+        rows: u64,
+    },
+    Abandoned {
+        reason: String,
+    },
 }
 
 /// A warehouse pgp loads into.
@@ -202,8 +206,12 @@ pub trait Warehouse: Send + Sync {
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// Create a table (and its schema) with these columns unless it exists; `stamped`
     /// adds the [`LOAD_ID`] column of load tables.
-    async fn create_table(&self, table: &TableName, schema: &TableSchema, stamped: bool)
-        -> Result<()>;
+    async fn create_table(
+        &self,
+        table: &TableName,
+        schema: &TableSchema,
+        stamped: bool,
+    ) -> Result<()>;
     /// Make `target` lockable by [`Transaction::lock`] (idempotent DDL, run before the
     /// transaction that locks it).
     async fn prepare_lock(&self, target: &TableName) -> Result<()>;
@@ -256,8 +264,11 @@ pub trait Transaction: Send {
         chunk: u32,
     ) -> Result<Option<u64>>;
     /// The ledger's chunks and rows for a run (one statement, one row back).
-    async fn ledger_summary(&mut self, load_table: &TableName, run_id: &str)
-        -> Result<LedgerSummary>;
+    async fn ledger_summary(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<LedgerSummary>;
     /// Insert into `to` the rows of `from` that the chosen attempt of each chunk of the
     /// run loaded (the smallest load id per chunk in the ledger), without the stamp;
     /// returns the rows inserted.
@@ -275,8 +286,12 @@ pub trait Transaction: Send {
     /// Add a run (state `planned`).
     async fn insert_run(&mut self, run: &RunRecord) -> Result<()>;
     /// Change a run's state.
-    async fn update_run(&mut self, target: &TableName, run_id: &str, update: &RunUpdate)
-        -> Result<()>;
+    async fn update_run(
+        &mut self,
+        target: &TableName,
+        run_id: &str,
+        update: &RunUpdate,
+    ) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
     async fn rollback(self: Box<Self>) -> Result<()>;
 }

@@ -1,7 +1,6 @@
 //! Bad input gets a clear error and loses nothing: unreachable database, failing
 //! query, unknown placeholder, secret-like placeholder; other tables still load.
 
-
 use crate::common::*;
 use pgp::plan::LoadType;
 use pgp::run::Outcome;

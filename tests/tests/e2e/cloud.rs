@@ -729,29 +729,44 @@ async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
     let query = |sql: &str| {
         let mut c = client();
         let sql = sql.to_string();
-        async move { c.query(&sql).await.map(|r| r.rows).map_err(|e| e.to_string()) }
+        async move {
+            c.query(&sql)
+                .await
+                .map(|r| r.rows)
+                .map_err(|e| e.to_string())
+        }
     };
     // Chunk 2's finalize event of the first run never arrives.
     s.feeder.lose.lock().unwrap().push("/stall-1/00002.".into());
-    s.request(serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
-        "tables": ["big"], "chunk_rows": 700, "run_id": "stall-1"}))
-        .await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 700, "run_id": "stall-1"}),
+    )
+    .await;
 
     // Kill loaders while they work; the platform restarts them on the same port.
     let mut rng = 0x5eed_u64;
     let mut next = || {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         rng >> 33
     };
     let seven = "SELECT COUNT(DISTINCT CHUNK)::TEXT FROM SFRACE.\"_PGP\".LOAD_LEDGER WHERE RUN_ID = 'stall-1'";
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut kills = 0;
     loop {
-        let loaded = query(seven).await.ok().and_then(|r| r.first().and_then(|r| r[0].clone()));
+        let loaded = query(seven)
+            .await
+            .ok()
+            .and_then(|r| r.first().and_then(|r| r[0].clone()));
         if loaded.as_deref() == Some("7") {
             break;
         }
-        assert!(Instant::now() < deadline, "the first run did not load its 7 chunks: {loaded:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the first run did not load its 7 chunks: {loaded:?}"
+        );
         if kills < 4 {
             let victim = 1 + (next() as usize % 2);
             tokio::time::sleep(Duration::from_millis(200 + next() % 1500)).await;
@@ -770,13 +785,20 @@ async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
         .await
         .unwrap();
     assert_eq!(state, vec![vec![Some("planned".to_string())]]);
-    assert!(query("SELECT COUNT(*) FROM SFRACE.SFRACE.BIG").await.is_err(), "no target yet");
+    assert!(
+        query("SELECT COUNT(*) FROM SFRACE.SFRACE.BIG")
+            .await
+            .is_err(),
+        "no target yet"
+    );
 
     // Requested again under a new run id: the stalled run is resumed.
     s.feeder.lose.lock().unwrap().clear();
-    s.request(serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
-        "tables": ["big"], "chunk_rows": 700, "run_id": "stall-2"}))
-        .await;
+    s.request(
+        serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
+        "tables": ["big"], "chunk_rows": 700, "run_id": "stall-2"}),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let n = query("SELECT COUNT(*) FROM SFRACE.SFRACE.BIG").await;
@@ -790,10 +812,13 @@ async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    s.planner.wait_for("resuming an unfinished run", Duration::from_secs(5));
-    let sf = query("SELECT \"ID\"::TEXT, \"PAYLOAD\", \"AMOUNT\"::TEXT FROM SFRACE.SFRACE.BIG ORDER BY \"ID\"")
-        .await
-        .unwrap();
+    s.planner
+        .wait_for("resuming an unfinished run", Duration::from_secs(5));
+    let sf = query(
+        "SELECT \"ID\"::TEXT, \"PAYLOAD\", \"AMOUNT\"::TEXT FROM SFRACE.SFRACE.BIG ORDER BY \"ID\"",
+    )
+    .await
+    .unwrap();
     let pg = s
         .pg("SELECT id::text, payload, amount::text FROM big ORDER BY big.id")
         .await;

@@ -1,8 +1,6 @@
 //! Shared helpers of the end-to-end tests: a temp folder with local storage and a
 //! DuckDB file, a fresh PostgreSQL database, and runs of the real pipeline.
 
-
-
 use chrono::{DateTime, Utc};
 use pgp::manifest::Manifest;
 use pgp::plan::LoadType;

@@ -1,7 +1,6 @@
 //! Every value arrives exactly as PostgreSQL holds it: PostgreSQL -> COPY -> gzip
 //! object -> DuckDB, compared value by value against PostgreSQL itself.
 
-
 use crate::common::*;
 use pgp::plan::LoadType;
 use pgp::run::Outcome;

@@ -3,7 +3,6 @@
 //! queries, and plans against GitLab's own schema (`structure.sql`) loaded into the
 //! test server. Skips with a printed reason when the kit is not beside the repo.
 
-
 use pgp::manifest::Manifest;
 use pgp::plan::{Action, LoadType};
 use pgp::query::{classify, full_table_query, with_filtering, Kind};

@@ -1,9 +1,8 @@
 //! The four load types end to end: scd, incremental, backfill (chunked, resumable,
 //! swapped), test; schema-change triggers; idempotent retries.
 
-
-use chrono::{TimeZone, Utc};
 use crate::common::*;
+use chrono::{TimeZone, Utc};
 use pgp::plan::LoadType;
 use pgp::run::Outcome;
 
@@ -349,7 +348,10 @@ async fn a_backfill_that_fails_for_good_leaves_the_target_and_the_next_one_start
     let reason = w.duck("SELECT state, reason FROM _pgp.runs WHERE run_id = 'first'");
     assert_eq!(reason[0][0].as_deref(), Some("abandoned"));
     assert!(
-        reason[0][1].as_deref().unwrap().contains("division by zero"),
+        reason[0][1]
+            .as_deref()
+            .unwrap()
+            .contains("division by zero"),
         "{reason:?}"
     );
     assert!(!w.duck_has_table("ev", "events_PGP_LOAD_first"));

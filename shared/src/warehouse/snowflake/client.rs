@@ -461,9 +461,11 @@ async fn read_json(cfg: &SnowflakeConfig, resp: reqwest::Response) -> Result<ser
     })?;
     // A server error is transient whatever its body says (Snowflake's documented 5xx
     // answers; an emulator's unhandled exception, such as a transaction conflict).
-    if !status.is_success() && (status.is_server_error() || v["success"].as_bool() != Some(false))
-    {
-        let message = v["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    if !status.is_success() && (status.is_server_error() || v["success"].as_bool() != Some(false)) {
+        let message = v["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
         return Err(Error::warehouse(
             cfg.display(),
             format!("HTTP {status}: {message}"),

@@ -43,8 +43,8 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate,
-    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, TableSchema,
+    Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -310,7 +310,10 @@ fn copy_rows(cfg: &SnowflakeConfig, object: &ObjectKey, r: &Rows) -> Result<u64>
         // the object is missing from the stage, which waiting does not fix.
         return Err(Error::warehouse(
             ctx,
-            format!("COPY loaded no file (is {object} in the stage?): {:?}", r.rows),
+            format!(
+                "COPY loaded no file (is {object} in the stage?): {:?}",
+                r.rows
+            ),
             ErrorKind::Permanent,
         ));
     };
@@ -476,8 +479,10 @@ impl Warehouse for Snowflake {
         // it), so that `lock` inside one finds it. One row, never deleted; a race may
         // insert two, which changes nothing (the lock is the UPDATE's, on the table).
         let lock = lock_table(&self.cfg, target);
-        self.query(&format!("CREATE TABLE IF NOT EXISTS {lock} (N NUMBER(38,0))"))
-            .await?;
+        self.query(&format!(
+            "CREATE TABLE IF NOT EXISTS {lock} (N NUMBER(38,0))"
+        ))
+        .await?;
         self.query(&format!(
             "INSERT INTO {lock} (N) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {lock})"
         ))
@@ -569,7 +574,11 @@ impl Warehouse for Snowflake {
                 lit(run_id)
             ))
             .await?;
-        Ok(r.rows.iter().filter_map(|row| num(&row[0])).map(|c| c as u32).collect())
+        Ok(r.rows
+            .iter()
+            .filter_map(|row| num(&row[0]))
+            .map(|c| c as u32)
+            .collect())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
@@ -603,7 +612,10 @@ impl SfTxn {
     }
 
     async fn end(mut self: Box<Self>, stmt: &str) -> Result<()> {
-        let mut c = self.client.take().expect("an open transaction has its session");
+        let mut c = self
+            .client
+            .take()
+            .expect("an open transaction has its session");
         let r = c.query(stmt).await;
         if r.is_ok() || stmt == "ROLLBACK" {
             c.in_txn = false;
@@ -749,7 +761,10 @@ impl Transaction for SfTxn {
             lit(run_id)
         );
         let r = self.q(&sql).await?;
-        Ok(r.rows.first().and_then(|row| num(&row[0])).map(|n| n as u64))
+        Ok(r.rows
+            .first()
+            .and_then(|row| num(&row[0]))
+            .map(|n| n as u64))
     }
 
     async fn ledger_summary(
