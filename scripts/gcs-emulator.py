@@ -12,6 +12,13 @@ but two emulator gaps break it (both documented in the team kit's README):
 3. `rewriteTo` ignores the destination resource in the request body; real GCS applies
    its `metadata`/`contentType` to the new object (pgp's extractor finalizes a chunk by
    rewriting its upload to the final name with the row count in the metadata).
+4. `rewriteTo` ignores the `ifGenerationMatch` precondition. Real GCS, given
+   `ifGenerationMatch=0`, writes the destination only if no live object has its name
+   and otherwise answers 412 Precondition Failed
+   (https://cloud.google.com/storage/docs/request-preconditions); pgp's planner creates
+   a run's record that way, so that of two planners of one request exactly one wins.
+   We check the destination and answer 412 as GCS does (a check-then-write: the
+   emulator serves one request at a time, so nothing comes between the two).
 
 Nothing else is changed: uploads, metadata, listing and deletes are the emulator's own.
 Usage: gcs-emulator.py -d DIR start --host 127.0.0.1 --port PORT --default-bucket B
@@ -53,6 +60,20 @@ _orig_rewrite = objects.rewrite
 
 
 def _rewrite(request, response, storage, *args, **kwargs):
+    if request.query.get("ifGenerationMatch") == ["0"]:
+        try:
+            storage.get_file_obj(
+                request.params["dest_bucket_name"], request.params["dest_object_id"]
+            )
+            exists = True
+        except Exception:  # NotFound: the name is free
+            exists = False
+        if exists:
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json(
+                {"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold."}}
+            )
+            return
     _orig_rewrite(request, response, storage, *args, **kwargs)
     body = request.data
     if not isinstance(body, dict) or not body or response.status != HTTPStatus.OK:

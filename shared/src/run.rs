@@ -213,10 +213,19 @@ impl Pipeline {
         progress: &dyn Progress,
     ) -> Result<RunReport> {
         let parts = self.parts();
-        let report = retry("plan", opts.attempts, || {
+        let report = match retry("plan", opts.attempts, || {
             plan_step(&parts, manifest, opts, opts.extract_only)
         })
-        .await?;
+        .await
+        {
+            Ok(r) => r,
+            // The source never answered (or its configuration is missing): every table
+            // fails with the reason; the warehouse was not touched.
+            Err(e @ (Error::Source { .. } | Error::SourceConfig(_))) => {
+                return source_failed(manifest, opts, &e, progress)
+            }
+            Err(e) => return Err(e),
+        };
         let live: Mutex<HashMap<String, Live>> = Mutex::new(HashMap::new());
         let mut order = Vec::new();
         let mut tasks: Vec<ChunkTask> = Vec::new();
@@ -367,6 +376,43 @@ impl Pipeline {
             tables,
         })
     }
+}
+
+/// The report of a run whose source could not be reached: every table failed.
+fn source_failed(
+    manifest: &Manifest,
+    opts: &RunOptions,
+    e: &Error,
+    progress: &dyn Progress,
+) -> Result<RunReport> {
+    let specs = crate::protocol::plan::select_tables(manifest, &opts.tables)?;
+    let tables = specs
+        .into_iter()
+        .map(|spec| {
+            let plan = TablePlan::error(spec, e);
+            progress.table_started(&plan);
+            let r = TableReport {
+                table: plan.table.clone(),
+                target: plan.target.clone(),
+                kind: plan.kind,
+                outcome: Outcome::Failed(e.to_string()),
+                rows: 0,
+                bytes: 0,
+                object_bytes: 0,
+                chunks: 0,
+                resumed: None,
+                seconds: 0.0,
+            };
+            progress.table_finished(&r);
+            r
+        })
+        .collect();
+    Ok(RunReport {
+        run_id: opts.run_id.clone(),
+        load_type: opts.load_type,
+        window: None,
+        tables,
+    })
 }
 
 fn initial_report(t: &PlannedTable, run_id: &str) -> TableReport {

@@ -251,10 +251,12 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         let actual = txn.columns(&h.target).await?;
         match schema_state(wh, &h.schema.columns, actual.as_deref()) {
             SchemaState::Same => {}
-            s => return Ok(AppendEnd::Refused(format!(
+            s => {
+                return Ok(AppendEnd::Refused(format!(
                 "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
                 h.target
-            ))),
+            )))
+            }
         }
         let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
         if summary.chunks != h.chunks as u64 {

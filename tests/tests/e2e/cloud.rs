@@ -628,6 +628,12 @@ async fn the_services_load_into_snowflake() {
     .await
     .unwrap();
     assert_eq!(loads[0][0].as_deref(), Some("4"), "four chunks: {loads:?}");
+    // Readers see the swap first; the loader records it right after.
+    wait(
+        "SELECT STATE FROM SFSVC.\"_PGP\".RUNS WHERE RUN_ID = 'sf-big-1'",
+        "published",
+    )
+    .await;
     let runs = query(
         "SELECT MODE, STATE, ROWS::TEXT FROM SFSVC.\"_PGP\".RUNS WHERE RUN_ID = 'sf-big-1'".into(),
     )

@@ -181,13 +181,24 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
     }
     // every chunk in the load ledger, one publish
     let loads = c
-        .query("SELECT COUNT(*) FROM TAPDB.\"_PGP\".LOADS")
+        .query("SELECT COUNT(DISTINCT CHUNK) FROM TAPDB.\"_PGP\".LOAD_LEDGER")
         .await
         .unwrap();
     assert_eq!(loads.scalar(), Some("3"));
+    let runs = c
+        .query("SELECT STATE, ROWS FROM TAPDB.\"_PGP\".RUNS")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.rows,
+        vec![vec![
+            Some("published".to_string()),
+            Some("2000".to_string())
+        ]]
+    );
 
     // A source column added: the SCD run sees the changed schema and re-syncs through
-    // `_TEMP` and the swap (rename fallback here) onto the existing target.
+    // a swap table and the swap (rename fallback here) onto the existing target.
     db.exec("ALTER TABLE notes ADD COLUMN extra int DEFAULT 7")
         .await;
     tap(&manifest, &e, &["--load-type", "scd"]).await;
@@ -212,11 +223,7 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
         "SELECT COUNT(*), COUNT(\"EXTRA\"), MIN(\"EXTRA\"), MAX(\"EXTRA\"), COUNT(DISTINCT \"_UPLOADED_AT\") FROM TAPDB.SFTAP.NOTES";
     assert_eq!(q(counts).await, "2000|2000|7|7|1");
     let tables = "SELECT TABLE_NAME FROM TAPDB.INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = 'SFTAP' ORDER BY 1";
-    assert_eq!(
-        q(tables).await,
-        "NOTES",
-        "no _TEMP, stage or old table left"
-    );
+    assert_eq!(q(tables).await, "NOTES", "no load, swap or old table left");
 
     // Same schema: the next SCD run appends a second snapshot.
     tap(&manifest, &e, &["--load-type", "scd"]).await;

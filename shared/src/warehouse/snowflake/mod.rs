@@ -59,6 +59,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub struct Snowflake {
     cfg: SnowflakeConfig,
     client: Arc<Mutex<Client>>,
+    /// Emulator only (`copy=staged`): a second session for the scratch tables a load
+    /// copies into, which must be created outside the loading transaction (fakesnow
+    /// cannot run DDL inside one).
+    side: Arc<Mutex<Option<Client>>>,
     ready: tokio::sync::OnceCell<()>,
 }
 
@@ -348,6 +352,7 @@ impl Snowflake {
         Ok(Snowflake {
             cfg,
             client: Arc::new(Mutex::new(client)),
+            side: Arc::new(Mutex::new(None)),
             ready: tokio::sync::OnceCell::new(),
         })
     }
@@ -499,6 +504,9 @@ impl Warehouse for Snowflake {
     async fn swap_in(&self, from: &TableName, to: &TableName, marker: &str) -> Result<()> {
         self.setup().await?;
         let mut c = self.session().await?;
+        let comment = format!("COMMENT ON TABLE {} IS {}", self.table(to), lit(marker));
+        // Snowflake keeps a table's comment through RENAME and SWAP WITH swaps it with
+        // the rest of the metadata, so marking `from` first marks the new `to`.
         c.query(&format!(
             "COMMENT ON TABLE {} IS {}",
             self.table(from),
@@ -513,37 +521,41 @@ impl Warehouse for Snowflake {
                 self.table(to)
             ))
             .await?;
-            return Ok(());
+        } else {
+            match self.cfg.swap {
+                SwapMode::Swap => {
+                    c.query(&swap_sql(&self.table(from), &self.table(to)))
+                        .await?;
+                }
+                SwapMode::Rename => {
+                    // Emulator only: not atomic for readers (see the module doc).
+                    let old = to.with_suffix("_PGP_OLD")?;
+                    c.query(&format!("DROP TABLE IF EXISTS {}", self.table(&old)))
+                        .await?;
+                    c.query(&format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        self.table(to),
+                        self.table(&old)
+                    ))
+                    .await?;
+                    c.query(&format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        self.table(from),
+                        self.table(to)
+                    ))
+                    .await?;
+                    c.query(&format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        self.table(&old),
+                        self.table(from)
+                    ))
+                    .await?;
+                }
+            }
         }
-        match self.cfg.swap {
-            SwapMode::Swap => {
-                c.query(&swap_sql(&self.table(from), &self.table(to)))
-                    .await?;
-            }
-            SwapMode::Rename => {
-                // Emulator only: not atomic for readers (see the module doc).
-                let old = to.with_suffix("_PGP_OLD")?;
-                c.query(&format!("DROP TABLE IF EXISTS {}", self.table(&old)))
-                    .await?;
-                c.query(&format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    self.table(to),
-                    self.table(&old)
-                ))
-                .await?;
-                c.query(&format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    self.table(from),
-                    self.table(to)
-                ))
-                .await?;
-                c.query(&format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    self.table(&old),
-                    self.table(from)
-                ))
-                .await?;
-            }
+        if self.cfg.swap == SwapMode::Rename {
+            // The emulator drops comments on rename: mark the new table again.
+            c.query(&comment).await?;
         }
         Ok(())
     }
@@ -583,12 +595,13 @@ impl Warehouse for Snowflake {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         self.setup().await?;
-        let mut c = self.session().await?;
-        c.query("BEGIN").await?;
-        c.in_txn = true;
+        let c = self.session().await?;
         Ok(Box::new(SfTxn {
             cfg: self.cfg.clone(),
             client: Some(c),
+            begun: false,
+            side: self.side.clone(),
+            scratch: Vec::new(),
         }))
     }
 }
@@ -597,9 +610,17 @@ impl Warehouse for Snowflake {
 struct SfTxn {
     cfg: SnowflakeConfig,
     client: Option<OwnedMutexGuard<Client>>,
+    /// `BEGIN` was sent. It is sent before the first write: reads before it run on
+    /// their own, which under READ COMMITTED sees what a read inside would, and an
+    /// emulator scratch table created before it is visible to the transaction.
+    begun: bool,
+    side: Arc<Mutex<Option<Client>>>,
+    /// Scratch tables to drop once the transaction ended (emulator only).
+    scratch: Vec<String>,
 }
 
 impl SfTxn {
+    /// A read.
     async fn q(&mut self, sql: &str) -> Result<Rows> {
         match self.client.as_mut() {
             Some(c) => c.query(sql).await,
@@ -611,16 +632,46 @@ impl SfTxn {
         }
     }
 
+    /// A write: inside the transaction, begun first if need be.
+    async fn w(&mut self, sql: &str) -> Result<Rows> {
+        if !self.begun {
+            self.q("BEGIN").await?;
+            self.begun = true;
+            if let Some(c) = self.client.as_mut() {
+                c.in_txn = true;
+            }
+        }
+        self.q(sql).await
+    }
+
     async fn end(mut self: Box<Self>, stmt: &str) -> Result<()> {
         let mut c = self
             .client
             .take()
             .expect("an open transaction has its session");
-        let r = c.query(stmt).await;
+        let r = if self.begun {
+            c.query(stmt).await.map(|_| ())
+        } else {
+            Ok(())
+        };
         if r.is_ok() || stmt == "ROLLBACK" {
             c.in_txn = false;
         }
-        r.map(|_| ())
+        if !c.in_txn {
+            for t in std::mem::take(&mut self.scratch) {
+                let _ = c.query(&format!("DROP TABLE IF EXISTS {t}")).await;
+            }
+        }
+        r
+    }
+
+    /// Run DDL and the scratch COPY on the side session (emulator only).
+    async fn side(&self, sql: &str) -> Result<Rows> {
+        let mut side = self.side.lock().await;
+        if side.is_none() {
+            *side = Some(Client::new(self.cfg.clone())?);
+        }
+        side.as_mut().expect("just set").query(sql).await
     }
 }
 
@@ -629,6 +680,9 @@ impl Drop for SfTxn {
         let Some(mut c) = self.client.take() else {
             return;
         };
+        if !self.begun {
+            return;
+        }
         // Dropped before commit or rollback (a cancelled request, a failed step that
         // did not roll back): roll back now, holding the session until done so that
         // nobody uses it inside this transaction, and so that the lock goes at once.
@@ -647,7 +701,7 @@ impl Drop for SfTxn {
 impl Transaction for SfTxn {
     async fn lock(&mut self, target: &TableName) -> Result<()> {
         let sql = format!("UPDATE {} SET N = N + 1", lock_table(&self.cfg, target));
-        self.q(&sql).await.map(|_| ())
+        self.w(&sql).await.map(|_| ())
     }
 
     async fn copy_into(
@@ -672,12 +726,13 @@ impl Transaction for SfTxn {
                     compression,
                     load_id,
                 );
-                let r = self.q(&copy).await?;
+                let r = self.w(&copy).await?;
                 copy_rows(&cfg, object, &r)
             }
             CopyMode::Staged => {
-                // Emulator only: the scratch table's DDL runs inside the transaction,
-                // which fakesnow (DuckDB) allows and Snowflake would commit.
+                // Emulator only: COPY into a scratch table of this attempt on the side
+                // session (DDL and the raw COPY need no transaction: nobody else sees
+                // the table), then move its rows in this transaction.
                 let scratch = ledger(
                     &cfg,
                     &format!(
@@ -691,11 +746,12 @@ impl Transaction for SfTxn {
                 let raw_cols: Vec<String> = (0..schema.columns.len())
                     .map(|i| format!("\"C{i}\" TEXT"))
                     .collect();
-                self.q(&format!(
+                self.side(&format!(
                     "CREATE OR REPLACE TABLE {scratch} ({})",
                     raw_cols.join(", ")
                 ))
                 .await?;
+                self.scratch.push(scratch.clone());
                 let (cols, exprs) = load_columns(schema, run, load_id, |i| format!("\"C{i}\""));
                 let copy = format!(
                     "COPY INTO {scratch} FROM {} FILES = ({}) FILE_FORMAT = {} ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
@@ -703,23 +759,14 @@ impl Transaction for SfTxn {
                     lit(object.as_str()),
                     emulator_file_format(compression)
                 );
-                let rows = match self.q(&copy).await {
-                    Ok(r) => copy_rows(&cfg, object, &r),
-                    Err(e) => Err(e),
-                };
-                let rows = match rows {
-                    Ok(n) => self
-                        .q(&format!(
-                            "INSERT INTO {tbl} ({}) SELECT {} FROM {scratch}",
-                            cols.join(", "),
-                            exprs.join(", ")
-                        ))
-                        .await
-                        .map(|_| n),
-                    Err(e) => Err(e),
-                };
-                let _ = self.q(&format!("DROP TABLE IF EXISTS {scratch}")).await;
-                rows
+                let rows = copy_rows(&cfg, object, &self.side(&copy).await?)?;
+                self.w(&format!(
+                    "INSERT INTO {tbl} ({}) SELECT {} FROM {scratch}",
+                    cols.join(", "),
+                    exprs.join(", ")
+                ))
+                .await?;
+                Ok(rows)
             }
         }
     }
@@ -745,7 +792,7 @@ impl Transaction for SfTxn {
             lit(&r.load_id),
             r.rows
         );
-        self.q(&sql).await.map(|_| ())
+        self.w(&sql).await.map(|_| ())
     }
 
     async fn chunk_loaded(
@@ -810,7 +857,7 @@ impl Transaction for SfTxn {
             t = lit(&from.to_string()),
             run = lit(run_id),
         );
-        let r = self.q(&sql).await?;
+        let r = self.w(&sql).await?;
         Ok(num(&r.rows.first().and_then(|r| r.first().cloned()).flatten()).unwrap_or(0) as u64)
     }
 
@@ -847,7 +894,7 @@ impl Transaction for SfTxn {
             lit(&r.fingerprint),
             lit(r.state.as_str())
         );
-        self.q(&sql).await.map(|_| ())
+        self.w(&sql).await.map(|_| ())
     }
 
     async fn update_run(
@@ -872,7 +919,7 @@ impl Transaction for SfTxn {
             lit(&target.to_string()),
             lit(run_id)
         );
-        self.q(&sql).await.map(|_| ())
+        self.w(&sql).await.map(|_| ())
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
