@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod bad_input;
+mod bench_protocol;
 mod cloud;
 mod common;
 mod fidelity;
