@@ -60,7 +60,7 @@ impl Ident {
         format!("\"{}\"", self.0)
     }
 
-    /// A new identifier with a suffix (e.g. `_TEMP`); the suffix is checked too.
+    /// A new identifier with a suffix (e.g. `_PGP_TEST`); the suffix is checked too.
     pub fn with_suffix(&self, suffix: &str) -> Result<Self> {
         Ident::parse("derived table name", &format!("{}{}", self.0, suffix))
     }
@@ -87,7 +87,7 @@ impl TableName {
     pub fn quoted(&self) -> String {
         format!("{}.{}", self.schema.quoted(), self.table.quoted())
     }
-    /// The same schema with a table name suffix (`_TEMP`, a stage, a test table).
+    /// The same schema with a table name suffix (a load table, a test table).
     pub fn with_suffix(&self, suffix: &str) -> Result<Self> {
         Ok(TableName {
             schema: self.schema.clone(),

@@ -72,11 +72,12 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Into a per-run stage, then one atomic append.
+    /// Into the run's load table, then one atomic append.
     Append,
-    /// Into `<table>_TEMP` in key ranges, then one atomic swap.
+    /// Into the run's load table in key ranges, then one atomic swap.
     Swap,
-    /// Into the scratch table `<table>_PGP_TEST`; the target is untouched.
+    /// Into the run's load table, then swapped into the scratch table
+    /// `<table>_PGP_TEST`; the target is untouched.
     Test,
     /// Nothing is loaded this run.
     None,
@@ -95,7 +96,8 @@ pub struct TablePlan {
     pub reason: Option<String>,
     /// `schema.table`.
     pub target: String,
-    /// Where this run writes before publishing (stage, `_TEMP`, scratch table).
+    /// The run's own load table (`<table>_PGP_LOAD_<run>`), where chunks land before
+    /// the publish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_table: Option<String>,
     /// The key ranges, one object each; a single unbounded range when not chunked.

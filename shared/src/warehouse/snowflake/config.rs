@@ -34,12 +34,12 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// How `_TEMP` replaces its target.
+/// How a run's new table replaces its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwapMode {
-    /// `ALTER TABLE t_TEMP SWAP WITH t`: atomic for readers (production).
+    /// `ALTER TABLE <new> SWAP WITH t`: atomic for readers (production).
     Swap,
-    /// Rename the target away, rename `_TEMP` in, drop the old one: for emulators
+    /// Rename the target away, rename the new table in: for emulators
     /// without `SWAP WITH`; readers may briefly see no table.
     Rename,
 }

@@ -964,7 +964,7 @@ mod tests {
         };
         let key = ObjectKey::parse("gitlab_com/users/r1/00000.tsv.gz").unwrap();
         let sql = copy_transform_sql(
-            "\"RAW\".\"GITLAB_COM\".\"USERS_PGP_STAGE_r1\"",
+            "\"RAW\".\"GITLAB_COM\".\"USERS_PGP_LOAD_r1\"",
             &schema,
             &run,
             "@\"RAW\".\"_PGP\".\"PGP_STAGE\"",
@@ -974,7 +974,7 @@ mod tests {
         );
         assert_eq!(
             sql,
-            "COPY INTO \"RAW\".\"GITLAB_COM\".\"USERS_PGP_STAGE_r1\" (\"ID\", \"NAME\", \"PROPS\", \"TAGS\", \"AMOUNT\", \"AT\", \"RAW\", \"F\", \"_UPLOADED_AT\", \"_TASK_INSTANCE\", \"_PGP_LOAD\") \
+            "COPY INTO \"RAW\".\"GITLAB_COM\".\"USERS_PGP_LOAD_r1\" (\"ID\", \"NAME\", \"PROPS\", \"TAGS\", \"AMOUNT\", \"AT\", \"RAW\", \"F\", \"_UPLOADED_AT\", \"_TASK_INSTANCE\", \"_PGP_LOAD\") \
              FROM (SELECT $1::NUMBER(38,0), $2, PARSE_JSON($3), PARSE_JSON($4)::ARRAY, $5::NUMBER(20,4), $6::TIMESTAMP_TZ, TO_BINARY($7, 'HEX'), \
              (CASE $8 WHEN 'Infinity' THEN 'inf' WHEN '-Infinity' THEN '-inf' ELSE $8 END)::FLOAT, \
              '2026-11-24T10:00:00+00:00'::TIMESTAMP_TZ, 'dag.task.o''clock\\\\', 'l1' FROM @\"RAW\".\"_PGP\".\"PGP_STAGE\") \
@@ -983,8 +983,8 @@ mod tests {
              ON_ERROR = ABORT_STATEMENT FORCE = TRUE"
         );
         assert_eq!(
-            swap_sql("\"RAW\".\"GITLAB_COM\".\"USERS_TEMP\"", "\"RAW\".\"GITLAB_COM\".\"USERS\""),
-            "ALTER TABLE \"RAW\".\"GITLAB_COM\".\"USERS_TEMP\" SWAP WITH \"RAW\".\"GITLAB_COM\".\"USERS\""
+            swap_sql("\"RAW\".\"GITLAB_COM\".\"USERS_PGP_SWAP_r1_c1\"", "\"RAW\".\"GITLAB_COM\".\"USERS\""),
+            "ALTER TABLE \"RAW\".\"GITLAB_COM\".\"USERS_PGP_SWAP_r1_c1\" SWAP WITH \"RAW\".\"GITLAB_COM\".\"USERS\""
         );
         assert!(file_format(Compression::None).contains("COMPRESSION = NONE"));
     }
