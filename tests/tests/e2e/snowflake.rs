@@ -492,3 +492,231 @@ async fn the_client_speaks_snowflakes_wire_protocol_with_a_key_pair() {
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!err.contains("BEGIN") && !err.contains(passphrase), "{err}");
 }
+
+/// A second local endpoint (password login) for what the connector protocol documents
+/// and no emulator serves: results split into chunks downloaded from their own URLs
+/// (JSON and Arrow, gzip or not, with the answer's chunk headers), errors of each kind,
+/// and what a session sees around a transaction dropped half-way. Every request is
+/// logged in order; a statement containing `SLOW` is answered after two seconds.
+fn chunk_router(seen: Arc<std::sync::Mutex<Vec<String>>>, base: String) -> axum::Router {
+    use axum::extract::{Json, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use base64::Engine;
+    use serde_json::{json, Value};
+    use std::io::Write;
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+    fn gzip(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+    fn arrow(ids: std::ops::Range<i64>) -> Vec<u8> {
+        use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+        use arrow_schema::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int64, true),
+            Field::new("T", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.clone().collect::<Vec<_>>())) as ArrayRef,
+                Arc::new(StringArray::from(
+                    ids.map(|i| Some(format!("t{i}"))).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut buf, &schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        buf
+    }
+    let chunk = |name: &'static str| {
+        move |State(seen): State<Seen>, h: HeaderMap| async move {
+            let key = h
+                .get("x-amz-server-side-encryption-customer-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            seen.lock().unwrap().push(format!("chunk {name} key={key}"));
+            let body: Vec<u8> = match name {
+                "json-1" => gzip(br#"["3","c"],["4",null]"#),
+                "json-2" => br#"["5","e\tf"]"#.to_vec(),
+                "arrow-1" => gzip(&arrow(2..4)),
+                _ => arrow(4..6),
+            };
+            (StatusCode::OK, body).into_response()
+        }
+    };
+    axum::Router::new()
+        .route(
+            "/session/v1/login-request",
+            post(|State(seen): State<Seen>| async move {
+                seen.lock().unwrap().push("login".into());
+                Json(json!({"success": true, "data": {"token": "T", "masterToken": "M"}}))
+            }),
+        )
+        .route(
+            "/queries/v1/query-request",
+            post(move |State(seen): State<Seen>, Json(b): Json<Value>| {
+                let base = base.clone();
+                async move {
+                let sql = b["sqlText"].as_str().unwrap_or("").to_string();
+                seen.lock().unwrap().push(sql.clone());
+                if sql.contains("SLOW") {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                let v = if sql == "SELECT JSON" {
+                    json!({"success": true, "data": {
+                        "rowtype": [{"name": "ID"}, {"name": "T"}], "queryResultFormat": "json",
+                        "rowset": [["1", "a"], ["2", ""]],
+                        "chunkHeaders": {"x-amz-server-side-encryption-customer-key": "K1"},
+                        "chunks": [{"url": format!("{base}/chunks/json-1"), "rowCount": 2},
+                                   {"url": format!("{base}/chunks/json-2"), "rowCount": 1}]}})
+                } else if sql == "SELECT ARROW" {
+                    json!({"success": true, "data": {
+                        "rowtype": [{"name": "ID"}, {"name": "T"}], "queryResultFormat": "arrow",
+                        "rowsetBase64": base64::engine::general_purpose::STANDARD.encode(arrow(0..2)),
+                        "qrmk": "K2",
+                        "chunks": [{"url": format!("{base}/chunks/arrow-1"), "rowCount": 2},
+                                   {"url": format!("{base}/chunks/arrow-2"), "rowCount": 2}]}})
+                } else if sql.contains("BUSY") {
+                    json!({"success": false, "code": "000625", "message": "Statement aborted because the number of waiters for this lock exceeds the 20 statements limit.", "data": {"sqlState": "57014"}})
+                } else if sql.contains("TIMEOUT") {
+                    json!({"success": false, "code": "000630", "message": "Statement reached its statement or warehouse timeout of 60 second(s) and was canceled.", "data": {"sqlState": "57014"}})
+                } else if sql.contains("LOCKED_NAME") {
+                    json!({"success": false, "code": "002003", "message": "Object 'LOCKED_NAME' does not exist.", "data": {"sqlState": "42S02"}})
+                } else if sql.contains("DOWN") {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error").into_response();
+                } else {
+                    json!({"success": true, "data": {"rowtype": [{"name": "number of rows updated"}], "rowset": [["1"]]}})
+                };
+                Json(v).into_response()
+            }}),
+        )
+        .route("/chunks/json-1", get(chunk("json-1")))
+        .route("/chunks/json-2", get(chunk("json-2")))
+        .route("/chunks/arrow-1", get(chunk("arrow-1")))
+        .route("/chunks/arrow-2", get(chunk("arrow-2")))
+        .with_state(seen)
+}
+
+async fn chunk_server() -> (Arc<std::sync::Mutex<Vec<String>>>, String) {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = axum::serve(
+        listener,
+        chunk_router(seen.clone(), format!("http://127.0.0.1:{port}")),
+    );
+    tokio::spawn(async move { server.await.unwrap() });
+    let url =
+        format!("snowflake://pgp@acct/RAW?warehouse=WH&host=127.0.0.1&port={port}&protocol=http");
+    (seen, url)
+}
+
+fn chunk_env() -> BTreeMap<String, String> {
+    env(&[
+        ("PGP_SNOWFLAKE_PASSWORD", "pw".to_string()),
+        ("PGP_SNOWFLAKE_STAGE", "RAW._PGP.PGP_STAGE".to_string()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_results_in_chunks_and_gives_errors_their_kind() {
+    use pgp::error::ErrorKind;
+    let (seen, url) = chunk_server().await;
+    let cfg = SnowflakeConfig::from_url(&url, &chunk_env(), "gs://b").unwrap();
+    let mut c = Client::new(cfg).unwrap();
+    let s = |v: &str| Some(v.to_string());
+    let rows = c.query("SELECT JSON").await.unwrap();
+    assert_eq!(
+        rows.rows,
+        vec![
+            vec![s("1"), s("a")],
+            vec![s("2"), s("")],
+            vec![s("3"), s("c")],
+            vec![s("4"), None],
+            vec![s("5"), s("e\tf")],
+        ]
+    );
+    let rows = c.query("SELECT ARROW").await.unwrap();
+    let ids: Vec<_> = rows.rows.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(ids, vec!["0", "1", "2", "3", "4", "5"]);
+    assert_eq!(rows.rows[5][1].as_deref(), Some("t5"));
+    let log = seen.lock().unwrap().clone();
+    for line in [
+        "chunk json-1 key=K1",
+        "chunk json-2 key=K1",
+        "chunk arrow-1 key=K2",
+        "chunk arrow-2 key=K2",
+    ] {
+        assert!(log.iter().any(|l| l == line), "{line} not in {log:?}");
+    }
+    let kind = |r: pgp::Result<_>| r.map(|_| ()).unwrap_err().kind();
+    assert_eq!(kind(c.query("UPDATE BUSY").await), ErrorKind::Busy);
+    assert_eq!(kind(c.query("SELECT TIMEOUT").await), ErrorKind::Transient);
+    assert_eq!(kind(c.query("SELECT DOWN").await), ErrorKind::Transient);
+    assert_eq!(
+        kind(c.query("SELECT * FROM LOCKED_NAME").await),
+        ErrorKind::Permanent,
+        "a message that says 'lock' is not busy"
+    );
+    // Nothing listening: a connection refused is transient.
+    let dead = SnowflakeConfig::from_url(
+        "snowflake://pgp@acct/RAW?host=127.0.0.1&port=9&protocol=http",
+        &chunk_env(),
+        "gs://b",
+    )
+    .unwrap();
+    assert_eq!(
+        kind(Client::new(dead).unwrap().query("SELECT 1").await),
+        ErrorKind::Transient
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_dropped_half_way_is_rolled_back_before_the_session_is_used_again() {
+    use pgp::ident::{Ident, TableName};
+    use pgp::warehouse::Warehouse;
+    let (seen, url) = chunk_server().await;
+    let cfg = SnowflakeConfig::from_url(&url, &chunk_env(), "gs://b").unwrap();
+    let wh = Snowflake::new(cfg).unwrap();
+    let t = TableName::new(
+        Ident::parse("s", "sch").unwrap(),
+        Ident::parse("t", "slow").unwrap(),
+    );
+    // A request whose client went away while its lock statement was in flight: the
+    // future is dropped mid-statement.
+    let mut txn = wh.begin().await.unwrap();
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(300), txn.lock(&t)).await;
+    assert!(cut.is_err(), "the statement was still running");
+    drop(txn);
+    // Rolled back at once, not when someone next uses the session: until then the
+    // transaction would hold the target's lock against every other loader.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !seen.lock().unwrap().iter().any(|l| l == "ROLLBACK") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ROLLBACK: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The next use of the session comes after the rollback.
+    wh.row_count(&t).await.unwrap();
+    let log = seen.lock().unwrap().clone();
+    let begin = log.iter().rposition(|l| l == "BEGIN").expect("BEGIN sent");
+    let tail: Vec<&str> = log[begin..].iter().map(String::as_str).collect();
+    assert_eq!(
+        tail[1],
+        "UPDATE \"RAW\".\"_PGP\".\"LOCK$SCH$SLOW\" SET N = N + 1"
+    );
+    assert_eq!(tail[2], "ROLLBACK", "{tail:?}");
+    assert!(tail[3].starts_with("SELECT COUNT(*) FROM"), "{tail:?}");
+}
