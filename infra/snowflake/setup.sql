@@ -26,9 +26,11 @@ CREATE WAREHOUSE IF NOT EXISTS PGP_LOADING
 GRANT USAGE ON WAREHOUSE PGP_LOADING TO ROLE PGP_LOADER;
 GRANT USAGE ON INTEGRATION PGP_GCS TO ROLE PGP_LOADER;
 
--- 3. The database pgp loads into. pgp creates the target schemas' tables, its per-run
---    stage tables, <table>_TEMP and its ledger schema _PGP; it needs ownership of what it
---    creates (SWAP WITH and DROP require it), hence CREATE SCHEMA on the database.
+-- 3. The database pgp loads into. pgp creates the target schemas' tables, each run's
+--    load table <table>_PGP_LOAD_<run> and swap table <table>_PGP_SWAP_<run>_<attempt>,
+--    and its schema _PGP (run table, load ledger, one lock table per target); it needs
+--    ownership of what it creates (SWAP WITH and DROP require it), hence CREATE SCHEMA
+--    on the database.
 CREATE DATABASE IF NOT EXISTS RAW;
 GRANT USAGE, CREATE SCHEMA ON DATABASE RAW TO ROLE PGP_LOADER;
 -- Existing target schemas (e.g. GitLab's export_schema values) must be owned by, or

@@ -124,7 +124,7 @@ resource "google_cloud_run_v2_service" "planner" {
     max_instance_request_concurrency = 1
     scaling {
       min_instance_count = 0
-      max_instance_count = 1 # one planning at a time: a redelivered request never plans twice
+      max_instance_count = 1 # planning is short; concurrent planners of one request agree (create-only run records)
     }
     dynamic "vpc_access" {
       for_each = google_vpc_access_connector.pgp
