@@ -19,7 +19,7 @@ use crate::plan::{plan_table, LoadType, Mode, PlanOptions, TablePlan};
 use crate::query::KeyRange;
 use crate::run::RunOptions;
 use crate::storage::{ObjectKey, ObjectStoreExt};
-use crate::warehouse::{RunRecord, RunState, RunUpdate, Warehouse};
+use crate::warehouse::{RunState, RunUpdate, Warehouse};
 
 /// Plan every selected table, reading only. Per-table problems that will not go away
 /// (a bad query, a missing column) become that table's `error` plan; failures worth
@@ -415,20 +415,7 @@ async fn register(parts: &Parts, wh: &dyn Warehouse, h: &RunHeader) -> Result<Op
                 }
             }
         }
-        txn.insert_run(&RunRecord {
-            target: h.target.clone(),
-            run_id: h.run_id.clone(),
-            load_table: h.load_table.clone(),
-            mode: mode_name(h.mode).into(),
-            chunks: h.chunks as u64,
-            fingerprint: h.fingerprint.clone(),
-            state: RunState::Planned,
-            claim: None,
-            claim_age_seconds: None,
-            rows: None,
-            reason: None,
-        })
-        .await?;
+        txn.insert_run(&h.run_record()).await?;
         Ok(None)
     }
     .await;

@@ -26,7 +26,6 @@
 //! A loader that dies anywhere in 2–4 leaves a claim that expires; the next event of
 //! the run (or the next request for the target) finishes or retires it.
 
-use super::plan::mode_name;
 use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
@@ -88,19 +87,7 @@ async fn ensure_run(txn: &mut Box<dyn Transaction>, h: &RunHeader) -> Result<Run
     if let Some(r) = txn.run(&h.target, &h.run_id).await? {
         return Ok(r);
     }
-    let r = RunRecord {
-        target: h.target.clone(),
-        run_id: h.run_id.clone(),
-        load_table: h.load_table.clone(),
-        mode: mode_name(h.mode).into(),
-        chunks: h.chunks as u64,
-        fingerprint: h.fingerprint.clone(),
-        state: RunState::Planned,
-        claim: None,
-        claim_age_seconds: None,
-        rows: None,
-        reason: None,
-    };
+    let r = h.run_record();
     txn.insert_run(&r).await?;
     Ok(r)
 }

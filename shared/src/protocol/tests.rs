@@ -64,6 +64,38 @@ async fn load_all(w: &World, parts: &Parts, run_id: &str) -> (RunHeader, Vec<Loa
     (header, outcomes)
 }
 
+/// Plan a backfill of `t` as `run_id`, load every chunk but the last with `parts`, and
+/// load the last with `last` (the loader the test is about); its outcome back.
+async fn load_with_last(
+    w: &World,
+    parts: &Parts,
+    run_id: &str,
+    last: &Parts,
+) -> (RunHeader, crate::Result<LoadOutcome>) {
+    let queue = Arc::new(MemoryQueue::default());
+    let mut p = parts.clone();
+    p.queue = Some(queue.clone());
+    let report = plan_step(
+        &p,
+        &w.manifest(),
+        &opts(&p, LoadType::Backfill, run_id),
+        false,
+    )
+    .await
+    .unwrap();
+    let h = report.tables[0].header.clone().unwrap();
+    let tasks = queue.take();
+    let (final_task, rest) = tasks.split_last().unwrap();
+    for m in rest {
+        let task = serde_json::from_slice(&m.data).unwrap();
+        let out = extract_step(parts, &task, &|_, _| {}).await.unwrap();
+        load_step(parts, out.object()).await.unwrap();
+    }
+    let task = serde_json::from_slice(&final_task.data).unwrap();
+    let out = extract_step(parts, &task, &|_, _| {}).await.unwrap();
+    (h, load_step(last, out.object()).await)
+}
+
 /// A clock whose monotonic time jumps by `step` on every read.
 struct Jumping {
     now: AtomicU64,
@@ -94,37 +126,12 @@ async fn a_claimant_that_was_paused_past_a_third_of_its_lease_does_not_swap() {
     });
     let before = w.wh.swaps().len();
     w.wh.drop_table(&target("t")).await.unwrap();
-    let (h2, _) = {
-        // Plan and load without publishing: the planner of a missing target.
-        let queue = Arc::new(MemoryQueue::default());
-        let mut p = parts.clone();
-        p.queue = Some(queue.clone());
-        let report = plan_step(
-            &p,
-            &w.manifest(),
-            &opts(&p, LoadType::Backfill, "r2"),
-            false,
-        )
-        .await
-        .unwrap();
-        let h2 = report.tables[0].header.clone().unwrap();
-        let tasks = queue.take();
-        let (last, rest) = tasks.split_last().unwrap();
-        for m in rest {
-            let task = serde_json::from_slice(&m.data).unwrap();
-            let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
-            load_step(&parts, out.object()).await.unwrap();
-        }
-        let task = serde_json::from_slice(&last.data).unwrap();
-        let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
-        // The last chunk's loader is the paused one.
-        let r = load_step(&paused, out.object()).await;
-        assert!(
-            matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy),
-            "{r:?}"
-        );
-        (h2, ())
-    };
+    // The planner of a missing target; the last chunk's loader is the paused one.
+    let (h2, r) = load_with_last(&w, &parts, "r2", &paused).await;
+    assert!(
+        matches!(&r, Err(e) if e.kind() == crate::error::ErrorKind::Busy),
+        "{r:?}"
+    );
     assert_eq!(
         w.wh.swaps().len(),
         before,
@@ -237,28 +244,8 @@ async fn a_swap_that_happened_before_its_claimant_died_is_recorded_not_repeated(
         inner: w.wh.clone(),
         dead: Default::default(),
     }));
-    let queue = Arc::new(MemoryQueue::default());
-    let mut p = parts.clone();
-    p.queue = Some(queue.clone());
-    let report = plan_step(
-        &p,
-        &w.manifest(),
-        &opts(&p, LoadType::Backfill, "r1"),
-        false,
-    )
-    .await
-    .unwrap();
-    let h = report.tables[0].header.clone().unwrap();
-    let tasks = queue.take();
-    let (last, rest) = tasks.split_last().unwrap();
-    for m in rest {
-        let task = serde_json::from_slice(&m.data).unwrap();
-        let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
-        load_step(&parts, out.object()).await.unwrap();
-    }
-    let task = serde_json::from_slice(&last.data).unwrap();
-    let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
-    assert!(load_step(&dying, out.object()).await.is_err());
+    let (h, r) = load_with_last(&w, &parts, "r1", &dying).await;
+    assert!(r.is_err());
     assert_eq!(w.wh.swaps().len(), 1);
     assert_eq!(
         w.wh.marker(&h.target).await.unwrap().as_deref(),

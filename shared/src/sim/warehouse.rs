@@ -133,25 +133,10 @@ fn permanent(m: impl std::fmt::Display) -> Error {
     Error::warehouse("sim", m, ErrorKind::Permanent)
 }
 
+/// Types are named as DuckDB names them (the simulation stands in for a warehouse
+/// whose names are its own; any consistent naming serves the schema check).
 fn render(ty: &ColumnType) -> String {
-    match ty {
-        ColumnType::Boolean => "BOOLEAN".into(),
-        ColumnType::SmallInt => "SMALLINT".into(),
-        ColumnType::Integer => "INTEGER".into(),
-        ColumnType::BigInt => "BIGINT".into(),
-        ColumnType::Real => "FLOAT".into(),
-        ColumnType::Double => "DOUBLE".into(),
-        ColumnType::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
-        ColumnType::Text => "VARCHAR".into(),
-        ColumnType::Date => "DATE".into(),
-        ColumnType::Time => "TIME".into(),
-        ColumnType::Timestamp => "TIMESTAMP".into(),
-        ColumnType::TimestampTz => "TIMESTAMP WITH TIME ZONE".into(),
-        ColumnType::Json => "JSON".into(),
-        ColumnType::Uuid => "UUID".into(),
-        ColumnType::Bytes => "BLOB".into(),
-        ColumnType::List(e) => format!("{}[]", render(e)),
-    }
+    crate::warehouse::DuckDb::render(ty)
 }
 
 /// Parse the staged format (PostgreSQL CSV, tab-delimited; see `crate::format`): an

@@ -160,7 +160,8 @@ impl DuckDb {
         .1
     }
 
-    fn render(ty: &ColumnType) -> String {
+    /// DuckDB's name of a column type.
+    pub(crate) fn render(ty: &ColumnType) -> String {
         match ty {
             ColumnType::Boolean => "BOOLEAN".into(),
             ColumnType::SmallInt => "SMALLINT".into(),

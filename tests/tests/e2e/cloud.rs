@@ -531,17 +531,20 @@ async fn gcs_store_passes_the_storage_conformance_suite() {
     pgp::storage::conformance::run(&store).await;
 }
 
-/// The services with the Snowflake backend (fakesnow; the stage is the GCS emulator's
-/// data folder, and the emulator fallbacks of `tests/tests/snowflake.rs` apply): a
-/// 4-chunk backfill and an SCD run, every request and finalize event delivered at
-/// least twice and out of order, land once and equal to the source.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_services_load_into_snowflake() {
+/// The Snowflake emulator set up for the services: database `db` created, the services'
+/// extra environment (the stage is the GCS emulator's data folder), and a client maker.
+async fn fakesnow_warehouse(
+    db: &str,
+) -> (
+    String,
+    BTreeMap<String, String>,
+    impl Fn() -> pgp::warehouse::snowflake::client::Client + Clone,
+) {
     use pgp::warehouse::snowflake::client::Client;
     use pgp::warehouse::snowflake::config::SnowflakeConfig;
     let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
     let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
-    let url = fs.url("SFSVC");
+    let url = fs.url(db);
     let sf_env: BTreeMap<String, String> = [
         (
             "PGP_SNOWFLAKE_PASSWORD",
@@ -558,14 +561,27 @@ async fn the_services_load_into_snowflake() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let client = || {
-        let cfg = SnowflakeConfig::from_url(&url, &sf_env, &format!("gs://{BUCKET}")).unwrap();
-        Client::new(cfg).unwrap()
+    let client = {
+        let (url, sf_env) = (url.clone(), sf_env.clone());
+        move || {
+            let cfg = SnowflakeConfig::from_url(&url, &sf_env, &format!("gs://{BUCKET}")).unwrap();
+            Client::new(cfg).unwrap()
+        }
     };
     client()
-        .query("CREATE DATABASE IF NOT EXISTS SFSVC")
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
         .await
         .unwrap();
+    (url, sf_env, client)
+}
+
+/// The services with the Snowflake backend (fakesnow; the stage is the GCS emulator's
+/// data folder, and the emulator fallbacks of `tests/tests/snowflake.rs` apply): a
+/// 4-chunk backfill and an SCD run, every request and finalize event delivered at
+/// least twice and out of order, land once and equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_services_load_into_snowflake() {
+    let (url, sf_env, client) = fakesnow_warehouse("SFSVC").await;
     let s = Stack::with_warehouse(
         "sfsvc",
         SETUP,
@@ -686,32 +702,7 @@ async fn the_services_load_into_snowflake() {
 /// published. The target must equal the source, each row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
-    use pgp::warehouse::snowflake::client::Client;
-    use pgp::warehouse::snowflake::config::SnowflakeConfig;
-    let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
-    let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
-    let url = fs.url("SFRACE");
-    let sf_env: BTreeMap<String, String> = [
-        ("PGP_SNOWFLAKE_PASSWORD", "unused".to_string()),
-        (
-            "PGP_SNOWFLAKE_STAGE_URL",
-            format!(
-                "file://{}/",
-                emu.gcs_dir.join(".cloudstorage").join(BUCKET).display()
-            ),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let client = || {
-        let cfg = SnowflakeConfig::from_url(&url, &sf_env, &format!("gs://{BUCKET}")).unwrap();
-        Client::new(cfg).unwrap()
-    };
-    client()
-        .query("CREATE DATABASE IF NOT EXISTS SFRACE")
-        .await
-        .unwrap();
+    let (url, sf_env, client) = fakesnow_warehouse("SFRACE").await;
     let setup = "CREATE TABLE big (id bigint PRIMARY KEY, payload text, amount numeric(12,2));
         INSERT INTO big SELECT g, repeat(md5(g::text), 3), g * 1.25 FROM generate_series(1, 5000) g;";
     let tables = "  big:
@@ -743,7 +734,7 @@ async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
         }
     };
     // Chunk 2's finalize event of the first run never arrives.
-    s.feeder.lose.lock().unwrap().push("/stall-1/00002.".into());
+    s.feeder.lose.lock().unwrap().push("/stall_1/00002.".into());
     s.request(
         serde_json::json!({"manifest": "manifest.yaml", "load_type": "backfill",
         "tables": ["big"], "chunk_rows": 700, "run_id": "stall-1"}),
