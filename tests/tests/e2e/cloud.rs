@@ -820,9 +820,17 @@ async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
         .pg("SELECT id::text, payload, amount::text FROM big ORDER BY big.id")
         .await;
     assert_eq!(sf, pg, "the target equals the source, each row once");
-    let runs = query("SELECT RUN_ID, STATE FROM SFRACE.\"_PGP\".RUNS ORDER BY RUN_ID")
-        .await
-        .unwrap();
+    // Readers see the swap first; the loader records it right after.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs = query("SELECT RUN_ID, STATE FROM SFRACE.\"_PGP\".RUNS ORDER BY RUN_ID")
+            .await
+            .unwrap();
+        if runs.iter().all(|r| r[1].as_deref() != Some("claimed")) || Instant::now() > deadline {
+            break runs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         runs,
         vec![vec![Some("stall-1".into()), Some("published".into())]],
