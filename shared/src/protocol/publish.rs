@@ -13,18 +13,20 @@
 //!    of each chunk and check its rows against the ledger's total (no lock: it can take
 //!    long, and nobody else uses this table);
 //! 2. claim the swap under the target's lock (`claimed`, with the attempt as claim id
-//!    and the warehouse's time). A fresh claim of anyone else makes this loader busy; a
-//!    claim older than [`CLAIM_LEASE`] is resolved: the target's marker says whether
-//!    that claimant swapped (then it is published) or not (then it is taken over, or,
-//!    for another run, abandoned);
+//!    and the warehouse's time). A claim whose swap already happened (the target
+//!    carries the claimant's marker) is recorded published by whoever finds it; any
+//!    other fresh claim makes this loader busy; one older than [`CLAIM_LEASE`] never
+//!    swapped and never will: it is taken over (or, for another run, abandoned);
 //! 3. swap the new table in, marked `pgp run <id>`; but only while less than a third
 //!    of the lease has passed since the claim (measured from before it was taken), so a
 //!    slow claimant stops before anyone may take over;
 //! 4. record the run published under the lock; drop what is left (the old table, now
 //!    under the new table's name, and the load table).
 //!
-//! A loader that dies anywhere in 2–4 leaves a claim that expires; the next event of
-//! the run (or the next request for the target) finishes or retires it.
+//! A loader that dies (or fails) after its swap leaves a claim the next event of the run
+//! records at once; one that dies before the swap leaves a claim that expires, and the
+//! next event of the run (or the next request for the target) takes it over or retires
+//! it.
 
 use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
@@ -150,8 +152,9 @@ fn final_state(r: &RunRecord) -> Option<Finished> {
     }
 }
 
-/// Other runs' swap claims on the target: busy while one is fresh; a stale one is
-/// resolved by the target's marker (its swap happened: published; else abandoned).
+/// Other runs' swap claims on the target: one whose swap happened (the target carries
+/// its marker) is recorded published; one that is fresh otherwise makes this loader
+/// busy; a stale one never swapped and never will: abandoned.
 /// Returns the swap tables of resolved claims, to drop after commit.
 async fn settle_other_claims(
     txn: &mut Box<dyn Transaction>,
@@ -162,14 +165,14 @@ async fn settle_other_claims(
         if other.run_id == h.run_id || other.state != RunState::Claimed {
             continue;
         }
+        let swapped = txn.marker(&h.target).await?.as_deref() == Some(&marker(&other.run_id));
         let age = other.claim_age_seconds.unwrap_or(0);
-        if age < CLAIM_LEASE.as_secs() as i64 {
+        if !swapped && age < CLAIM_LEASE.as_secs() as i64 {
             return Err(Error::Busy(format!(
                 "run {} is swapping {} (claimed {age} s ago)",
                 other.run_id, h.target
             )));
         }
-        let swapped = txn.marker(&h.target).await?.as_deref() == Some(&marker(&other.run_id));
         let update = if swapped {
             let s = txn.ledger_summary(&other.load_table, &other.run_id).await?;
             RunUpdate::Published { rows: s.rows }
@@ -348,6 +351,16 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
             return Ok(Claim::Done(f));
         }
         if run.state == RunState::Claimed {
+            // The target carries this run's marker: the claimant swapped, and has not
+            // recorded it yet (or never will). Recording it is safe whoever does it.
+            if txn.marker(&h.target).await?.as_deref() == Some(&marker(&h.run_id)) {
+                if let Some(c) = &run.claim {
+                    leftovers.push(swap_table(&h.target, &h.run_id, c)?);
+                }
+                txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
+                    .await?;
+                return Ok(Claim::Done(Finished::AlreadyPublished { rows }));
+            }
             let age = run.claim_age_seconds.unwrap_or(0);
             if age < CLAIM_LEASE.as_secs() as i64 {
                 return Err(Error::Busy(format!(
@@ -355,14 +368,9 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
                     h.run_id, h.target
                 )));
             }
-            // That claimant is gone: its swap happened or never will.
+            // That claimant is gone, and its swap never happened: take over.
             if let Some(c) = &run.claim {
                 leftovers.push(swap_table(&h.target, &h.run_id, c)?);
-            }
-            if txn.marker(&h.target).await?.as_deref() == Some(&marker(&h.run_id)) {
-                txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
-                    .await?;
-                return Ok(Claim::Done(Finished::AlreadyPublished { rows }));
             }
         }
         leftovers.extend(settle_other_claims(&mut txn, h).await?);
