@@ -476,7 +476,7 @@ pub async fn post_cloudevent(
 /// fakesnow (PyPI), the Snowflake emulator: one per test process.
 pub struct FakeSnow {
     pub port: u16,
-    _proc: Proc,
+    proc_: Proc,
 }
 
 static FAKESNOW: OnceLock<FakeSnow> = OnceLock::new();
@@ -508,13 +508,18 @@ impl FakeSnow {
                     );
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                tx.send(FakeSnow { port, _proc: p }).unwrap();
+                tx.send(FakeSnow { port, proc_: p }).unwrap();
                 loop {
                     std::thread::park();
                 }
             });
             rx.recv().unwrap()
         })
+    }
+
+    /// The emulator's log so far.
+    pub fn output(&self) -> String {
+        self.proc_.output()
     }
 
     /// A `PGP_WAREHOUSE_URL` for database `db` on the emulator, with the emulator

@@ -398,6 +398,7 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         }
     }
 
+    tracing::info!(run_id = %h.run_id, target_table = %h.target, claim = %attempt, "claimed the swap");
     // 3. Swap, while the claim is young enough that nobody can have taken it over. (An
     // earlier claimant of this run that swapped and died was found out by the marker
     // check under the lock, when its claim was taken over.)
@@ -409,6 +410,7 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         )));
     }
     wh.swap_in(&fresh, &h.target, &marker(&h.run_id)).await?;
+    tracing::info!(run_id = %h.run_id, target_table = %h.target, "swap done; recording it");
 
     // 4. Record it (unless a loader that took over the expired claim found the swap by
     // its marker and recorded it), and drop the old table (now under the new name).

@@ -834,7 +834,15 @@ async fn concurrent_loaders_and_a_stalled_backfill_land_every_row_once() {
     assert_eq!(
         runs,
         vec![vec![Some("stall-1".into()), Some("published".into())]],
-        "the second request resumed the first run instead of starting its own"
+        "the second request resumed the first run instead of starting its own\n{:?}\n--- fakesnow\n{}\n--- planner\n{}\n--- loaders\n{}",
+        query("SELECT * FROM SFRACE.\"_PGP\".RUNS").await,
+        FakeSnow::get().output(),
+        s.planner.output(),
+        s.loaders
+            .iter()
+            .map(|(p, _)| p.output())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     );
     let attempts = query(
         "SELECT COUNT(*)::TEXT, COUNT(DISTINCT CHUNK)::TEXT FROM SFRACE.\"_PGP\".LOAD_LEDGER WHERE RUN_ID = 'stall-1'",

@@ -306,6 +306,22 @@ fn table_info_sql(cfg: &SnowflakeConfig, t: &TableName, col: &str) -> String {
     )
 }
 
+/// Run a statement of the emulator-only rename fallback, retrying transient failures a
+/// few times.
+async fn emulator_retry(c: &mut Client, sql: &str) -> Result<Rows> {
+    let mut pause = std::time::Duration::from_millis(100);
+    for attempt in 1.. {
+        match c.query(sql).await {
+            Err(e) if e.is_retriable() && attempt < 8 => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// Sum a COPY result's `rows_loaded`, failing on any file that did not load whole.
 fn copy_rows(cfg: &SnowflakeConfig, object: &ObjectKey, r: &Rows) -> Result<u64> {
     let ctx = format!("{} load {object}", cfg.display());
@@ -528,34 +544,37 @@ impl Warehouse for Snowflake {
                         .await?;
                 }
                 SwapMode::Rename => {
-                    // Emulator only: not atomic for readers (see the module doc).
+                    // Emulator only: not atomic for readers (see the module doc). The
+                    // emulator answers a catalog conflict with a concurrent session as
+                    // a transient error; a dance left half-way would leave the target
+                    // without this run's marker for a lease, so each step is retried.
                     let old = to.with_suffix("_PGP_OLD")?;
-                    c.query(&format!("DROP TABLE IF EXISTS {}", self.table(&old)))
-                        .await?;
-                    c.query(&format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        self.table(to),
-                        self.table(&old)
-                    ))
-                    .await?;
-                    c.query(&format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        self.table(from),
-                        self.table(to)
-                    ))
-                    .await?;
-                    c.query(&format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        self.table(&old),
-                        self.table(from)
-                    ))
-                    .await?;
+                    for sql in [
+                        format!("DROP TABLE IF EXISTS {}", self.table(&old)),
+                        format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            self.table(to),
+                            self.table(&old)
+                        ),
+                        format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            self.table(from),
+                            self.table(to)
+                        ),
+                        format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            self.table(&old),
+                            self.table(from)
+                        ),
+                    ] {
+                        emulator_retry(&mut c, &sql).await?;
+                    }
                 }
             }
         }
         if self.cfg.swap == SwapMode::Rename {
             // The emulator drops comments on rename: mark the new table again.
-            c.query(&comment).await?;
+            emulator_retry(&mut c, &comment).await?;
         }
         Ok(())
     }
