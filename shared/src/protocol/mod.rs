@@ -31,6 +31,34 @@
 //!   agree on one set of chunks; a later request for the same target and load resumes
 //!   the earlier run's missing chunks, and a different one retires it.
 
+/// End a transaction by the outcome of its body: commit on `Ok`, roll back on `Err`.
+pub(crate) async fn settle<T>(
+    txn: Box<dyn crate::warehouse::Transaction>,
+    body: Result<T>,
+) -> Result<T> {
+    match body {
+        Ok(v) => {
+            txn.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = txn.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Run a block in a transaction `$txn` of `$wh`: commit on `Ok`, roll back on `Err`.
+/// (A macro, not a function taking an async closure: such closures lose `Send` in the
+/// services' spawned tasks.)
+macro_rules! in_txn {
+    ($wh:expr, |$txn:ident| $body:block) => {{
+        let mut $txn = $wh.begin().await?;
+        let body = async { $body }.await;
+        $crate::protocol::settle($txn, body).await
+    }};
+}
+
 pub mod extract;
 pub mod load;
 pub mod plan;

@@ -386,8 +386,7 @@ async fn adoptable(
 /// has one already (published, or abandoned with its reason).
 async fn register(parts: &Parts, wh: &dyn Warehouse, h: &RunHeader) -> Result<Option<Finished>> {
     let _ = parts;
-    let mut txn = wh.begin().await?;
-    let r = async {
+    in_txn!(wh, |txn| {
         txn.lock(&h.target).await?;
         if let Some(run) = txn.run(&h.target, &h.run_id).await? {
             return Ok(match run.state {
@@ -417,18 +416,7 @@ async fn register(parts: &Parts, wh: &dyn Warehouse, h: &RunHeader) -> Result<Op
         }
         txn.insert_run(&h.run_record()).await?;
         Ok(None)
-    }
-    .await;
-    match r {
-        Ok(v) => {
-            txn.commit().await?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = txn.rollback().await;
-            Err(e)
-        }
-    }
+    })
 }
 
 /// The run table's name of a mode.

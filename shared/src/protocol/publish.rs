@@ -59,31 +59,6 @@ fn swap_table(h_target: &TableName, run_id: &str, claim: &str) -> Result<TableNa
     ))
 }
 
-/// End a transaction by the outcome of its body: commit on `Ok`, roll back on `Err`.
-async fn settle<T>(txn: Box<dyn Transaction>, body: Result<T>) -> Result<T> {
-    match body {
-        Ok(v) => {
-            txn.commit().await?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = txn.rollback().await;
-            Err(e)
-        }
-    }
-}
-
-/// Run a block in a transaction `$txn` of `$wh`: commit on `Ok`, roll back on `Err`.
-/// (A macro, not a function taking an async closure: such closures lose `Send` in the
-/// services' spawned tasks.)
-macro_rules! in_txn {
-    ($wh:expr, |$txn:ident| $body:block) => {{
-        let mut $txn = $wh.begin().await?;
-        let body = async { $body }.await;
-        settle($txn, body).await
-    }};
-}
-
 /// The run's row, added when a planner died before adding it.
 async fn ensure_run(txn: &mut Box<dyn Transaction>, h: &RunHeader) -> Result<RunRecord> {
     if let Some(r) = txn.run(&h.target, &h.run_id).await? {
