@@ -35,6 +35,7 @@ pub fn router(state: Arc<ExtractorState>) -> Router {
     Router::new()
         .route("/", post(handle))
         .route("/healthz", get(healthz))
+        .route("/livez", get(crate::service::livez))
         .with_state(state)
 }
 

@@ -34,6 +34,7 @@ pub fn router(state: Arc<LoaderState>) -> Router {
     Router::new()
         .route("/", post(handle))
         .route("/healthz", get(healthz))
+        .route("/livez", get(crate::service::livez))
         .with_state(state)
 }
 

@@ -41,6 +41,10 @@ pub struct PlannerState {
     pub env: Arc<dyn Env + Send + Sync>,
     /// Where relative manifest paths resolve (`PGP_MANIFEST_DIR`).
     pub manifest_dir: PathBuf,
+    /// The only `gs://` places manifests may come from (`PGP_MANIFEST_GCS_PREFIXES`);
+    /// empty: none. A manifest names the SQL the pipeline runs with its credentials,
+    /// so a request may only pick one that the deployment trusts.
+    pub manifest_prefixes: Vec<ManifestPrefix>,
     /// For `gs://` manifests on an emulator.
     pub gcs_endpoint: Option<String>,
     /// Row cap of test loads.
@@ -51,6 +55,7 @@ pub fn router(state: Arc<PlannerState>) -> Router {
     Router::new()
         .route("/", post(handle))
         .route("/healthz", get(healthz))
+        .route("/livez", get(crate::service::livez))
         .with_state(state)
 }
 
@@ -221,12 +226,90 @@ fn table_json(t: &PlannedTable, run_id: &str) -> Option<serde_json::Value> {
     }))
 }
 
-/// Read a manifest: a `gs://bucket/path` URL, or a path under the manifest folder.
+/// An allow-listed place for `gs://` manifests: `gs://bucket/` or `gs://bucket/folder/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestPrefix {
+    bucket: String,
+    /// Empty (the whole bucket) or ending in `/`.
+    folder: String,
+}
+
+impl ManifestPrefix {
+    /// Parse `gs://bucket/` or `gs://bucket/folder/` (the trailing `/` is required, so
+    /// that `gs://b/manifests` cannot be read as also allowing `gs://b/manifests-evil/`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("manifest prefix {s:?}: {why} (use gs://bucket/folder/)");
+        let rest = s
+            .strip_prefix("gs://")
+            .ok_or_else(|| bad("not a gs:// URL"))?;
+        let (bucket, folder) = rest.split_once('/').ok_or_else(|| bad("no folder"))?;
+        if bucket.is_empty() {
+            return Err(bad("no bucket"));
+        }
+        if !(folder.is_empty() || folder.ends_with('/')) {
+            return Err(bad("a folder must end with /"));
+        }
+        if folder.split('/').any(|p| p == "." || p == "..") {
+            return Err(bad("dot segments"));
+        }
+        Ok(Self {
+            bucket: bucket.into(),
+            folder: folder.into(),
+        })
+    }
+
+    /// Parse a comma-separated list (`PGP_MANIFEST_GCS_PREFIXES`); blank: none.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
+    fn allows(&self, bucket: &str, path: &str) -> bool {
+        bucket == self.bucket
+            && path.starts_with(&self.folder)
+            && !path
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+    }
+}
+
+impl std::fmt::Display for ManifestPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gs://{}/{}", self.bucket, self.folder)
+    }
+}
+
+/// Whether a `gs://` manifest is in an allow-listed place; the error says why not.
+fn check_gcs_manifest<'a>(
+    prefixes: &[ManifestPrefix],
+    name: &'a str,
+) -> pgp::Result<(&'a str, &'a str)> {
+    let rest = name.strip_prefix("gs://").unwrap_or(name);
+    let (bucket, path) = rest
+        .split_once('/')
+        .ok_or_else(|| pgp::Error::Config(format!("manifest {name:?}: use gs://bucket/path")))?;
+    if prefixes.iter().any(|p| p.allows(bucket, path)) {
+        return Ok((bucket, path));
+    }
+    let allowed = if prefixes.is_empty() {
+        "none are allowed: PGP_MANIFEST_GCS_PREFIXES is empty".to_string()
+    } else {
+        let list: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+        format!("PGP_MANIFEST_GCS_PREFIXES allows {}", list.join(", "))
+    };
+    Err(pgp::Error::Config(format!(
+        "manifest {name:?} is not in an allowed place ({allowed})"
+    )))
+}
+
+/// Read a manifest: a `gs://bucket/path` URL under an allow-listed prefix, or a path
+/// under the manifest folder.
 async fn load_manifest(st: &PlannerState, name: &str) -> pgp::Result<Manifest> {
-    if let Some(rest) = name.strip_prefix("gs://") {
-        let (bucket, path) = rest.split_once('/').ok_or_else(|| {
-            pgp::Error::Config(format!("manifest {name:?}: use gs://bucket/path"))
-        })?;
+    if name.starts_with("gs://") {
+        let (bucket, path) = check_gcs_manifest(&st.manifest_prefixes, name)?;
         let store = pgp::storage::GcsStore::connect(bucket, st.gcs_endpoint.as_deref()).await?;
         let key = ObjectKey::parse(path)?;
         let text = store.get(&key).await?;
@@ -249,4 +332,45 @@ async fn load_manifest(st: &PlannerState, name: &str) -> pgp::Result<Manifest> {
         )));
     }
     Manifest::from_file(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcs_manifests_come_only_from_allowed_prefixes() {
+        let list = ManifestPrefix::parse_list(" gs://m/pgp/ , gs://whole/").unwrap();
+        assert_eq!(list.len(), 2);
+        for ok in [
+            "gs://m/pgp/a.yaml",
+            "gs://m/pgp/sub/b.yaml",
+            "gs://whole/x.yaml",
+        ] {
+            assert!(check_gcs_manifest(&list, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "gs://m/other/a.yaml",
+            "gs://m/pgp-evil/a.yaml",
+            "gs://m/pgp/../other/a.yaml",
+            "gs://m/pgp//a.yaml",
+            "gs://other/pgp/a.yaml",
+            "gs://m",
+        ] {
+            let e = check_gcs_manifest(&list, bad).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        let e = check_gcs_manifest(&list, "gs://m/other/a.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gs://m/pgp/, gs://whole/"), "{e}");
+        let e = check_gcs_manifest(&[], "gs://m/pgp/a.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PGP_MANIFEST_GCS_PREFIXES is empty"), "{e}");
+        for bad in ["m/pgp/", "gs://m/pgp", "gs:///pgp/", "gs://m", "gs://m/../"] {
+            assert!(ManifestPrefix::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ManifestPrefix::parse_list("").unwrap(), vec![]);
+    }
 }

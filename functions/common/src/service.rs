@@ -84,7 +84,16 @@ impl IntoResponse for Reply {
     }
 }
 
-/// The `/healthz` answer: each dependency's state; 503 when one is down.
+/// The `/livez` answer: the process serves HTTP. Cloud Run's startup and liveness
+/// probes call this, not `/healthz`: it needs no permission on any dependency, and a
+/// PostgreSQL or Snowflake outage must not stop new instances from starting (their
+/// requests fail with a transient kind and are redelivered instead).
+pub async fn livez() -> &'static str {
+    "ok"
+}
+
+/// The `/healthz` answer: each dependency's state; 503 when one is down. For people
+/// and alerts (uptime checks), never for the platform's probes.
 pub fn health(checks: Vec<(&'static str, Result<(), String>)>) -> Response {
     let ok = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<String, serde_json::Value> = checks

@@ -39,6 +39,7 @@ fn services(env: BTreeMap<String, String>) -> Services {
         queue: queue.clone(),
         env: env.clone(),
         manifest_dir: dir.path().to_path_buf(),
+        manifest_prefixes: vec![planner::ManifestPrefix::parse("gs://manifests/pgp/").unwrap()],
         gcs_endpoint: None,
         test_rows: 1000,
     }));
@@ -121,8 +122,15 @@ async fn malformed_bodies_are_400_and_poison_events_are_acknowledged() {
         (status, v["status"].as_str()),
         (StatusCode::OK, Some("rejected"))
     );
-    // a manifest that does not exist, or escapes the manifest folder
-    for m in ["missing.yaml", "../etc/passwd", "/etc/passwd"] {
+    // a manifest that does not exist, escapes the manifest folder, or is in a bucket
+    // place that is not allow-listed (refused before anything is read)
+    for m in [
+        "missing.yaml",
+        "../etc/passwd",
+        "/etc/passwd",
+        "gs://attacker/m.yaml",
+        "gs://manifests/elsewhere/m.yaml",
+    ] {
         let body = serde_json::json!({"manifest": m, "load_type": "scd"}).to_string();
         let (status, v) = post(&s.planner, &[], envelope("2", body.as_bytes())).await;
         assert_eq!(
@@ -130,6 +138,12 @@ async fn malformed_bodies_are_400_and_poison_events_are_acknowledged() {
             (StatusCode::OK, Some("rejected")),
             "{m}: {v}"
         );
+        let (status, v) = post(&s.planner, &[], body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{m}: {v}");
+        if m.starts_with("gs://") {
+            let reason = v["reason"].as_str().unwrap();
+            assert!(reason.contains("allows gs://manifests/pgp/"), "{reason}");
+        }
     }
     // extractor: a task that is not JSON, or names no run
     for data in [
@@ -226,10 +240,25 @@ async fn healthz_reports_each_dependency() {
         warehouse: Arc::new(WarehouseAccess::new(&url, s.store.clone())),
     }));
     let resp = bad
+        .clone()
         .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // ... while the probes' endpoint still says the process is up.
+    let resp = bad
+        .oneshot(Request::get("/livez").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    for router in [&s.planner, &s.extractor] {
+        let resp = router
+            .clone()
+            .oneshot(Request::get("/livez").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
     let _ = s.dir.path();
 }
 

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use pgp_functions::config::{PubSubArgs, ServerArgs, StorageArgs, WarehouseAccess, WarehouseArgs};
-use pgp_functions::planner::{router, PlannerState};
+use pgp_functions::planner::{router, ManifestPrefix, PlannerState};
 use pgp_functions::queue::PubSubQueue;
 use pgp_functions::service::{init_logging, serve, shutdown_signal};
 use std::sync::Arc;
@@ -26,6 +26,10 @@ struct Args {
     /// Folder relative manifest paths resolve in.
     #[arg(long, env = "PGP_MANIFEST_DIR", default_value = "/manifests")]
     manifest_dir: std::path::PathBuf,
+    /// The `gs://` places manifests may be read from, comma-separated
+    /// (`gs://bucket/folder/`); empty: only `PGP_MANIFEST_DIR`.
+    #[arg(long, env = "PGP_MANIFEST_GCS_PREFIXES", default_value = "")]
+    manifest_gcs_prefixes: String,
     /// Row cap of `test` loads.
     #[arg(long, env = "PGP_TEST_ROWS", default_value_t = 1_000_000)]
     test_rows: u64,
@@ -35,6 +39,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
+    let manifest_prefixes =
+        ManifestPrefix::parse_list(&args.manifest_gcs_prefixes).map_err(anyhow::Error::msg)?;
     let store = args.storage.open().await?;
     let queue = PubSubQueue::connect(
         &args.pubsub.pubsub_project,
@@ -51,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         queue: Arc::new(queue),
         env: Arc::new(pgp::params::ProcessEnv),
         manifest_dir: std::path::absolute(&args.manifest_dir)?,
+        manifest_prefixes,
         gcs_endpoint: args.storage.gcs_endpoint.clone(),
         test_rows: args.test_rows,
     };
