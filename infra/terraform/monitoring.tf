@@ -7,7 +7,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   conditions {
     display_name = "undelivered dead letters"
     condition_threshold {
-      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND (resource.label.subscription_id = \"${google_pubsub_subscription.requests_dead.name}\" OR resource.label.subscription_id = \"${google_pubsub_subscription.extract_dead.name}\")"
+      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND (resource.label.subscription_id = \"${google_pubsub_subscription.requests_dead.name}\" OR resource.label.subscription_id = \"${google_pubsub_subscription.extract_dead.name}\" OR resource.label.subscription_id = \"${google_pubsub_subscription.finalized_dead.name}\")"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "60s"

@@ -15,7 +15,7 @@ output "extract_topic" {
 
 output "dead_letter_subscriptions" {
   description = "Pull subscriptions holding dead letters, for inspection and replay."
-  value       = [google_pubsub_subscription.requests_dead.id, google_pubsub_subscription.extract_dead.id]
+  value       = [google_pubsub_subscription.requests_dead.id, google_pubsub_subscription.extract_dead.id, google_pubsub_subscription.finalized_dead.id]
 }
 
 output "service_urls" {

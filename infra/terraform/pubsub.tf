@@ -1,7 +1,8 @@
 # Topics, dead-letter topics and push subscriptions.
 #
 # Load requests (Cloud Scheduler posts directly; Airflow and people publish here) are
-# pushed to the planner; chunk tasks to the extractors. Every push carries an OIDC token
+# pushed to the planner; chunk tasks to the extractors (finalize notifications to the
+# loader: triggers.tf). Every push carries an OIDC token
 # of the invoker service account, is retried with exponential backoff, and after
 # max_delivery_attempts goes to a dead-letter topic, where a pull subscription keeps it
 # for inspection and replay (infra/README.md).
@@ -29,7 +30,7 @@ resource "google_pubsub_topic" "extract_dead" {
 resource "google_pubsub_subscription" "plan" {
   name                 = "pgp-plan-push"
   topic                = google_pubsub_topic.requests.id
-  ack_deadline_seconds = 600 # planning samples every table of a manifest
+  ack_deadline_seconds = 600 # the push request's timeout; the planner's is below it
 
   push_config {
     push_endpoint = "${google_cloud_run_v2_service.planner.uri}/"
@@ -57,7 +58,7 @@ resource "google_pubsub_subscription" "plan" {
 resource "google_pubsub_subscription" "extract" {
   name                 = "pgp-extract-push"
   topic                = google_pubsub_topic.extract.id
-  ack_deadline_seconds = 600 # the push deadline; a chunk of ~400 MB text takes a few minutes
+  ack_deadline_seconds = 600 # the push request's timeout; the extractor's is below it
 
   push_config {
     push_endpoint = "${google_cloud_run_v2_service.extractor.uri}/"
@@ -106,8 +107,9 @@ resource "google_pubsub_subscription" "extract_dead" {
 # The Pub/Sub service agent must publish dead letters and ack the originals.
 resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   for_each = {
-    requests = google_pubsub_topic.requests_dead.id
-    extract  = google_pubsub_topic.extract_dead.id
+    requests  = google_pubsub_topic.requests_dead.id
+    extract   = google_pubsub_topic.extract_dead.id
+    finalized = google_pubsub_topic.finalized_dead.id
   }
   topic  = each.value
   role   = "roles/pubsub.publisher"
@@ -118,6 +120,7 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   for_each = {
     plan    = google_pubsub_subscription.plan.id
     extract = google_pubsub_subscription.extract.id
+    load    = google_pubsub_subscription.load.id
   }
   subscription = each.value
   role         = "roles/pubsub.subscriber"

@@ -6,7 +6,17 @@
 #   loader    — reads run records and chunk metadata; loads through the warehouse
 #               (Snowflake reads the bucket through its own storage integration).
 # No service admits unauthenticated calls: only the invoker account (used by Pub/Sub
-# push, Eventarc and Cloud Scheduler) may call them, and ingress is internal.
+# push and Cloud Scheduler) may call them, and ingress is internal.
+#
+# Deadlines: every push waits at most its subscription's ack deadline (600 s, the
+# maximum) for an answer, then redelivers. Each service's request timeout is below it
+# (540 s), so a request ends — answered, or cut off and retried — before its message is
+# handed to another instance; the work inside is sized to fit (infra/README.md
+# "Deadlines").
+#
+# Probes: startup and liveness call /livez, which needs no permission and no
+# dependency, so a PostgreSQL or Snowflake outage never stops instances from starting.
+# /healthz still reports each dependency, for people and uptime checks.
 
 resource "google_service_account" "planner" {
   account_id   = "pgp-planner"
@@ -25,20 +35,38 @@ resource "google_service_account" "loader" {
 
 resource "google_service_account" "invoker" {
   account_id   = "pgp-invoker"
-  display_name = "pgp invoker (Pub/Sub push, Eventarc, Cloud Scheduler)"
+  display_name = "pgp invoker (Pub/Sub push, Cloud Scheduler)"
 }
 
 # --- bucket access ---------------------------------------------------------------
+# Run records (_pgp_runs/) hold the SQL the extractors run: only the planner writes
+# them. Everyone else may read them; the extractor writes chunk objects and its
+# uploads, and an IAM condition keeps it out of _pgp_runs/.
+locals {
+  run_records = "projects/_/buckets/${google_storage_bucket.staging.name}/objects/_pgp_runs/"
+}
+
 resource "google_storage_bucket_iam_member" "planner_objects" {
   bucket = google_storage_bucket.staging.name
-  role   = "roles/storage.objectUser" # run records: create, read (redelivery check)
+  role   = "roles/storage.objectUser" # run records: create-only writes, reads
   member = google_service_account.planner.member
 }
 
-resource "google_storage_bucket_iam_member" "extractor_objects" {
+resource "google_storage_bucket_iam_member" "extractor_reads" {
+  bucket = google_storage_bucket.staging.name
+  role   = "roles/storage.objectViewer" # run records, earlier attempts of a chunk
+  member = google_service_account.extractor.member
+}
+
+resource "google_storage_bucket_iam_member" "extractor_writes" {
   bucket = google_storage_bucket.staging.name
   role   = "roles/storage.objectUser" # upload, rewrite to the final name, delete the upload
   member = google_service_account.extractor.member
+  condition {
+    title       = "not-run-records"
+    description = "Only the planner writes run records."
+    expression  = "!resource.name.startsWith(\"${local.run_records}\")"
+  }
 }
 
 resource "google_storage_bucket_iam_member" "loader_objects" {
@@ -46,6 +74,9 @@ resource "google_storage_bucket_iam_member" "loader_objects" {
   role   = "roles/storage.objectViewer" # run records; Snowflake reads chunks itself
   member = google_service_account.loader.member
 }
+
+# Manifests from gs:// come only from the allow-listed places (PGP_MANIFEST_GCS_PREFIXES);
+# granting the planner read access there is the operator's, per bucket.
 
 # --- Pub/Sub ------------------------------------------------------------------------
 resource "google_pubsub_topic_iam_member" "planner_publishes_tasks" {
@@ -120,7 +151,7 @@ resource "google_cloud_run_v2_service" "planner" {
 
   template {
     service_account                  = google_service_account.planner.email
-    timeout                          = "600s"
+    timeout                          = "540s" # below the push deadline (600 s)
     max_instance_request_concurrency = 1
     scaling {
       min_instance_count = 0
@@ -144,6 +175,8 @@ resource "google_cloud_run_v2_service" "planner" {
           PGP_PUBSUB_PROJECT = var.project
           PGP_EXTRACT_TOPIC  = google_pubsub_topic.extract.name
           PGP_MANIFEST_DIR   = "/manifests"
+          # Empty: manifests only from the image's /manifests.
+          PGP_MANIFEST_GCS_PREFIXES = join(",", var.manifest_gcs_prefixes)
         })
         content {
           name  = env.key
@@ -165,7 +198,12 @@ resource "google_cloud_run_v2_service" "planner" {
       }
       startup_probe {
         http_get {
-          path = "/healthz"
+          path = "/livez"
+        }
+      }
+      liveness_probe {
+        http_get {
+          path = "/livez"
         }
       }
     }
@@ -191,8 +229,8 @@ resource "google_cloud_run_v2_service" "extractor" {
 
   template {
     service_account                  = google_service_account.extractor.email
-    timeout                          = "3600s" # one chunk: ~400 MB of text at ~100 MB/s, with margin
-    max_instance_request_concurrency = 1       # one COPY per instance: memory and CPU stay bounded
+    timeout                          = "540s" # below the push deadline; one chunk is ~400 MB of text
+    max_instance_request_concurrency = 1      # one COPY per instance: memory and CPU stay bounded
     scaling {
       min_instance_count = 0
       max_instance_count = var.extractor_max_instances
@@ -228,7 +266,12 @@ resource "google_cloud_run_v2_service" "extractor" {
       }
       startup_probe {
         http_get {
-          path = "/healthz"
+          path = "/livez"
+        }
+      }
+      liveness_probe {
+        http_get {
+          path = "/livez"
         }
       }
     }
@@ -244,8 +287,8 @@ resource "google_cloud_run_v2_service" "loader" {
 
   template {
     service_account                  = google_service_account.loader.email
-    timeout                          = "1800s" # COPY INTO of one chunk, or the final swap
-    max_instance_request_concurrency = 4       # the work happens in the warehouse
+    timeout                          = "540s" # below the push deadline; COPY of one ~160 MB object
+    max_instance_request_concurrency = 4      # the work happens in the warehouse
     scaling {
       min_instance_count = 0
       max_instance_count = var.loader_max_instances
@@ -269,7 +312,12 @@ resource "google_cloud_run_v2_service" "loader" {
       }
       startup_probe {
         http_get {
-          path = "/healthz"
+          path = "/livez"
+        }
+      }
+      liveness_probe {
+        http_get {
+          path = "/livez"
         }
       }
     }

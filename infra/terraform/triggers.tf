@@ -1,49 +1,79 @@
-# What starts work: the object-finalize events of the bucket (loader) and the nightly
+# What starts work: the object-finalize notifications of the bucket (loader) and the nightly
 # SCD schedule (planner). Incremental loads are published by Airflow (infra/airflow).
 
-# Cloud Storage publishes its events through Pub/Sub: its service agent needs to publish.
+# Finalize events reach the loader as a Cloud Storage Pub/Sub notification on the
+# bucket, pushed by a subscription like every other hop: exponential backoff, a push
+# deadline, and a dead-letter topic after max_delivery_attempts. (Eventarc's Cloud
+# Storage trigger would deliver the same events, but its retry policy accepts only
+# max_attempts = 1 — no retries, no dead letter of its own. The loader reads both
+# shapes; infra/README.md "Why a notification, not Eventarc".)
+
 data "google_storage_project_service_account" "gcs" {}
 
-resource "google_project_iam_member" "gcs_agent_publishes" {
-  project = var.project
-  role    = "roles/pubsub.publisher"
-  member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+resource "google_pubsub_topic" "finalized" {
+  name = "pgp-object-finalized"
 }
 
-resource "google_project_iam_member" "invoker_receives_events" {
-  project = var.project
-  role    = "roles/eventarc.eventReceiver"
-  member  = google_service_account.invoker.member
+resource "google_pubsub_topic" "finalized_dead" {
+  name = "pgp-object-finalized-dead-letter"
 }
 
-resource "google_eventarc_trigger" "finalized" {
-  name            = "pgp-object-finalized"
-  location        = var.region
-  service_account = google_service_account.invoker.email
+# Cloud Storage's service agent publishes the notifications: on this topic only.
+resource "google_pubsub_topic_iam_member" "gcs_agent_publishes" {
+  topic  = google_pubsub_topic.finalized.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}
 
-  matching_criteria {
-    attribute = "type"
-    value     = "google.cloud.storage.object.v1.finalized"
-  }
-  matching_criteria {
-    attribute = "bucket"
-    value     = google_storage_bucket.staging.name
-  }
+resource "google_storage_notification" "finalized" {
+  bucket         = google_storage_bucket.staging.name
+  payload_format = "JSON_API_V1" # the object resource, with the metadata the loader reads
+  topic          = google_pubsub_topic.finalized.id
+  event_types    = ["OBJECT_FINALIZE"]
 
-  destination {
-    cloud_run_service {
-      service = google_cloud_run_v2_service.loader.name
-      region  = var.region
-      path    = "/"
+  depends_on = [google_pubsub_topic_iam_member.gcs_agent_publishes]
+}
+
+resource "google_pubsub_subscription" "load" {
+  name  = "pgp-load-push"
+  topic = google_pubsub_topic.finalized.id
+  # The push request's timeout; the loader's Cloud Run timeout is below it
+  # (infra/README.md "Deadlines").
+  ack_deadline_seconds = 600
+
+  push_config {
+    push_endpoint = "${google_cloud_run_v2_service.loader.uri}/"
+    oidc_token {
+      service_account_email = google_service_account.invoker.email
+      audience              = google_cloud_run_v2_service.loader.uri
     }
   }
 
-  # Retries on: a 5xx from the loader (warehouse busy) is redelivered with backoff.
+  # A 5xx from the loader (warehouse busy, run not complete yet, transient error) is
+  # redelivered with backoff; a 200 acknowledges (loaded, or rejected with a reason).
   retry_policy {
-    max_attempts = var.max_delivery_attempts
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
   }
 
-  depends_on = [google_project_iam_member.gcs_agent_publishes]
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.finalized_dead.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+resource "google_pubsub_subscription" "finalized_dead" {
+  name                       = "pgp-object-finalized-dead-letter-hold"
+  topic                      = google_pubsub_topic.finalized_dead.id
+  message_retention_duration = "604800s"
+  ack_deadline_seconds       = 60
+  expiration_policy {
+    ttl = ""
+  }
 }
 
 resource "google_cloud_scheduler_job" "scd" {

@@ -4,7 +4,7 @@ variable "project" {
 }
 
 variable "region" {
-  description = "Region of the bucket, the Cloud Run services, Eventarc and Cloud Scheduler."
+  description = "Region of the bucket, the Cloud Run services and Cloud Scheduler."
   type        = string
   default     = "us-east1"
 }
@@ -92,6 +92,12 @@ variable "vpc_network" {
 
 variable "alert_notification_channels" {
   description = "Monitoring notification channel ids that receive pgp's alerts."
+  type        = list(string)
+  default     = []
+}
+
+variable "manifest_gcs_prefixes" {
+  description = "gs://bucket/folder/ places a load request may name a manifest in (the planner refuses any other gs:// manifest); empty: only manifests baked into the image under /manifests. Grant the planner's account read access there yourself."
   type        = list(string)
   default     = []
 }

@@ -4,7 +4,13 @@
 //! - every push subscription authenticates with an OIDC token;
 //! - every topic that carries work has a subscription with a dead-letter policy, and
 //!   every subscription that delivers work has one;
-//! - the staging bucket keeps its delete lifecycle rule and uniform access.
+//! - the staging bucket keeps its delete lifecycle rule and uniform access;
+//! - every push finishes before its deadline: the Cloud Run service a subscription
+//!   pushes to times out below the subscription's ack deadline (the push timeout), and
+//!   no Eventarc trigger asks for retries Eventarc does not accept (`max_attempts` 1);
+//! - the platform's probes call `/livez`, never `/healthz` (which needs dependencies);
+//! - only the planner may write run records (`_pgp_runs/`): any other account with an
+//!   object-writing role on the bucket carries an IAM condition excluding them.
 //!
 //! Each check also runs against small broken snippets, so a check that could never fail
 //! would fail its own test.
@@ -158,6 +164,130 @@ fn check_bucket(body: &Body) -> Result<(), String> {
     Ok(())
 }
 
+/// `"540s"` -> 540.
+fn seconds(v: &str) -> Option<u64> {
+    v.trim_matches('"').strip_suffix('s')?.parse().ok()
+}
+
+fn check_deadlines(body: &Body) -> Result<(), String> {
+    let services = resources(body, "google_cloud_run_v2_service");
+    let mut pushes = 0;
+    for (name, sub) in resources(body, "google_pubsub_subscription") {
+        let Some(push) = child(sub, "push_config") else {
+            continue;
+        };
+        let endpoint = attr(push.body(), "push_endpoint").unwrap_or_default();
+        let Some((svc_name, svc)) = services
+            .iter()
+            .find(|(s, _)| endpoint.contains(&format!("google_cloud_run_v2_service.{s}.")))
+        else {
+            return Err(format!(
+                "push subscription {name} pushes to no service of ours"
+            ));
+        };
+        let ack = attr(sub, "ack_deadline_seconds")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(10);
+        let timeout = child(svc, "template")
+            .and_then(|t| attr(t.body(), "timeout"))
+            .and_then(|v| seconds(&v))
+            .unwrap_or(300);
+        if ack > 600 {
+            return Err(format!("subscription {name}: ack deadline {ack} s > 600 s"));
+        }
+        if timeout >= ack {
+            return Err(format!(
+                "service {svc_name} may run {timeout} s, but subscription {name} redelivers after {ack} s"
+            ));
+        }
+        pushes += 1;
+    }
+    if pushes == 0 {
+        return Err("no push subscriptions found".into());
+    }
+    for (name, trigger) in resources(body, "google_eventarc_trigger") {
+        let attempts = child(trigger, "retry_policy").and_then(|r| attr(r.body(), "max_attempts"));
+        if attempts.as_deref().is_some_and(|a| a != "1") {
+            return Err(format!(
+                "eventarc trigger {name}: max_attempts {attempts:?}; Eventarc accepts only 1"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_probes(body: &Body) -> Result<(), String> {
+    let mut probes = 0;
+    for (name, svc) in resources(body, "google_cloud_run_v2_service") {
+        let containers = child(svc, "template")
+            .into_iter()
+            .flat_map(|t| t.body().blocks().filter(|b| b.identifier() == "containers"));
+        for c in containers {
+            for probe in c
+                .body()
+                .blocks()
+                .filter(|b| b.identifier().ends_with("_probe"))
+            {
+                let path = child(probe.body(), "http_get").and_then(|h| attr(h.body(), "path"));
+                if path.as_deref() != Some("\"/livez\"") {
+                    return Err(format!(
+                        "service {name}: {} calls {path:?}, not /livez",
+                        probe.identifier()
+                    ));
+                }
+                probes += 1;
+            }
+        }
+    }
+    if probes == 0 {
+        return Err("no probes found".into());
+    }
+    Ok(())
+}
+
+fn check_run_records_planner_only(body: &Body) -> Result<(), String> {
+    const WRITES: [&str; 4] = [
+        "roles/storage.objectUser",
+        "roles/storage.objectCreator",
+        "roles/storage.objectAdmin",
+        "roles/storage.admin",
+    ];
+    let locals: Vec<String> = body
+        .blocks()
+        .filter(|b| b.identifier() == "locals")
+        .flat_map(|b| b.body().attributes())
+        .filter(|a| a.key() == "run_records")
+        .map(|a| hcl::format::to_string(a.expr()).unwrap())
+        .collect();
+    let mut conditioned = 0;
+    for (name, b) in resources(body, "google_storage_bucket_iam_member") {
+        let role = attr(b, "role").unwrap_or_default();
+        if !WRITES.iter().any(|w| role == format!("\"{w}\"")) {
+            continue;
+        }
+        let member = attr(b, "member").unwrap_or_default();
+        if member.contains("google_service_account.planner.") {
+            continue;
+        }
+        let expr = child(b, "condition")
+            .and_then(|c| attr(c.body(), "expression"))
+            .ok_or_else(|| format!("{name}: {role} for {member} without a condition"))?;
+        let names_run_records = expr.contains("_pgp_runs/")
+            || (expr.contains("local.run_records")
+                && locals.iter().any(|l| l.ends_with("/objects/_pgp_runs/\"")));
+        if !(expr.starts_with("\"!resource.name.startsWith(") && names_run_records) {
+            return Err(format!(
+                "{name}: the condition {expr} does not keep {member} out of _pgp_runs/"
+            ));
+        }
+        conditioned += 1;
+    }
+    if conditioned == 0 {
+        return Err("no conditioned writer found (the extractor writes chunks)".into());
+    }
+    Ok(())
+}
+
 #[test]
 fn the_deployment_keeps_its_security_properties() {
     let body = deployment();
@@ -165,6 +295,9 @@ fn the_deployment_keeps_its_security_properties() {
     check_push_oidc(&body).unwrap();
     check_dead_letters(&body).unwrap();
     check_bucket(&body).unwrap();
+    check_deadlines(&body).unwrap();
+    check_probes(&body).unwrap();
+    check_run_records_planner_only(&body).unwrap();
 }
 
 #[test]
@@ -221,4 +354,66 @@ fn each_check_catches_its_violation() {
            }"#,
     );
     assert!(check_bucket(&keep_rule).is_err());
+
+    let slow = parse(
+        r#"resource "google_cloud_run_v2_service" "loader" {
+             template {
+               timeout = "1800s"
+             }
+           }
+           resource "google_pubsub_subscription" "s" {
+             ack_deadline_seconds = 600
+             push_config { push_endpoint = "${google_cloud_run_v2_service.loader.uri}/" }
+           }"#,
+    );
+    assert!(check_deadlines(&slow).is_err());
+    let eventarc_retries = parse(
+        r#"resource "google_cloud_run_v2_service" "loader" {
+             template {
+               timeout = "540s"
+             }
+           }
+           resource "google_pubsub_subscription" "s" {
+             ack_deadline_seconds = 600
+             push_config { push_endpoint = "${google_cloud_run_v2_service.loader.uri}/" }
+           }
+           resource "google_eventarc_trigger" "t" {
+             retry_policy {
+               max_attempts = 10
+             }
+           }"#,
+    );
+    assert!(check_deadlines(&eventarc_retries).is_err());
+
+    let health_probe = parse(
+        r#"resource "google_cloud_run_v2_service" "x" {
+             template {
+               containers {
+                 startup_probe {
+                   http_get { path = "/healthz" }
+                 }
+               }
+             }
+           }"#,
+    );
+    assert!(check_probes(&health_probe).is_err());
+
+    let extractor_writes_records = parse(
+        r#"resource "google_storage_bucket_iam_member" "x" {
+             role   = "roles/storage.objectUser"
+             member = google_service_account.extractor.member
+           }"#,
+    );
+    assert!(check_run_records_planner_only(&extractor_writes_records).is_err());
+    let wrong_condition = parse(
+        r#"resource "google_storage_bucket_iam_member" "x" {
+             role   = "roles/storage.objectUser"
+             member = google_service_account.extractor.member
+             condition {
+               title      = "c"
+               expression = "resource.name.startsWith(\"projects/_/buckets/b/objects/_pgp_runs/\")"
+             }
+           }"#,
+    );
+    assert!(check_run_records_planner_only(&wrong_condition).is_err());
 }
