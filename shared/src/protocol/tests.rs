@@ -232,6 +232,14 @@ impl Warehouse for DiesAfterSwap {
         self.check()?;
         self.inner.begin().await
     }
+    async fn run_overview(&self) -> crate::Result<Vec<crate::warehouse::RunStatus>> {
+        self.check()?;
+        self.inner.run_overview().await
+    }
+    async fn trim_ledger(&self, t: &crate::ident::TableName, run_id: &str) -> crate::Result<u64> {
+        self.check()?;
+        self.inner.trim_ledger(t, run_id).await
+    }
 }
 
 #[tokio::test]

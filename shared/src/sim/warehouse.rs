@@ -22,8 +22,8 @@ use crate::ident::TableName;
 use crate::storage::ObjectKey;
 use crate::types::ColumnType;
 use crate::warehouse::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, TableSchema,
-    Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate,
+    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +49,8 @@ struct Table {
 struct RunRow {
     rec: RunRecord,
     claimed_at_ms: Option<u64>,
+    created_ms: u64,
+    changed_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -78,10 +80,15 @@ struct TxnInfo {
 struct RunLedger {
     chosen: BTreeMap<u32, LoadRecord>,
     rows: u64,
+    /// Every committed load, and when the last one committed.
+    loads: u64,
+    last_ms: u64,
 }
 
 impl RunLedger {
-    fn add(&mut self, r: &LoadRecord) {
+    fn add(&mut self, r: &LoadRecord, at_ms: u64) {
+        self.loads += 1;
+        self.last_ms = self.last_ms.max(at_ms);
         match self.chosen.get(&r.chunk) {
             Some(c) if c.load_id <= r.load_id => {}
             Some(c) => {
@@ -461,6 +468,51 @@ impl Warehouse for SimWarehouse {
             .unwrap_or_default())
     }
 
+    async fn run_overview(&self) -> Result<Vec<RunStatus>> {
+        if self.stmt("run overview").await.is_some() {
+            return Err(transient());
+        }
+        let now = self.now();
+        let st = self.state.lock().unwrap();
+        let secs = |ms: u64| (now.saturating_sub(ms) / 1000) as i64;
+        let mut out: Vec<(u64, RunStatus)> = st
+            .runs
+            .iter()
+            .map(|r| {
+                let l = st
+                    .ledger
+                    .get(&(r.rec.load_table.to_string(), r.rec.run_id.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                let status = RunStatus {
+                    record: with_age(r, now),
+                    age_seconds: secs(r.created_ms),
+                    idle_seconds: secs(r.changed_ms.max(l.last_ms)),
+                    loaded_chunks: l.chosen.len() as u64,
+                    loaded_rows: l.rows,
+                    loads: l.loads,
+                };
+                (r.created_ms, status)
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.record.run_id.cmp(&b.1.record.run_id))
+        });
+        Ok(out.into_iter().map(|(_, s)| s).collect())
+    }
+
+    async fn trim_ledger(&self, load_table: &TableName, run_id: &str) -> Result<u64> {
+        if self.stmt("trim ledger").await.is_some() {
+            return Err(transient());
+        }
+        let mut st = self.state.lock().unwrap();
+        Ok(st
+            .ledger
+            .remove(&(load_table.to_string(), run_id.to_string()))
+            .map_or(0, |l| l.loads))
+    }
+
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         if self.stmt("begin").await == Some(Strike::Before) {
             return Err(transient());
@@ -553,7 +605,7 @@ impl SimTxn {
         let key = (load_table.to_string(), run_id.to_string());
         let mut l = st.ledger.get(&key).cloned().unwrap_or_default();
         for r in self.own_ledger(load_table, run_id).into_values() {
-            l.add(r);
+            l.add(r, 0);
         }
         l
     }
@@ -902,6 +954,8 @@ impl Transaction for SimTxn {
         self.ops.push(Op::RunInsert(RunRow {
             rec: run.clone(),
             claimed_at_ms: None,
+            created_ms: 0,
+            changed_ms: 0,
         }));
         Ok(())
     }
@@ -932,6 +986,7 @@ impl Transaction for SimTxn {
             return Err(transient());
         }
         {
+            let now = self.wh.now();
             let mut st = self.wh.state.lock().unwrap();
             for op in std::mem::take(&mut self.ops) {
                 match op {
@@ -944,8 +999,11 @@ impl Transaction for SimTxn {
                         .ledger
                         .entry((r.load_table.to_string(), r.run_id.clone()))
                         .or_default()
-                        .add(&r),
-                    Op::RunInsert(r) => st.runs.push(r),
+                        .add(&r, now),
+                    Op::RunInsert(mut r) => {
+                        (r.created_ms, r.changed_ms) = (now, now);
+                        st.runs.push(r)
+                    }
                     Op::RunUpdate {
                         target,
                         run_id,
@@ -958,6 +1016,7 @@ impl Transaction for SimTxn {
                         for r in st.runs.iter_mut() {
                             if r.rec.target.to_string() == target && r.rec.run_id == run_id {
                                 apply_update(r, &update, at_ms);
+                                r.changed_ms = now;
                             }
                         }
                     }

@@ -344,6 +344,21 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     );
     txn.rollback().await.unwrap();
 
+    // the operators' view: every run with its ledger totals (one load per chunk for
+    // the rows, duplicates counted as loads) and its ages
+    let all = wh.run_overview().await.unwrap();
+    let me = all
+        .iter()
+        .find(|s| s.record.run_id == "run1" && s.record.target == target)
+        .expect("run1 is listed");
+    assert_eq!(me.record.state, RunState::Published);
+    assert_eq!(me.record.load_table, load_table);
+    assert_eq!((me.loaded_chunks, me.loaded_rows, me.loads), (2, 3, 3));
+    assert!(
+        (0..600).contains(&me.age_seconds) && (0..600).contains(&me.idle_seconds),
+        "{me:?}"
+    );
+
     // a malformed object fails its load and leaves the table as it was
     let bad = ObjectKey::parse("conformance/target/run2/00000.a.tsv.gz").unwrap();
     store
@@ -414,6 +429,18 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         wh.marker(&other).await.unwrap().as_deref(),
         Some("pgp run run4")
     );
+
+    // a finished run's ledger can be trimmed; the run's row stays
+    assert_eq!(wh.trim_ledger(&load_table, "run1").await.unwrap(), 3);
+    assert_eq!(wh.trim_ledger(&load_table, "run1").await.unwrap(), 0);
+    assert!(wh
+        .loaded_chunks(&load_table, "run1")
+        .await
+        .unwrap()
+        .is_empty());
+    let all = wh.run_overview().await.unwrap();
+    let me = all.iter().find(|s| s.record.run_id == "run1").unwrap();
+    assert_eq!((me.loads, me.record.state), (0, RunState::Published));
 
     for t in [&target, &other, &load_table] {
         wh.drop_table(t).await.unwrap();

@@ -10,8 +10,8 @@
 //! connection, and the next user rolls it back before anything else.
 
 use super::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, TableSchema,
-    Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate,
+    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
@@ -486,6 +486,81 @@ impl Warehouse for DuckDb {
                 .collect::<duckdb::Result<Vec<_>>>()
                 .map_err(&e)?;
             Ok(rows.into_iter().map(|c| c as u32).collect())
+        })
+        .await
+    }
+
+    async fn run_overview(&self) -> Result<Vec<RunStatus>> {
+        let e = db_err("read the run table");
+        // Ages are computed here from the text of the timestamps: DuckDB's arithmetic
+        // on TIMESTAMPTZ needs the ICU extension, which is not bundled.
+        let raws = self
+            .with(move |c| {
+                let mut st = c
+                    .prepare(&format!(
+                        "SELECT {RUN_COLUMNS}, CAST(created_at AS VARCHAR), \
+                         CAST(greatest(updated_at, coalesce(l_last, updated_at)) AS VARCHAR), \
+                         CAST(coalesce(l_chunks, 0) AS BIGINT), CAST(coalesce(l_rows, 0) AS BIGINT), \
+                         CAST(coalesce(l_loads, 0) AS BIGINT) \
+                         FROM _pgp.runs LEFT JOIN ( \
+                           SELECT l_load_table, l_run_id, count(*) AS l_chunks, sum(r) AS l_rows, \
+                                  sum(n) AS l_loads, max(last) AS l_last FROM ( \
+                             SELECT load_table AS l_load_table, run_id AS l_run_id, chunk, \
+                                    max(rows) AS r, count(*) AS n, max(loaded_at) AS last \
+                             FROM _pgp.load_ledger GROUP BY load_table, run_id, chunk) \
+                           GROUP BY l_load_table, l_run_id) \
+                         ON l_load_table = load_table AND l_run_id = run_id \
+                         ORDER BY created_at DESC, run_id"
+                    ))
+                    .map_err(&e)?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            run_row(r)?,
+                            r.get::<_, String>(11)?,
+                            r.get::<_, String>(12)?,
+                            [r.get::<_, i64>(13)?, r.get::<_, i64>(14)?, r.get::<_, i64>(15)?],
+                        ))
+                    })
+                    .map_err(&e)?
+                    .collect::<duckdb::Result<Vec<_>>>()
+                    .map_err(&e)?;
+                Ok(rows)
+            })
+            .await?;
+        let now = chrono::Utc::now();
+        let since = |text: &str| -> Result<i64> {
+            let at = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .map_err(|err| Error::Config(format!("run table timestamp {text:?}: {err}")))?;
+            Ok((now - at.with_timezone(&chrono::Utc)).num_seconds().max(0))
+        };
+        raws.into_iter()
+            .map(|(target, raw, created, changed, [chunks, rows, loads])| {
+                let target = parse_table(&target)?;
+                let load = parse_table(&raw.0[2])?;
+                Ok(RunStatus {
+                    record: to_record(&target, &load, raw)?,
+                    age_seconds: since(&created)?,
+                    idle_seconds: since(&changed)?,
+                    loaded_chunks: chunks as u64,
+                    loaded_rows: rows as u64,
+                    loads: loads as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn trim_ledger(&self, load_table: &TableName, run_id: &str) -> Result<u64> {
+        let (t, run) = (load_table.to_string(), run_id.to_string());
+        let e = db_err(format!("trim the ledger of {load_table}"));
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ?",
+                params![t, run],
+            )
+            .map(|n| n as u64)
+            .map_err(e)
         })
         .await
     }

@@ -180,6 +180,21 @@ pub struct RunRecord {
     pub reason: Option<String>,
 }
 
+/// A run as operators see it (`pgp runs`, `pgp gc`): its row and its ledger totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStatus {
+    pub record: RunRecord,
+    /// Seconds since the run was recorded, by the warehouse's clock.
+    pub age_seconds: i64,
+    /// Seconds since anything happened to it: its row changed or a chunk loaded.
+    pub idle_seconds: i64,
+    /// Chunks with a committed load, and their rows (one load per chunk).
+    pub loaded_chunks: u64,
+    pub loaded_rows: u64,
+    /// Committed loads, duplicates included.
+    pub loads: u64,
+}
+
 /// A change to a run's state, written under the target's lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunUpdate {
@@ -231,6 +246,10 @@ pub trait Warehouse: Send + Sync {
     /// Open a transaction. Dropping it without `commit` rolls it back (at the latest
     /// before the session's next statement), releasing its lock.
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
+    /// Every run in the run table with its ledger totals, newest first.
+    async fn run_overview(&self) -> Result<Vec<RunStatus>>;
+    /// Delete the ledger rows of a finished run; returns how many there were.
+    async fn trim_ledger(&self, load_table: &TableName, run_id: &str) -> Result<u64>;
 }
 
 /// An open transaction (see the module doc for its guarantees).

@@ -43,8 +43,8 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, TableSchema,
-    Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate,
+    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -242,25 +242,46 @@ const RUN_COLUMNS: &str = "TARGET, RUN_ID, LOAD_TABLE, MODE, CHUNKS, FINGERPRINT
      DATEDIFF('second', CLAIMED_AT, CURRENT_TIMESTAMP()), ROWS, REASON";
 
 fn run_records(target: &TableName, r: &Rows) -> Result<Vec<RunRecord>> {
-    r.rows
-        .iter()
-        .map(|row| {
-            let text = |i: usize| row[i].clone().unwrap_or_default();
-            Ok(RunRecord {
-                target: target.clone(),
-                run_id: text(1),
-                load_table: super::duckdb::parse_table(&text(2))?,
-                mode: text(3),
-                chunks: num(&row[4]).unwrap_or(0) as u64,
-                fingerprint: text(5),
-                state: RunState::parse(&text(6))?,
-                claim: row[7].clone(),
-                claim_age_seconds: num(&row[8]),
-                rows: num(&row[9]).map(|n| n as u64),
-                reason: row[10].clone(),
-            })
-        })
-        .collect()
+    r.rows.iter().map(|row| run_record(target, row)).collect()
+}
+
+/// One row of [`RUN_COLUMNS`].
+fn run_record(target: &TableName, row: &[Option<String>]) -> Result<RunRecord> {
+    let text = |i: usize| row[i].clone().unwrap_or_default();
+    Ok(RunRecord {
+        target: target.clone(),
+        run_id: text(1),
+        load_table: super::duckdb::parse_table(&text(2))?,
+        mode: text(3),
+        chunks: num(&row[4]).unwrap_or(0) as u64,
+        fingerprint: text(5),
+        state: RunState::parse(&text(6))?,
+        claim: row[7].clone(),
+        claim_age_seconds: num(&row[8]),
+        rows: num(&row[9]).map(|n| n as u64),
+        reason: row[10].clone(),
+    })
+}
+
+/// Every run with its ledger totals, newest first: [`RUN_COLUMNS`], then the ages and
+/// the totals (one load per chunk for the rows).
+fn run_overview_sql(cfg: &SnowflakeConfig) -> String {
+    format!(
+        "SELECT {RUN_COLUMNS}, DATEDIFF('second', CREATED_AT, CURRENT_TIMESTAMP()), \
+         DATEDIFF('second', GREATEST(UPDATED_AT, COALESCE(L_LAST, UPDATED_AT)), CURRENT_TIMESTAMP()), \
+         COALESCE(L_CHUNKS, 0), COALESCE(L_ROWS, 0), COALESCE(L_LOADS, 0) \
+         FROM {runs} LEFT JOIN ( \
+           SELECT L_LOAD_TABLE, L_RUN_ID, COUNT(*) AS L_CHUNKS, SUM(R) AS L_ROWS, SUM(N) AS L_LOADS, \
+                  MAX(LAST) AS L_LAST FROM ( \
+             SELECT LOAD_TABLE AS L_LOAD_TABLE, RUN_ID AS L_RUN_ID, CHUNK, MAX(ROWS) AS R, \
+                    COUNT(*) AS N, MAX(LOADED_AT) AS LAST \
+             FROM {ledger} GROUP BY LOAD_TABLE, RUN_ID, CHUNK) \
+           GROUP BY L_LOAD_TABLE, L_RUN_ID) \
+         ON L_LOAD_TABLE = LOAD_TABLE AND L_RUN_ID = RUN_ID \
+         ORDER BY CREATED_AT DESC, RUN_ID",
+        runs = ledger(cfg, "RUNS"),
+        ledger = ledger(cfg, "LOAD_LEDGER"),
+    )
 }
 
 fn columns_sql(cfg: &SnowflakeConfig, table: &TableName) -> String {
@@ -610,6 +631,37 @@ impl Warehouse for Snowflake {
             .filter_map(|row| num(&row[0]))
             .map(|c| c as u32)
             .collect())
+    }
+
+    async fn run_overview(&self) -> Result<Vec<RunStatus>> {
+        let r = self.query(&run_overview_sql(&self.cfg)).await?;
+        r.rows
+            .iter()
+            .map(|row| {
+                let target = super::duckdb::parse_table(&row[0].clone().unwrap_or_default())?;
+                let n = |i: usize| num(&row[i]).unwrap_or(0);
+                Ok(RunStatus {
+                    record: run_record(&target, row)?,
+                    age_seconds: n(11).max(0),
+                    idle_seconds: n(12).max(0),
+                    loaded_chunks: n(13) as u64,
+                    loaded_rows: n(14) as u64,
+                    loads: n(15) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn trim_ledger(&self, load_table: &TableName, run_id: &str) -> Result<u64> {
+        let r = self
+            .query(&format!(
+                "DELETE FROM {} WHERE LOAD_TABLE = {} AND RUN_ID = {}",
+                ledger(&self.cfg, "LOAD_LEDGER"),
+                lit(&load_table.to_string()),
+                lit(run_id)
+            ))
+            .await?;
+        Ok(num(&r.rows.first().and_then(|r| r.first().cloned()).flatten()).unwrap_or(0) as u64)
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
