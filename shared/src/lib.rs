@@ -20,6 +20,7 @@ pub mod extract;
 pub mod format;
 pub mod ident;
 pub mod manifest;
+pub mod ops;
 pub mod params;
 pub mod plan;
 pub mod protocol;

@@ -65,6 +65,58 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// What every recent run is doing: chunks planned / extracted / loaded, rows,
+    /// state, last error, age. Read from the same records the services use.
+    Runs {
+        /// Only runs active within this long (e.g. 90m, 24h, 7d); default: all.
+        #[arg(long, value_parser = parse_age)]
+        since: Option<std::time::Duration>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Remove what settled runs left behind (load and swap tables, staged objects, run
+    /// records) and trim old ledger rows. Says what it would do unless --apply.
+    Gc {
+        /// Runs idle this long are no longer in flight (e.g. 7d).
+        #[arg(long, value_parser = parse_age, default_value = "7d")]
+        retention: std::time::Duration,
+        /// Ledger rows of runs settled this long are deleted.
+        #[arg(long, value_parser = parse_age, default_value = "30d")]
+        ledger_retention: std::time::Duration,
+        /// Act (default: a dry run).
+        #[arg(long)]
+        apply: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// `90s`, `90m`, `24h`, `7d`.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d), e.g. 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n * secs))
+}
+
+/// `3d 4h`-style age for people.
+fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }
 
 #[derive(Args)]
@@ -219,6 +271,77 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
             compression,
             run_id,
         } => tap(run, true, true, compression, run_id).await,
+        Command::Runs { since, format } => {
+            let p = pipeline(true).await?;
+            let runs = pgp::ops::runs(p.store.as_ref(), p.warehouse.as_ref(), since).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                println!(
+                    "{:<28} {:<40} {:<6} {:<10} {:>17} {:>12} {:>6} {:>6}  last error",
+                    "run", "target", "mode", "state", "chunks p/x/l/f", "rows", "age", "idle"
+                );
+                for r in &runs {
+                    println!(
+                        "{:<28} {:<40} {:<6} {:<10} {:>17} {:>12} {:>6} {:>6}  {}",
+                        r.run_id,
+                        r.target,
+                        r.mode,
+                        r.state,
+                        format!(
+                            "{}/{}/{}/{}",
+                            r.chunks_planned, r.chunks_extracted, r.chunks_loaded, r.chunks_failed
+                        ),
+                        r.rows,
+                        age(r.age_seconds),
+                        age(r.idle_seconds),
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Gc {
+            retention,
+            ledger_retention,
+            apply,
+            format,
+        } => {
+            let p = pipeline(false).await?;
+            let opts = pgp::ops::GcOptions {
+                retention,
+                ledger_retention,
+                apply,
+            };
+            let report = pgp::ops::gc(p.store.as_ref(), p.warehouse.as_ref(), opts).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let verb = if apply {
+                    "done"
+                } else {
+                    "would do (dry run; --apply to act)"
+                };
+                for item in &report.items {
+                    println!(
+                        "{} {} ({}, idle {}):",
+                        item.run_id,
+                        item.target,
+                        item.state,
+                        age(item.idle_seconds)
+                    );
+                    for a in &item.actions {
+                        println!("  {a}");
+                    }
+                }
+                println!(
+                    "{} runs {verb}; {} in flight left alone",
+                    report.items.len(),
+                    report.in_flight
+                );
+            }
+            Ok(0)
+        }
         Command::Tap {
             run,
             keep_objects,

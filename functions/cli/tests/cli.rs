@@ -191,3 +191,185 @@ fn a_malformed_manifest_fails_before_any_load_naming_file_table_and_field() {
         "{err}"
     );
 }
+
+/// `pgp runs` shows what the runs did from the records the services use; `pgp gc`
+/// says what it would remove, removes nothing until `--apply`, then removes the
+/// objects, run records and ledger rows of settled runs past the retention.
+#[tokio::test]
+async fn runs_and_gc_report_and_tidy_settled_runs() {
+    let db = Pg::get().fresh_db("cliops").await;
+    db.exec(
+        "CREATE TABLE settings (id int PRIMARY KEY, value text);
+         INSERT INTO settings SELECT g, 'v' || g FROM generate_series(1, 50) g;
+         CREATE TABLE issues (id int PRIMARY KEY, title text, updated_at timestamp);
+         INSERT INTO issues SELECT g, 't', '2024-01-01' FROM generate_series(1, 30) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path(), TABLES);
+    let m = m.to_str().unwrap();
+    let env = db.env();
+    let (code, out, err) = pgp(
+        dir.path(),
+        &env,
+        &[
+            "tap",
+            m,
+            "--load-type",
+            "backfill",
+            "--chunk-rows",
+            "20",
+            "--keep-objects",
+            "--run-id",
+            "first",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    let (code, out, err) = pgp(dir.path(), &env, &["runs", "--format", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{out}");
+    for (target, rows, chunks) in [
+        ("gitlab_com.application_settings", 50, 3),
+        ("gitlab_com.issues", 30, 2),
+    ] {
+        let r = runs.iter().find(|r| r["target"] == target).expect(target);
+        assert_eq!(r["run_id"], "first");
+        assert_eq!(r["state"], "published", "{r}");
+        assert_eq!(r["rows"], rows, "{r}");
+        assert_eq!(r["chunks_planned"], chunks, "{r}");
+        assert_eq!(r["chunks_extracted"], chunks, "kept objects: {r}");
+        assert_eq!(r["chunks_loaded"], chunks, "{r}");
+        assert_eq!(r["chunks_failed"], 0, "{r}");
+        assert!(r["last_error"].is_null(), "{r}");
+    }
+    let (code, text, _) = pgp(dir.path(), &env, &["runs", "--since", "1h"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("first") && text.contains("published") && text.contains("3/3/3/0"),
+        "{text}"
+    );
+    let (code, _, err) = pgp(dir.path(), &env, &["runs", "--since", "7x"]);
+    assert_eq!(code, 2, "a bad age is refused: {err}");
+    assert!(err.contains("unit"), "{err}");
+
+    let objects = |sub: &str| {
+        walk(&dir.path().join("objects").join(sub))
+            .into_iter()
+            .filter(|p| !p.ends_with(".lock"))
+            .count()
+    };
+    let chunk_objects = objects("gitlab_com");
+    assert!(chunk_objects >= 5, "{chunk_objects} objects kept");
+    let records = objects("_pgp_runs");
+    assert!(records >= 2, "{records} run records");
+
+    // recent runs are left alone
+    let (code, out, _) = pgp(dir.path(), &env, &["gc", "--apply"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 runs done"), "{out}");
+    assert_eq!(objects("gitlab_com"), chunk_objects);
+
+    // past the retention: a dry run says what it would do and does nothing
+    let (code, out, err) = pgp(
+        dir.path(),
+        &env,
+        &[
+            "gc",
+            "--retention",
+            "0s",
+            "--ledger-retention",
+            "0s",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["applied"], false);
+    let items = report["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{out}");
+    let actions: Vec<String> = items
+        .iter()
+        .flat_map(|i| i["actions"].as_array().unwrap().clone())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions.iter().any(|a| a.starts_with("delete 3 objects under gitlab_com/application_settings/first/")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a == "delete 3 ledger rows"),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.starts_with("delete run record"))
+            .count(),
+        2,
+        "{actions:?}"
+    );
+    assert_eq!(
+        objects("gitlab_com"),
+        chunk_objects,
+        "a dry run removes nothing"
+    );
+
+    // applied: objects, records and ledger rows go; the runs stay, published
+    let (code, out, err) = pgp(
+        dir.path(),
+        &env,
+        &[
+            "gc",
+            "--retention",
+            "0s",
+            "--ledger-retention",
+            "0s",
+            "--apply",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("2 runs done"), "{out}");
+    assert_eq!(objects("gitlab_com"), 0);
+    assert_eq!(objects("_pgp_runs"), 0);
+    let (_, out, _) = pgp(dir.path(), &env, &["runs", "--format", "json"]);
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for r in runs.as_array().unwrap() {
+        assert_eq!(r["state"], "published");
+        assert_eq!(r["loads"], 0, "ledger trimmed: {r}");
+        assert_eq!(r["chunks_extracted"], 0, "{r}");
+    }
+    // and a second pass finds nothing left
+    let (_, out, _) = pgp(
+        dir.path(),
+        &env,
+        &[
+            "gc",
+            "--retention",
+            "0s",
+            "--ledger-retention",
+            "0s",
+            "--apply",
+        ],
+    );
+    assert!(out.contains("0 runs done"), "{out}");
+}
+
+/// Every file below `dir` (none if it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

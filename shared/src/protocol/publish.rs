@@ -52,7 +52,7 @@ pub fn marker(run_id: &str) -> String {
 }
 
 /// The table a swap claim builds and swaps in.
-fn swap_table(h_target: &TableName, run_id: &str, claim: &str) -> Result<TableName> {
+pub(crate) fn swap_table(h_target: &TableName, run_id: &str, claim: &str) -> Result<TableName> {
     h_target.with_suffix(&format!(
         "_PGP_SWAP_{}_{claim}",
         crate::plan::stage_suffix(run_id)

@@ -54,6 +54,16 @@ pub struct RunHeader {
     pub fingerprint: String,
 }
 
+/// The prefix of every staged object of a run of `target`: `<schema>/<table>/<run>/`.
+pub fn run_objects_prefix(target: &TableName, run_id: &str) -> String {
+    format!(
+        "{}/{}/{}/",
+        target.schema,
+        target.table,
+        crate::plan::stage_suffix(run_id)
+    )
+}
+
 /// What the record at a run's key holds: the run itself, or (when a request resumed
 /// an earlier run instead of starting its own) the id of the run it resumed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,12 +100,7 @@ impl RunHeader {
 
     /// The prefix of every object of the run.
     pub fn run_prefix(&self) -> String {
-        format!(
-            "{}/{}/{}/",
-            self.target.schema,
-            self.target.table,
-            crate::plan::stage_suffix(&self.run_id)
-        )
+        run_objects_prefix(&self.target, &self.run_id)
     }
 
     /// The object one extraction attempt writes: `<chunk prefix><attempt>.tsv[.gz]`.
