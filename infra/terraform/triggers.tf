@@ -102,3 +102,35 @@ resource "google_cloud_scheduler_job" "scd" {
     }
   }
 }
+
+# Weekly garbage collection (`POST /gc` on the planner, the same pass as `pgp gc`):
+# settles runs idle past the retention and removes what settled runs left behind —
+# load and swap tables (permanent Snowflake tables, billed with Fail-safe), staged
+# objects, run records — and trims old ledger rows. Idempotent; its report is logged.
+resource "google_cloud_scheduler_job" "gc" {
+  name      = "pgp-gc"
+  schedule  = var.gc_schedule
+  time_zone = var.scd_time_zone
+  region    = var.region
+
+  retry_config {
+    retry_count          = 3
+    min_backoff_duration = "60s"
+    max_backoff_duration = "600s"
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = "${google_cloud_run_v2_service.planner.uri}/gc"
+    headers     = { "Content-Type" = "application/json" }
+    body = base64encode(jsonencode({
+      retention_days        = var.gc_retention_days
+      ledger_retention_days = var.gc_ledger_retention_days
+      apply                 = true
+    }))
+    oidc_token {
+      service_account_email = google_service_account.invoker.email
+      audience              = google_cloud_run_v2_service.planner.uri
+    }
+  }
+}

@@ -101,3 +101,21 @@ variable "manifest_gcs_prefixes" {
   type        = list(string)
   default     = []
 }
+
+variable "gc_schedule" {
+  description = "Cron schedule (Cloud Scheduler syntax) of the garbage collection."
+  type        = string
+  default     = "0 5 * * 0"
+}
+
+variable "gc_retention_days" {
+  description = "Runs idle this many days are no longer in flight: unfinished ones are settled, and the tables, objects and run records of settled ones removed."
+  type        = number
+  default     = 7
+}
+
+variable "gc_ledger_retention_days" {
+  description = "Ledger rows of runs settled this many days ago are deleted (the run table keeps one row per run)."
+  type        = number
+  default     = 30
+}

@@ -56,6 +56,7 @@ pub fn router(state: Arc<PlannerState>) -> Router {
         .route("/", post(handle))
         .route("/healthz", get(healthz))
         .route("/livez", get(crate::service::livez))
+        .route("/gc", post(gc))
         .with_state(state)
 }
 
@@ -66,6 +67,68 @@ async fn healthz(State(st): State<Arc<PlannerState>>) -> axum::response::Respons
         Err(e) => Err(e.to_string()),
     };
     health(vec![("storage", store), ("warehouse", wh)])
+}
+
+/// A garbage-collection request (`POST /gc`, from Cloud Scheduler): what
+/// [`pgp::ops::gc`] removes, and whether it acts.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcRequest {
+    /// Runs idle this many days are no longer in flight (default 7).
+    #[serde(default = "seven")]
+    retention_days: u64,
+    /// Ledger rows of runs settled this many days are deleted (default 30).
+    #[serde(default = "thirty")]
+    ledger_retention_days: u64,
+    /// Act; otherwise answer what would be done (default false).
+    #[serde(default)]
+    apply: bool,
+}
+
+fn seven() -> u64 {
+    7
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+/// Run a garbage collection and answer its report; every removal is also logged.
+async fn gc(State(st): State<Arc<PlannerState>>, body: Bytes) -> Reply {
+    let req: GcRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+        Ok(r) => r,
+        Err(e) => return Reply::BadRequest(format!("not a gc request: {e}")),
+    };
+    let opts = pgp::ops::GcOptions {
+        retention: std::time::Duration::from_secs(req.retention_days * 86_400),
+        ledger_retention: std::time::Duration::from_secs(req.ledger_retention_days * 86_400),
+        apply: req.apply,
+    };
+    let lease = match st.warehouse.lease().await {
+        Ok(l) => l,
+        Err(e) => return Reply::from_error(&e),
+    };
+    let store = st.store.clone();
+    // In a task of its own, like every step: a client that goes away does not stop it
+    // inside a warehouse transaction.
+    let work = tokio::spawn(async move {
+        let r = pgp::ops::gc(store.as_ref(), lease.wh.as_ref(), opts).await;
+        drop(lease);
+        r
+    });
+    match work.await {
+        Ok(Ok(report)) => {
+            for item in &report.items {
+                tracing::info!(run_id = %item.run_id, target_table = %item.target, state = %item.state,
+                    applied = report.applied, actions = ?item.actions, "garbage collection");
+            }
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["status"] = "collected".into();
+            Reply::Ok(v)
+        }
+        Ok(Err(e)) => Reply::from_error(&e),
+        Err(e) => Reply::Retry(format!("gc task failed: {e}")),
+    }
 }
 
 async fn handle(State(st): State<Arc<PlannerState>>, headers: HeaderMap, body: Bytes) -> Reply {

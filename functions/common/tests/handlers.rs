@@ -399,4 +399,58 @@ async fn in_process_flow_survives_duplicated_and_reordered_deliveries() {
     // a chunk task replayed after the load is a no-op
     let (_, v) = post(&s.extractor, &[], envelope("x", &tasks[0].data)).await;
     assert_eq!(v["status"], "already_extracted");
+
+    // the scheduled garbage collection: a dry run by default, then applied past the
+    // retention; the published run's objects and record go, its rows stay
+    let gc = |body: &'static str| {
+        let router = s.planner.clone();
+        async move {
+            let resp = router
+                .oneshot(Request::post("/gc").body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default(),
+            )
+        }
+    };
+    let (status, v) = gc(r#"{"retension_days": 0}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = gc("").await;
+    assert_eq!(
+        (status, &v["applied"]),
+        (StatusCode::OK, &false.into()),
+        "{v}"
+    );
+    assert_eq!(
+        v["items"].as_array().unwrap().len(),
+        0,
+        "recent runs stay: {v}"
+    );
+    let (status, v) = gc(r#"{"retention_days": 0}"#).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(s.store.list("flow/").await.unwrap().len(), 15, "dry run");
+    let (status, v) =
+        gc(r#"{"retention_days": 0, "ledger_retention_days": 0, "apply": true}"#).await;
+    assert_eq!(
+        (status, &v["status"]),
+        (StatusCode::OK, &"collected".into()),
+        "{v}"
+    );
+    let actions = v["items"][0]["actions"].to_string();
+    assert!(actions.contains("ledger rows"), "{actions}");
+    assert!(s.store.list("flow/").await.unwrap().is_empty(), "{v}");
+    assert!(
+        s.store.list("_pgp_runs/flow-1/").await.unwrap().is_empty(),
+        "{v}"
+    );
+    let c = duckdb::Connection::open(s.dir.path().join("w.duckdb")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM flow.t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2500);
 }

@@ -690,7 +690,35 @@ async fn the_services_load_into_snowflake() {
             assert_eq!(sf[0], pg[0]);
         }
     }
-    let _ = &s.env;
+
+    // `pgp runs` reads the same records the services keep: gs:// and Snowflake.
+    let out = std::process::Command::new(service_binary("pgp"))
+        .args(["runs", "--format", "json"])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(pgp_e2e::PASSWORD));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let big = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "sf-big-1")
+        .unwrap_or_else(|| panic!("{runs}"));
+    assert_eq!(big["state"], "published", "{big}");
+    assert_eq!(big["rows"], 5000, "{big}");
+    assert_eq!(
+        (
+            &big["chunks_planned"],
+            &big["chunks_extracted"],
+            &big["chunks_loaded"]
+        ),
+        (&4.into(), &4.into(), &4.into()),
+        "{big}"
+    );
+    assert!(big["loads"].as_u64().unwrap() >= 4, "{big}");
 }
 
 /// Concurrency and faults across processes, on the Snowflake emulator (which serves
