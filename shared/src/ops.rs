@@ -325,21 +325,9 @@ mod tests {
         wh.prepare_lock(target).await.unwrap();
         let mut txn = wh.begin().await.unwrap();
         txn.lock(target).await.unwrap();
-        txn.insert_run(&RunRecord {
-            target: target.clone(),
-            run_id: run_id.into(),
-            load_table: load.clone(),
-            mode: "swap".into(),
-            chunks: 3,
-            fingerprint: "fp".into(),
-            state: RunState::Planned,
-            claim: None,
-            claim_age_seconds: None,
-            rows: None,
-            reason: None,
-        })
-        .await
-        .unwrap();
+        txn.insert_run(&RunRecord::planned(target, run_id, &load, "swap", 3, "fp"))
+            .await
+            .unwrap();
         for (chunk, id, rows) in [(0, "a", 5), (0, "b", 5), (1, "c", 7)] {
             txn.record_load(&LoadRecord {
                 load_table: load.clone(),

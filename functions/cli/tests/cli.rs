@@ -273,18 +273,11 @@ async fn runs_and_gc_report_and_tidy_settled_runs() {
     assert_eq!(objects("gitlab_com"), chunk_objects);
 
     // past the retention: a dry run says what it would do and does nothing
+    const PAST: [&str; 5] = ["gc", "--retention", "0s", "--ledger-retention", "0s"];
     let (code, out, err) = pgp(
         dir.path(),
         &env,
-        &[
-            "gc",
-            "--retention",
-            "0s",
-            "--ledger-retention",
-            "0s",
-            "--format",
-            "json",
-        ],
+        &[&PAST[..], &["--format", "json"]].concat(),
     );
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -319,18 +312,7 @@ async fn runs_and_gc_report_and_tidy_settled_runs() {
     );
 
     // applied: objects, records and ledger rows go; the runs stay, published
-    let (code, out, err) = pgp(
-        dir.path(),
-        &env,
-        &[
-            "gc",
-            "--retention",
-            "0s",
-            "--ledger-retention",
-            "0s",
-            "--apply",
-        ],
-    );
+    let (code, out, err) = pgp(dir.path(), &env, &[&PAST[..], &["--apply"]].concat());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("2 runs done"), "{out}");
     assert_eq!(objects("gitlab_com"), 0);
@@ -343,18 +325,7 @@ async fn runs_and_gc_report_and_tidy_settled_runs() {
         assert_eq!(r["chunks_extracted"], 0, "{r}");
     }
     // and a second pass finds nothing left
-    let (_, out, _) = pgp(
-        dir.path(),
-        &env,
-        &[
-            "gc",
-            "--retention",
-            "0s",
-            "--ledger-retention",
-            "0s",
-            "--apply",
-        ],
-    );
+    let (_, out, _) = pgp(dir.path(), &env, &[&PAST[..], &["--apply"]].concat());
     assert!(out.contains("0 runs done"), "{out}");
 }
 

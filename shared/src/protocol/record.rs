@@ -116,19 +116,14 @@ impl RunHeader {
 
     /// The run's row in the warehouse's run table, as planned.
     pub fn run_record(&self) -> crate::warehouse::RunRecord {
-        crate::warehouse::RunRecord {
-            target: self.target.clone(),
-            run_id: self.run_id.clone(),
-            load_table: self.load_table.clone(),
-            mode: super::plan::mode_name(self.mode).into(),
-            chunks: self.chunks as u64,
-            fingerprint: self.fingerprint.clone(),
-            state: crate::warehouse::RunState::Planned,
-            claim: None,
-            claim_age_seconds: None,
-            rows: None,
-            reason: None,
-        }
+        crate::warehouse::RunRecord::planned(
+            &self.target,
+            &self.run_id,
+            &self.load_table,
+            super::plan::mode_name(self.mode),
+            self.chunks as u64,
+            &self.fingerprint,
+        )
     }
 
     /// Check a task against the record it names.

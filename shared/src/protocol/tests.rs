@@ -414,19 +414,14 @@ async fn an_append_waits_while_another_run_holds_a_fresh_swap_claim_on_the_targe
     // Another run of the target claimed its swap a moment ago.
     let mut txn = w.wh.begin().await.unwrap();
     txn.lock(&target("t")).await.unwrap();
-    txn.insert_run(&crate::warehouse::RunRecord {
-        target: target("t"),
-        run_id: "swapper".into(),
-        load_table: target("t").with_suffix("_PGP_LOAD_swapper").unwrap(),
-        mode: "swap".into(),
-        chunks: 1,
-        fingerprint: "f".into(),
-        state: RunState::Planned,
-        claim: None,
-        claim_age_seconds: None,
-        rows: None,
-        reason: None,
-    })
+    txn.insert_run(&crate::warehouse::RunRecord::planned(
+        &target("t"),
+        "swapper",
+        &target("t").with_suffix("_PGP_LOAD_swapper").unwrap(),
+        "swap",
+        1,
+        "f",
+    ))
     .await
     .unwrap();
     txn.update_run(

@@ -273,19 +273,7 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     let mut txn = wh.begin().await.unwrap();
     txn.lock(&target).await.unwrap();
     assert_eq!(txn.run(&target, "run1").await.unwrap(), None);
-    let rec = RunRecord {
-        target: target.clone(),
-        run_id: "run1".into(),
-        load_table: load_table.clone(),
-        mode: "append".into(),
-        chunks: 2,
-        fingerprint: "fp".into(),
-        state: RunState::Planned,
-        claim: None,
-        claim_age_seconds: None,
-        rows: None,
-        reason: None,
-    };
+    let rec = RunRecord::planned(&target, "run1", &load_table, "append", 2, "fp");
     txn.insert_run(&rec).await.unwrap();
     let seen = txn.run(&target, "run1").await.unwrap().expect("own insert");
     assert_eq!((seen.state, seen.chunks), (RunState::Planned, 2));

@@ -180,6 +180,32 @@ pub struct RunRecord {
     pub reason: Option<String>,
 }
 
+impl RunRecord {
+    /// A run's row as its planner records it: `planned`, no claim, no outcome.
+    pub fn planned(
+        target: &TableName,
+        run_id: &str,
+        load_table: &TableName,
+        mode: &str,
+        chunks: u64,
+        fingerprint: &str,
+    ) -> Self {
+        Self {
+            target: target.clone(),
+            run_id: run_id.into(),
+            load_table: load_table.clone(),
+            mode: mode.into(),
+            chunks,
+            fingerprint: fingerprint.into(),
+            state: RunState::Planned,
+            claim: None,
+            claim_age_seconds: None,
+            rows: None,
+            reason: None,
+        }
+    }
+}
+
 /// A run as operators see it (`pgp runs`, `pgp gc`): its row and its ledger totals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunStatus {
