@@ -26,6 +26,9 @@
 //! - `ERROR_ON_COLUMN_COUNT_MISMATCH=TRUE`, `ENCODING='UTF8'`, `COMPRESSION=GZIP`,
 //!   `SKIP_HEADER=0`, `TRIM_SPACE=FALSE`, `REPLACE_INVALID_CHARACTERS=FALSE` so that a
 //!   malformed file fails the load instead of loading altered values.
+//! - `SKIP_BYTE_ORDER_MARK=FALSE`: the default `TRUE` drops a U+FEFF that begins the
+//!   file, i.e. the first character of the first field of the first row whenever a
+//!   value starts with it; PostgreSQL writes no byte order mark, so any U+FEFF is data.
 //! - Timestamps: PostgreSQL writes ISO `YYYY-MM-DD HH24:MI:SS[.FF]` and, for
 //!   `timestamptz`, a `+00` offset (the session runs in UTC): `TIMESTAMP_FORMAT=AUTO`
 //!   reads both.
@@ -91,9 +94,20 @@ pub const PG_SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; \
      SET client_encoding = 'UTF8'; \
      SET default_transaction_read_only = on";
 
-/// The `COPY ... TO STDOUT` statement for a (wrapped) query.
-pub fn copy_statement(query: &str) -> String {
-    format!("COPY ({query}) TO STDOUT WITH ({PG_COPY_OPTIONS})")
+/// The `COPY ... TO STDOUT` statement for a (wrapped) query whose first output column
+/// is `first_column` (already quoted; `None` for a query without columns).
+///
+/// That column is always quoted (`FORCE_QUOTE`; NULLs stay unquoted empty fields), so a
+/// staged file never begins with the bytes of a U+FEFF: CSV readers take a leading
+/// U+FEFF for a byte order mark and drop it — DuckDB's always, Snowflake's unless
+/// `SKIP_BYTE_ORDER_MARK = FALSE` — which would strip it from the first value of the
+/// first row. Quoting changes no value (`"..."` with doubled quotes is the same text
+/// for every reader), and costs two bytes per row.
+pub fn copy_statement(query: &str, first_column: Option<&str>) -> String {
+    match first_column {
+        Some(c) => format!("COPY ({query}) TO STDOUT WITH ({PG_COPY_OPTIONS}, FORCE_QUOTE ({c}))"),
+        None => format!("COPY ({query}) TO STDOUT WITH ({PG_COPY_OPTIONS})"),
+    }
 }
 
 /// The Snowflake file format for staged objects (see the module comment for why each
@@ -110,6 +124,7 @@ pub const SNOWFLAKE_FILE_FORMAT: &str = "TYPE = CSV \
      TRIM_SPACE = FALSE \
      ERROR_ON_COLUMN_COUNT_MISMATCH = TRUE \
      REPLACE_INVALID_CHARACTERS = FALSE \
+     SKIP_BYTE_ORDER_MARK = FALSE \
      ENCODING = 'UTF8' \
      COMPRESSION = GZIP \
      TIMESTAMP_FORMAT = AUTO";
@@ -125,4 +140,20 @@ pub fn duckdb_read_options(compression: Compression) -> String {
             Compression::None => "none",
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_column_is_always_quoted_so_no_file_begins_with_a_bom() {
+        assert_eq!(
+            copy_statement("SELECT 1", Some("\"t\"")),
+            "COPY (SELECT 1) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\t', NULL '', QUOTE '\"', \
+             ESCAPE '\"', HEADER false, ENCODING 'UTF8', FORCE_QUOTE (\"t\"))"
+        );
+        assert!(!copy_statement("SELECT", None).contains("FORCE_QUOTE"));
+        assert!(SNOWFLAKE_FILE_FORMAT.contains("SKIP_BYTE_ORDER_MARK = FALSE"));
+    }
 }

@@ -42,7 +42,8 @@ impl ChunkQuery<'_> {
             self.key.map(|k| (k, self.range)),
             self.limit,
         );
-        crate::format::copy_statement(&wrapped)
+        let first = self.columns.first().map(|c| c.name.quoted());
+        crate::format::copy_statement(&wrapped, first.as_deref())
     }
 }
 

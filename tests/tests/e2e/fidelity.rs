@@ -169,3 +169,28 @@ async fn every_value_arrives_exactly_as_postgres_holds_it() {
         n.parse::<i64>().unwrap()
     );
 }
+
+/// A value that begins with U+FEFF (the byte order mark) keeps it, also when it is the
+/// very first bytes of a staged file — where a CSV reader that skips a BOM would drop
+/// it (Snowflake's default, `SKIP_BYTE_ORDER_MARK = TRUE`, does; pgp sets FALSE).
+#[tokio::test]
+async fn a_leading_byte_order_mark_is_data() {
+    let setup = "CREATE TABLE bom (t text, id int PRIMARY KEY);
+        INSERT INTO bom VALUES (E'\\uFEFFfirst', 1), (E'\\uFEFF', 2), (E'mid\\uFEFFdle', 3);";
+    let tables = "  bom:
+    import_db: TEST_DB
+    export_schema: 'bom_schema'
+    export_table: 'bom'
+    export_table_primary_key: id
+    import_query: SELECT t, id FROM bom ORDER BY id
+";
+    let w = World::new("bom", setup, tables).await;
+    let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
+    assert_eq!(outcome(&r, "bom"), &Outcome::Swapped, "{r:#?}");
+    let pg = w
+        .pg("SELECT id::text, encode(convert_to(t, 'UTF8'), 'hex') FROM bom ORDER BY id")
+        .await;
+    let duck = w.duck("SELECT id::VARCHAR, lower(hex(encode(t))) FROM bom_schema.bom ORDER BY id");
+    assert_eq!(pg, duck);
+    assert!(pg[0][1].as_deref().unwrap().starts_with("efbbbf"));
+}
