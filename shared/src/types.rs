@@ -36,6 +36,11 @@ pub enum ColumnType {
     TimestampTz,
     /// `json` / `jsonb` (DuckDB JSON, Snowflake VARIANT).
     Json,
+    /// An array whose elements a warehouse list cannot read back exactly (`json[]`,
+    /// `jsonb[]`, `bytea[]`, `time[]`, ...): travels as PostgreSQL's `to_json` of the
+    /// array (`{}` is `[]`, elements keep their JSON or text form) and is stored like
+    /// [`ColumnType::Json`].
+    JsonArray,
     Uuid,
     /// `bytea` (travels hex-encoded).
     Bytes,
@@ -58,7 +63,7 @@ impl Column {
     pub fn extract_expr(&self) -> String {
         let c = format!("pgp_src.{}", self.name.quoted());
         match &self.ty {
-            ColumnType::List(_) => format!("to_json({c})"),
+            ColumnType::List(_) | ColumnType::JsonArray => format!("to_json({c})"),
             ColumnType::Bytes => format!("encode({c}, 'hex')"),
             _ => c,
         }
@@ -127,8 +132,8 @@ pub fn from_pg(ty: &Type, typmod: i32) -> ColumnType {
                 | C::Timestamp
                 | C::TimestampTz
                 | C::Uuid) => C::List(Box::new(e)),
-                // json[], bytea[], time[]...: the JSON document itself.
-                _ => C::Json,
+                // json[], bytea[], time[]...: the array as one JSON document.
+                _ => C::JsonArray,
             },
             // enums, text-like and everything else: the exact PostgreSQL text.
             _ => C::Text,
@@ -207,6 +212,6 @@ mod tests {
             from_pg(&Type::INT4_ARRAY, -1),
             ColumnType::List(Box::new(ColumnType::Integer))
         );
-        assert_eq!(from_pg(&Type::JSONB_ARRAY, -1), ColumnType::Json);
+        assert_eq!(from_pg(&Type::JSONB_ARRAY, -1), ColumnType::JsonArray);
     }
 }

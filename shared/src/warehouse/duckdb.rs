@@ -175,7 +175,7 @@ impl DuckDb {
             ColumnType::Time => "TIME".into(),
             ColumnType::Timestamp => "TIMESTAMP".into(),
             ColumnType::TimestampTz => "TIMESTAMP WITH TIME ZONE".into(),
-            ColumnType::Json => "JSON".into(),
+            ColumnType::Json | ColumnType::JsonArray => "JSON".into(),
             ColumnType::Uuid => "UUID".into(),
             ColumnType::Bytes => "BLOB".into(),
             ColumnType::List(e) => format!("{}[]", Self::render(e)),

@@ -194,3 +194,63 @@ async fn a_leading_byte_order_mark_is_data() {
     assert_eq!(pg, duck);
     assert!(pg[0][1].as_deref().unwrap().starts_with("efbbbf"));
 }
+
+/// Arrays whose elements no warehouse list reads back exactly travel as one JSON
+/// document, PostgreSQL's `to_json` of the array: `{}` is `[]`, NULL elements are
+/// `null`, json elements stay JSON, the others their PostgreSQL text.
+#[tokio::test]
+async fn arrays_of_json_bytea_time_and_interval_arrive_as_json() {
+    let setup = r#"CREATE TABLE arr (id int PRIMARY KEY, j json[], jb jsonb[], by bytea[], tm time[], iv interval[]);
+        INSERT INTO arr VALUES
+          (1, NULL, NULL, NULL, NULL, NULL),
+          (2, '{}', '{}', '{}', '{}', '{}'),
+          (3, ARRAY['{"a": [1, "x\ty"]}'::json, NULL, '"s"'::json, '[]'::json],
+              ARRAY['{"b": {"c": null}}'::jsonb, '1.50'::jsonb],
+              ARRAY['\x00ff'::bytea, NULL, ''::bytea],
+              ARRAY['00:00:00'::time, '23:59:59.999999', NULL],
+              ARRAY['1 year 2 months'::interval, '-3 days 04:05:06.5', NULL]);"#;
+    let tables = "  arr:
+    import_db: TEST_DB
+    export_schema: 'arr_schema'
+    export_table: 'arr'
+    export_table_primary_key: id
+    import_query: SELECT * FROM arr
+";
+    let w = World::new("arrjson", setup, tables).await;
+    let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
+    assert_eq!(outcome(&r, "arr"), &Outcome::Swapped, "{r:#?}");
+    w.db.exec("SET IntervalStyle = 'iso_8601'; SET bytea_output = 'hex'")
+        .await;
+    // interval[] is a list of exact texts (interval travels as text); the others JSON.
+    for (col, duck_expr) in [
+        ("j", "j::VARCHAR"),
+        ("jb", "jb::VARCHAR"),
+        ("by", "\"by\"::VARCHAR"),
+        ("tm", "tm::VARCHAR"),
+        ("iv", "to_json(iv)::VARCHAR"),
+    ] {
+        let pg = w
+            .pg(&format!(
+                "SELECT id::text, to_json({col})::text FROM arr ORDER BY id"
+            ))
+            .await;
+        let duck = w.duck(&format!(
+            "SELECT id::VARCHAR, {duck_expr} FROM arr_schema.arr ORDER BY id"
+        ));
+        assert_eq!(pg, duck, "{col}");
+        assert_eq!(
+            duck[1][1].as_deref(),
+            Some("[]"),
+            "{col}: {{}} is an empty array"
+        );
+    }
+    let types = w.duck(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'arr_schema' AND column_name IN ('j', 'by', 'tm', 'iv') ORDER BY column_name",
+    );
+    let types: Vec<_> = types.into_iter().map(|r| r[1].clone().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["JSON", "VARCHAR[]", "JSON", "JSON"],
+        "by, iv, j, tm"
+    );
+}

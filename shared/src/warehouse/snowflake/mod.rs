@@ -90,7 +90,7 @@ pub fn render(ty: &ColumnType) -> String {
         ColumnType::Time => "TIME".into(),
         ColumnType::Timestamp => "TIMESTAMP_NTZ".into(),
         ColumnType::TimestampTz => "TIMESTAMP_TZ".into(),
-        ColumnType::Json => "VARIANT".into(),
+        ColumnType::Json | ColumnType::JsonArray => "VARIANT".into(),
         ColumnType::Bytes => "BINARY".into(),
         ColumnType::List(_) => "ARRAY".into(),
     }
@@ -100,7 +100,7 @@ pub fn render(ty: &ColumnType) -> String {
 fn cast(c: &Column, f: &str) -> String {
     match &c.ty {
         ColumnType::Text | ColumnType::Uuid => f.to_string(),
-        ColumnType::Json => format!("PARSE_JSON({f})"),
+        ColumnType::Json | ColumnType::JsonArray => format!("PARSE_JSON({f})"),
         ColumnType::List(_) => format!("PARSE_JSON({f})::ARRAY"),
         ColumnType::Bytes => format!("TO_BINARY({f}, 'HEX')"),
         // PostgreSQL writes Infinity/-Infinity; Snowflake's spellings are inf/-inf.
