@@ -265,6 +265,8 @@ pub struct ChunkObject {
     pub chunks: u32,
     /// Rows PostgreSQL sent for it.
     pub rows: u64,
+    /// Its size in bytes.
+    pub size: u64,
     /// Set on the object an extractor leaves when the chunk cannot be extracted at all
     /// (a permanent error): the loader ends the run with this reason.
     pub failed: Option<String>,
@@ -296,6 +298,7 @@ impl ChunkObject {
             chunk: chunk.parse().map_err(|_| bad("chunk"))?,
             chunks: chunks.parse().map_err(|_| bad("chunks"))?,
             rows: rows.parse().map_err(|_| bad("rows"))?,
+            size: info.size,
             run_id,
             table,
             failed,

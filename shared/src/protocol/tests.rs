@@ -328,6 +328,41 @@ async fn a_chunk_whose_object_lost_rows_is_refused_before_anything_is_visible() 
     let _ = last;
 }
 
+/// An empty table (or an empty incremental window) stages an object with no rows: it is
+/// recorded as a 0-row load without a COPY, and the run publishes an empty target.
+#[tokio::test]
+async fn an_object_without_rows_is_recorded_without_a_copy() {
+    let mut cfg = Config::from_seed(1);
+    cfg.faults = Default::default();
+    let w = World::new(
+        cfg,
+        vec![SimTable {
+            name: "t".into(),
+            existing: None,
+            rows: Vec::new(),
+        }],
+        Vec::new(),
+    );
+    w.seed_targets().await;
+    let parts = w.parts(true, false);
+    let (_, outcomes) = load_all(&w, &parts, "empty").await;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert!(
+        matches!(
+            outcomes[0],
+            LoadOutcome::Finished(Finished::Published { rows: 0 })
+        ),
+        "{outcomes:?}"
+    );
+    assert_eq!(w.wh.copies(), 0, "no COPY for an object without rows");
+    assert_eq!(w.wh.row_count(&target("t")).await.unwrap(), 0);
+    // ... while a table with rows is copied, one COPY per chunk.
+    let w = world(false).await;
+    let parts = w.parts(true, false);
+    let (h, _) = load_all(&w, &parts, "full").await;
+    assert_eq!(w.wh.copies(), h.chunks as u64);
+}
+
 /// Plan an SCD append of `t` (which exists) and extract its one chunk.
 async fn append_run(
     w: &World,

@@ -118,6 +118,8 @@ struct State {
     swaps: Vec<(String, String)>,
     /// Statements per kind, for the scale measurement.
     pub statements: u64,
+    /// COPY statements issued.
+    copies: u64,
 }
 
 /// An in-memory warehouse.
@@ -229,6 +231,11 @@ impl SimWarehouse {
     /// Statements run so far.
     pub fn statements(&self) -> u64 {
         self.state.lock().unwrap().statements
+    }
+
+    /// COPY statements issued so far.
+    pub fn copies(&self) -> u64 {
+        self.state.lock().unwrap().copies
     }
 
     /// A step boundary and the fault dice for one statement.
@@ -730,6 +737,7 @@ impl Transaction for SimTxn {
         compression: Compression,
         load_id: &str,
     ) -> Result<u64> {
+        self.wh.state.lock().unwrap().copies += 1;
         if self
             .stmt(&format!("copy {object} -> {table}"))
             .await
