@@ -270,6 +270,23 @@ pub async fn plan_table(
         _ => full_query(spec, kind, resolver)?,
     };
     let columns = src.describe(&spec.name, &query).await?;
+    // Refused loudly, never altered: a column the warehouse cannot hold exactly fails
+    // the table here, before any table is created or row read.
+    let refused: Vec<String> = columns
+        .iter()
+        .filter_map(|c| {
+            wh.refuse(&c.ty)
+                .map(|why| format!("column {} ({}): {why}", c.name, c.pg_type))
+        })
+        .collect();
+    if !refused.is_empty() {
+        p.action = Action::Error;
+        p.reason = Some(format!(
+            "the warehouse cannot hold these values exactly: {}",
+            refused.join("; ")
+        ));
+        return Ok(p);
+    }
     let target = spec.target.clone();
     let actual = wh.columns(&target).await?;
     let state = schema_state(wh, &columns, actual.as_deref());

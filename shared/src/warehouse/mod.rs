@@ -243,6 +243,13 @@ pub trait Warehouse: Send + Sync {
     async fn health(&self) -> Result<()>;
     /// How this warehouse names a column type (as its information schema reports it).
     fn render_type(&self, ty: &ColumnType) -> String;
+    /// Why this warehouse cannot hold every value of a column type exactly, if it
+    /// cannot: the table is then refused when planned, naming the column, its
+    /// PostgreSQL type and this reason, before anything is created or loaded.
+    fn refuse(&self, ty: &ColumnType) -> Option<String> {
+        let _ = ty;
+        None
+    }
     /// The columns of a table in order, `None` when the table does not exist.
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// Create a table (and its schema) with these columns unless it exists; `stamped`

@@ -720,3 +720,127 @@ async fn a_transaction_dropped_half_way_is_rolled_back_before_the_session_is_use
     assert_eq!(tail[2], "ROLLBACK", "{tail:?}");
     assert!(tail[3].starts_with("SELECT COUNT(*) FROM"), "{tail:?}");
 }
+
+/// A column Snowflake cannot hold exactly is refused by name when the table is planned
+/// (`pgp plan` says so ahead of time, and `pgp tap` fails that table before creating or
+/// loading anything), while the other tables load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numeric_scale_snowflake_cannot_hold_is_refused_by_name() {
+    let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
+    let db = pgp_e2e::Pg::get().fresh_db("sfrefuse").await;
+    db.exec(
+        "CREATE TABLE fine (id int PRIMARY KEY, n numeric(38,37));
+         INSERT INTO fine VALUES (1, 0.1234567890123456789012345678901234567);
+         CREATE TABLE tiny (id int PRIMARY KEY, frac numeric(38,38), ok numeric(10,2));
+         INSERT INTO tiny VALUES (1, 0.12345678901234567890123456789012345678, 1.5);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = pgp_e2e::write_manifest(
+        dir.path(),
+        "  fine:
+    import_db: TEST_DB
+    export_schema: 'sfrefuse'
+    export_table: 'fine'
+    export_table_primary_key: id
+    import_query: SELECT * FROM fine
+  tiny:
+    import_db: TEST_DB
+    export_schema: 'sfrefuse'
+    export_table: 'tiny'
+    export_table_primary_key: id
+    import_query: SELECT * FROM tiny
+",
+    );
+    let url = fs.url("REFUSEDB");
+    let store = dir.path().join("objects");
+    let mut e = env(&[
+        ("PGP_SNOWFLAKE_PASSWORD", "unused-by-the-emulator".into()),
+        (
+            "PGP_SNOWFLAKE_STAGE_URL",
+            format!("file://{}/", store.display()),
+        ),
+        ("PGP_STORAGE_URL", format!("file://{}", store.display())),
+        ("PGP_WAREHOUSE_URL", url.clone()),
+        ("PGP_LOG", "warn".into()),
+    ]);
+    e.extend(db.env());
+    create_database(&url, &e, "REFUSEDB").await;
+    let run = |args: Vec<String>| {
+        let mut cmd = std::process::Command::new(service_binary("pgp"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&e);
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+    };
+    let m = manifest.display().to_string();
+    let (code, out, err) = run(vec![
+        "plan".into(),
+        m.clone(),
+        "--load-type".into(),
+        "backfill".into(),
+        "--format".into(),
+        "json".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let plans: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tiny = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["table"] == "tiny")
+        .unwrap();
+    assert_eq!(tiny["action"], "error", "{tiny}");
+    let reason = tiny["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("column frac (numeric(38,38))") && reason.contains("37"),
+        "{reason}"
+    );
+    assert!(!reason.contains("column ok"), "{reason}");
+    let fine = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["table"] == "fine")
+        .unwrap();
+    assert_eq!(fine["action"], "backfill", "numeric(38,37) fits: {fine}");
+
+    let (code, out, err) = run(vec![
+        "tap".into(),
+        m,
+        "--load-type".into(),
+        "backfill".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "one table failed: {out}\n{err}");
+    assert!(out.contains("FAILED") && out.contains("frac"), "{out}");
+    let cfg = SnowflakeConfig::from_url(&url, &e, "gs://unused").unwrap();
+    let mut c = Client::new(cfg).unwrap();
+    let n = c
+        .query("SELECT N::TEXT FROM REFUSEDB.SFREFUSE.FINE")
+        .await
+        .unwrap();
+    assert_eq!(
+        n.rows,
+        vec![vec![Some(
+            "0.1234567890123456789012345678901234567".to_string()
+        )]]
+    );
+    assert!(
+        c.query("SELECT COUNT(*) FROM REFUSEDB.SFREFUSE.TINY")
+            .await
+            .is_err(),
+        "nothing created for the refused table"
+    );
+}

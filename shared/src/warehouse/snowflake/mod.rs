@@ -96,6 +96,24 @@ pub fn render(ty: &ColumnType) -> String {
     }
 }
 
+/// The largest scale of Snowflake's NUMBER: "precision 1 to 38, scale 0 to 37"
+/// (<https://docs.snowflake.com/en/sql-reference/data-types-numeric>,
+/// "NUMBER"). PostgreSQL allows `numeric(38,38)`.
+pub const MAX_NUMBER_SCALE: u8 = 37;
+
+/// Why Snowflake cannot hold a column type exactly (see [`Warehouse::refuse`]).
+pub fn refuse(ty: &ColumnType) -> Option<String> {
+    match ty {
+        ColumnType::Decimal { scale, .. } if *scale > MAX_NUMBER_SCALE => Some(format!(
+            "Snowflake's NUMBER has at most {MAX_NUMBER_SCALE} decimal places and this column \
+             has {scale}; rounding would change values (cast it in import_query to a \
+             numeric it can hold, or to text)"
+        )),
+        ColumnType::List(e) => refuse(e),
+        _ => None,
+    }
+}
+
 /// The expression turning staged text field `f` into the column's value.
 fn cast(c: &Column, f: &str) -> String {
     match &c.ty {
@@ -486,6 +504,10 @@ impl Warehouse for Snowflake {
             ColumnType::List(_) if self.cfg.arrays_as_variant => "VARIANT".into(),
             ty => render(ty),
         }
+    }
+
+    fn refuse(&self, ty: &ColumnType) -> Option<String> {
+        refuse(ty)
     }
 
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
@@ -1093,6 +1115,16 @@ mod tests {
              ESCAPE_UNENCLOSED_FIELD = NONE EMPTY_FIELD_AS_NULL = TRUE NULL_IF = () \
              SKIP_HEADER = 0 COMPRESSION = GZIP)"
         );
+    }
+
+    #[test]
+    fn only_what_number_cannot_hold_is_refused() {
+        let d = |precision, scale| ColumnType::Decimal { precision, scale };
+        assert_eq!(refuse(&d(38, 37)), None);
+        assert_eq!(refuse(&d(10, 2)), None);
+        assert!(refuse(&d(38, 38)).unwrap().contains("at most 37"));
+        assert!(refuse(&ColumnType::List(Box::new(d(38, 38)))).is_some());
+        assert_eq!(refuse(&ColumnType::Text), None);
     }
 
     #[test]
