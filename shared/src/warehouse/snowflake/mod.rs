@@ -114,6 +114,23 @@ pub fn refuse(ty: &ColumnType) -> Option<String> {
     }
 }
 
+/// The type a column is *created* with: [`render`], with text and binary columns at
+/// Snowflake's maximum sizes instead of their defaults (VARCHAR 16 MB, BINARY 8 MB),
+/// so that every value PostgreSQL can send up to 128 MB / 64 MB loads
+/// (<https://docs.snowflake.com/en/sql-reference/data-types-text>: "If no length is
+/// specified, the default is 16777216", maximum 134217728 bytes; BINARY maximum
+/// 67108864 bytes). `information_schema` still names them TEXT and BINARY, which is
+/// what the schema check compares, so existing targets are not seen as changed.
+/// `sized` is false only on the emulator path (`copy=staged`): fakesnow's DuckDB takes
+/// no size on BLOB.
+pub fn create_type(ty: &ColumnType, sized: bool) -> String {
+    match ty {
+        ColumnType::Text | ColumnType::Uuid if sized => "VARCHAR(134217728)".into(),
+        ColumnType::Bytes if sized => "BINARY(67108864)".into(),
+        ty => render(ty),
+    }
+}
+
 /// The expression turning staged text field `f` into the column's value.
 fn cast(c: &Column, f: &str) -> String {
     match &c.ty {
@@ -524,7 +541,10 @@ impl Warehouse for Snowflake {
         let mut cols: Vec<String> = schema
             .columns
             .iter()
-            .map(|c| format!("{} {}", q(c.name.as_str()), render(&c.ty)))
+            .map(|c| {
+                let sized = self.cfg.copy == CopyMode::Transform;
+                format!("{} {}", q(c.name.as_str()), create_type(&c.ty, sized))
+            })
             .collect();
         cols.push(format!("{} TIMESTAMP_TZ", q(UPLOADED_AT)));
         if schema.task_instance {
@@ -1115,6 +1135,17 @@ mod tests {
              ESCAPE_UNENCLOSED_FIELD = NONE EMPTY_FIELD_AS_NULL = TRUE NULL_IF = () \
              SKIP_HEADER = 0 COMPRESSION = GZIP)"
         );
+    }
+
+    #[test]
+    fn text_and_binary_columns_are_created_at_their_maximum_sizes() {
+        assert_eq!(create_type(&ColumnType::Text, true), "VARCHAR(134217728)");
+        assert_eq!(create_type(&ColumnType::Uuid, true), "VARCHAR(134217728)");
+        assert_eq!(create_type(&ColumnType::Bytes, true), "BINARY(67108864)");
+        assert_eq!(create_type(&ColumnType::Json, true), "VARIANT");
+        assert_eq!(create_type(&ColumnType::Bytes, false), "BINARY");
+        // the schema check still compares the information schema's names
+        assert_eq!(render(&ColumnType::Text), "TEXT");
     }
 
     #[test]
