@@ -32,7 +32,9 @@ use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
 use crate::plan::Mode;
-use crate::warehouse::{schema_state, RunRecord, RunState, RunUpdate, SchemaState, Transaction};
+use crate::warehouse::{
+    schema_state, LedgerSummary, RunRecord, RunState, RunUpdate, SchemaState, Transaction,
+};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -231,6 +233,7 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
             .insert_chosen(&h.load_table, &h.target, &h.schema, &h.run_id)
             .await?;
         if rows != summary.rows {
+            moved_on(&mut txn, h, summary).await?;
             // Roll the insert back (by failing the transaction), then abandon.
             return Err(Error::CountMismatch {
                 table: h.table.clone(),
@@ -261,6 +264,29 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         Err(e @ Error::CountMismatch { .. }) => abandon(parts, h, &e.to_string()).await,
         Err(e) => Err(e),
     }
+}
+
+/// After a publish inserted other than the ledger's total: whether a load of the run
+/// committed between the two statements. Snowflake runs transactions at READ
+/// COMMITTED, so the insert may see a duplicate load (a chunk extracted twice while
+/// the source changed) that the summary before it did not, with a smaller load id and
+/// another row count. Then the totals differ through no fault: busy, and the retry
+/// reads one state. If the ledger did not move, nothing committed in between and the
+/// difference is real (`Ok`, the caller abandons). Loads are only ever added, so a
+/// summary equal to the first means none landed since.
+async fn moved_on(
+    txn: &mut Box<dyn Transaction>,
+    h: &RunHeader,
+    first: LedgerSummary,
+) -> Result<()> {
+    let again = txn.ledger_summary(&h.load_table, &h.run_id).await?;
+    if again != first {
+        return Err(Error::Busy(format!(
+            "a load of run {} committed while it was being published ({} rows then, {} now); publishing again",
+            h.run_id, first.rows, again.rows
+        )));
+    }
+    Ok(())
 }
 
 fn not_complete(h: &RunHeader, loaded: u64) -> Error {
@@ -295,6 +321,9 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         let rows = txn
             .insert_chosen(&h.load_table, &fresh, &h.schema, &h.run_id)
             .await?;
+        if rows != summary.rows {
+            moved_on(&mut txn, h, summary).await?;
+        }
         Ok((rows, summary.rows))
     });
     let rows = match built {

@@ -13,6 +13,7 @@ use crate::plan::LoadType;
 use crate::queue::MemoryQueue;
 use crate::run::RunOptions;
 use crate::sim::world::{target, Config, SimTable, World};
+use crate::storage::ObjectStore;
 use crate::warehouse::{RunState, Warehouse};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -147,10 +148,143 @@ async fn a_claimant_that_was_paused_past_a_third_of_its_lease_does_not_swap() {
 }
 
 /// A warehouse whose process dies right after its first swap: every statement after
-/// it fails (the swap happened; recording it never does).
+/// it fails (the swap happened; recording it never does). With `slip` set, the first
+/// `insert_chosen` of a transaction is preceded by another loader's committed load
+/// (as READ COMMITTED lets a statement see what committed after the transaction began).
 struct DiesAfterSwap {
     inner: crate::sim::warehouse::SimWarehouse,
     dead: std::sync::atomic::AtomicBool,
+    slip: Arc<std::sync::Mutex<Option<Slip>>>,
+}
+
+impl DiesAfterSwap {
+    fn new(inner: &crate::sim::warehouse::SimWarehouse) -> Self {
+        Self {
+            inner: inner.clone(),
+            dead: Default::default(),
+            slip: Default::default(),
+        }
+    }
+}
+
+/// A load another loader commits in the middle of a transaction: its ledger row (the
+/// rows are counted by the copy) and what the copy needs.
+type Slip = (
+    crate::warehouse::LoadRecord,
+    crate::warehouse::TableSchema,
+    crate::warehouse::RunMeta,
+);
+
+/// A transaction of [`DiesAfterSwap`] that may have a load slipped in before its insert.
+struct SlipTxn {
+    inner: Box<dyn crate::warehouse::Transaction>,
+    wh: crate::sim::warehouse::SimWarehouse,
+    slip: Arc<std::sync::Mutex<Option<Slip>>>,
+}
+
+#[async_trait::async_trait]
+impl crate::warehouse::Transaction for SlipTxn {
+    async fn lock(&mut self, t: &crate::ident::TableName) -> crate::Result<()> {
+        self.inner.lock(t).await
+    }
+    async fn copy_into(
+        &mut self,
+        table: &crate::ident::TableName,
+        schema: &crate::warehouse::TableSchema,
+        run: &crate::warehouse::RunMeta,
+        object: &crate::storage::ObjectKey,
+        compression: crate::format::Compression,
+        load_id: &str,
+    ) -> crate::Result<u64> {
+        self.inner
+            .copy_into(table, schema, run, object, compression, load_id)
+            .await
+    }
+    async fn columns(
+        &mut self,
+        t: &crate::ident::TableName,
+    ) -> crate::Result<Option<Vec<crate::warehouse::ActualColumn>>> {
+        self.inner.columns(t).await
+    }
+    async fn marker(&mut self, t: &crate::ident::TableName) -> crate::Result<Option<String>> {
+        self.inner.marker(t).await
+    }
+    async fn record_load(&mut self, r: &crate::warehouse::LoadRecord) -> crate::Result<()> {
+        self.inner.record_load(r).await
+    }
+    async fn chunk_loaded(
+        &mut self,
+        t: &crate::ident::TableName,
+        run_id: &str,
+        chunk: u32,
+    ) -> crate::Result<Option<u64>> {
+        self.inner.chunk_loaded(t, run_id, chunk).await
+    }
+    async fn ledger_summary(
+        &mut self,
+        t: &crate::ident::TableName,
+        run_id: &str,
+    ) -> crate::Result<crate::warehouse::LedgerSummary> {
+        self.inner.ledger_summary(t, run_id).await
+    }
+    async fn insert_chosen(
+        &mut self,
+        from: &crate::ident::TableName,
+        to: &crate::ident::TableName,
+        schema: &crate::warehouse::TableSchema,
+        run_id: &str,
+    ) -> crate::Result<u64> {
+        let slip = self.slip.lock().unwrap().take();
+        if let Some((r, ts, meta)) = slip {
+            let object = crate::storage::ObjectKey::parse(&r.object).unwrap();
+            let mut other = self.wh.begin().await?;
+            let n = other
+                .copy_into(
+                    from,
+                    &ts,
+                    &meta,
+                    &object,
+                    crate::format::Compression::None,
+                    &r.load_id,
+                )
+                .await?;
+            other
+                .record_load(&crate::warehouse::LoadRecord { rows: n, ..r })
+                .await?;
+            other.commit().await?;
+        }
+        self.inner.insert_chosen(from, to, schema, run_id).await
+    }
+    async fn open_runs(
+        &mut self,
+        t: &crate::ident::TableName,
+    ) -> crate::Result<Vec<crate::warehouse::RunRecord>> {
+        self.inner.open_runs(t).await
+    }
+    async fn run(
+        &mut self,
+        t: &crate::ident::TableName,
+        run_id: &str,
+    ) -> crate::Result<Option<crate::warehouse::RunRecord>> {
+        self.inner.run(t, run_id).await
+    }
+    async fn insert_run(&mut self, r: &crate::warehouse::RunRecord) -> crate::Result<()> {
+        self.inner.insert_run(r).await
+    }
+    async fn update_run(
+        &mut self,
+        t: &crate::ident::TableName,
+        run_id: &str,
+        u: &crate::warehouse::RunUpdate,
+    ) -> crate::Result<()> {
+        self.inner.update_run(t, run_id, u).await
+    }
+    async fn commit(self: Box<Self>) -> crate::Result<()> {
+        self.inner.commit().await
+    }
+    async fn rollback(self: Box<Self>) -> crate::Result<()> {
+        self.inner.rollback().await
+    }
 }
 
 impl DiesAfterSwap {
@@ -230,7 +364,11 @@ impl Warehouse for DiesAfterSwap {
     }
     async fn begin(&self) -> crate::Result<Box<dyn crate::warehouse::Transaction>> {
         self.check()?;
-        self.inner.begin().await
+        Ok(Box::new(SlipTxn {
+            inner: self.inner.begin().await?,
+            wh: self.inner.clone(),
+            slip: self.slip.clone(),
+        }))
     }
     async fn run_overview(&self) -> crate::Result<Vec<crate::warehouse::RunStatus>> {
         self.check()?;
@@ -248,10 +386,7 @@ async fn a_swap_that_happened_before_its_claimant_died_is_recorded_not_repeated(
     let parts = w.parts(true, false);
     // The last chunk's loader swaps and dies before it records the publish.
     let mut dying = parts.clone();
-    dying.warehouse = Some(Arc::new(DiesAfterSwap {
-        inner: w.wh.clone(),
-        dead: Default::default(),
-    }));
+    dying.warehouse = Some(Arc::new(DiesAfterSwap::new(&w.wh)));
     let (h, r) = load_with_last(&w, &parts, "r1", &dying).await;
     assert!(r.is_err());
     assert_eq!(w.wh.swaps().len(), 1);
@@ -380,6 +515,75 @@ async fn append_run(
     let task = serde_json::from_slice(&queue.take()[0].data).unwrap();
     let out = extract_step(parts, &task, &|_, _| {}).await.unwrap();
     (h, out.object().clone())
+}
+
+/// Snowflake's READ COMMITTED: between a publish's ledger summary and its insert of the
+/// chosen loads, another loader commits a second load of the chunk (extracted again
+/// after the source lost a row) whose load id is smaller. The insert takes it, so the
+/// totals differ through no fault: the publish answers busy instead of abandoning the
+/// run, and the next attempt publishes the load the ledger now chooses, once.
+#[tokio::test]
+async fn a_load_committed_during_a_publish_makes_it_retry_not_abandon() {
+    let w = world(true).await;
+    let parts = w.parts(true, false);
+    let (h, object) = append_run(&w, &parts, "scd1").await;
+    let mut txn = w.wh.begin().await.unwrap();
+    let n = txn
+        .copy_into(
+            &h.load_table,
+            &h.schema,
+            &h.meta,
+            &object.key,
+            h.compression,
+            "bbbb",
+        )
+        .await
+        .unwrap();
+    txn.record_load(&crate::warehouse::LoadRecord {
+        load_table: h.load_table.clone(),
+        run_id: h.run_id.clone(),
+        chunk: 0,
+        object: object.key.to_string(),
+        load_id: "bbbb".into(),
+        rows: n,
+    })
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    // The second extraction of chunk 0: one row fewer.
+    let again =
+        crate::storage::ObjectKey::parse(&format!("{}again.tsv", h.chunk_prefix(0))).unwrap();
+    w.store
+        .copy(&object.key, &again, object.metadata.clone())
+        .await
+        .unwrap();
+    w.store.truncate_last_line(&again);
+    let racing = DiesAfterSwap::new(&w.wh);
+    *racing.slip.lock().unwrap() = Some((
+        crate::warehouse::LoadRecord {
+            load_table: h.load_table.clone(),
+            run_id: h.run_id.clone(),
+            chunk: 0,
+            object: again.to_string(),
+            load_id: "0000".into(),
+            rows: 0,
+        },
+        h.schema.clone(),
+        h.meta.clone(),
+    ));
+    let mut p = parts.clone();
+    p.warehouse = Some(Arc::new(racing));
+    let e = finish_run(&p, &h).await.unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Busy, "{e}");
+    assert_eq!(w.wh.runs()[0].state, RunState::Planned);
+    assert_eq!(
+        w.wh.row_count(&h.target).await.unwrap(),
+        10,
+        "target untouched"
+    );
+    let f = finish_run(&parts, &h).await.unwrap();
+    assert_eq!(f, Finished::Published { rows: 9 });
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 19);
 }
 
 #[tokio::test]
