@@ -517,6 +517,38 @@ async fn append_run(
     (h, out.object().clone())
 }
 
+/// Load `object` as chunk 0 of `h` the way a loader does, stamped `load_id`.
+async fn load_chunk_0(
+    w: &World,
+    h: &RunHeader,
+    object: &crate::storage::ObjectInfo,
+    load_id: &str,
+) {
+    let mut txn = w.wh.begin().await.unwrap();
+    let n = txn
+        .copy_into(
+            &h.load_table,
+            &h.schema,
+            &h.meta,
+            &object.key,
+            h.compression,
+            load_id,
+        )
+        .await
+        .unwrap();
+    txn.record_load(&crate::warehouse::LoadRecord {
+        load_table: h.load_table.clone(),
+        run_id: h.run_id.clone(),
+        chunk: 0,
+        object: object.key.to_string(),
+        load_id: load_id.into(),
+        rows: n,
+    })
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+}
+
 /// Snowflake's READ COMMITTED: between a publish's ledger summary and its insert of the
 /// chosen loads, another loader commits a second load of the chunk (extracted again
 /// after the source lost a row) whose load id is smaller. The insert takes it, so the
@@ -527,29 +559,7 @@ async fn a_load_committed_during_a_publish_makes_it_retry_not_abandon() {
     let w = world(true).await;
     let parts = w.parts(true, false);
     let (h, object) = append_run(&w, &parts, "scd1").await;
-    let mut txn = w.wh.begin().await.unwrap();
-    let n = txn
-        .copy_into(
-            &h.load_table,
-            &h.schema,
-            &h.meta,
-            &object.key,
-            h.compression,
-            "bbbb",
-        )
-        .await
-        .unwrap();
-    txn.record_load(&crate::warehouse::LoadRecord {
-        load_table: h.load_table.clone(),
-        run_id: h.run_id.clone(),
-        chunk: 0,
-        object: object.key.to_string(),
-        load_id: "bbbb".into(),
-        rows: n,
-    })
-    .await
-    .unwrap();
-    txn.commit().await.unwrap();
+    load_chunk_0(&w, &h, &object, "bbbb").await;
     // The second extraction of chunk 0: one row fewer.
     let again =
         crate::storage::ObjectKey::parse(&format!("{}again.tsv", h.chunk_prefix(0))).unwrap();
@@ -592,29 +602,7 @@ async fn a_publish_refuses_a_load_table_whose_total_differs_from_the_ledger() {
     let parts = w.parts(true, false);
     let (h, object) = append_run(&w, &parts, "scd1").await;
     // The chunk loads as a loader loads it ...
-    let mut txn = w.wh.begin().await.unwrap();
-    let n = txn
-        .copy_into(
-            &h.load_table,
-            &h.schema,
-            &h.meta,
-            &object.key,
-            h.compression,
-            "aaaa",
-        )
-        .await
-        .unwrap();
-    txn.record_load(&crate::warehouse::LoadRecord {
-        load_table: h.load_table.clone(),
-        run_id: h.run_id.clone(),
-        chunk: 0,
-        object: object.key.to_string(),
-        load_id: "aaaa".into(),
-        rows: n,
-    })
-    .await
-    .unwrap();
-    txn.commit().await.unwrap();
+    load_chunk_0(&w, &h, &object, "aaaa").await;
     // ... and its COPY is applied a second time under the same stamp (a statement the
     // warehouse ran twice): the ledger says 10 rows, the load table holds 20.
     let mut txn = w.wh.begin().await.unwrap();
