@@ -50,6 +50,7 @@ fn pgp(
         !o.contains(PASSWORD) && !e.contains(PASSWORD),
         "password printed:\n{o}\n{e}"
     );
+    assert!(!e.contains('\u{1b}'), "colour codes in captured logs:\n{e}");
     (out.status.code().unwrap_or(-1), o, e)
 }
 

@@ -132,7 +132,11 @@ pub fn init_logging() {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if text {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .try_init()
     } else {
         registry.with(tracing_stackdriver::layer()).try_init()
