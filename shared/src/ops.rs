@@ -14,7 +14,9 @@
 use crate::error::Result;
 use crate::ident::TableName;
 use crate::protocol::publish::marker;
-use crate::protocol::record::{read_run_file, run_objects_prefix, RunFile, RUNS_PREFIX};
+use crate::protocol::record::{
+    read_run_file, run_objects_prefix, ChunkObject, RunFile, RUNS_PREFIX,
+};
 use crate::storage::{ObjectKey, ObjectStore};
 use crate::warehouse::{RunState, RunStatus, RunUpdate, Warehouse};
 use std::collections::BTreeSet;
@@ -46,15 +48,6 @@ pub struct RunView {
     pub idle_seconds: i64,
 }
 
-fn state_name(s: RunState) -> &'static str {
-    match s {
-        RunState::Planned => "planned",
-        RunState::Claimed => "claimed",
-        RunState::Published => "published",
-        RunState::Abandoned => "abandoned",
-    }
-}
-
 /// Every run recorded in the last `since` (by its last activity), newest first.
 pub async fn runs(
     store: &dyn ObjectStore,
@@ -73,20 +66,27 @@ pub async fn runs(
         let mut extracted = BTreeSet::new();
         let mut failed = BTreeSet::new();
         let mut last_failure = None;
-        for o in &objects {
-            let chunk = o.metadata.get("chunk").and_then(|c| c.parse::<u64>().ok());
-            if let Some(e) = o.metadata.get("error") {
-                failed.extend(chunk);
-                last_failure = Some(e.clone());
-            } else if o.metadata.contains_key("rows") {
-                extracted.extend(chunk);
+        // What the loader reads of an object, read the same way (objects without
+        // complete chunk metadata are not chunks, as for the loader).
+        for c in objects
+            .iter()
+            .filter_map(|o| ChunkObject::from_info(o).ok().flatten())
+        {
+            match c.failed {
+                Some(e) => {
+                    failed.insert(c.chunk);
+                    last_failure = Some(e);
+                }
+                None => {
+                    extracted.insert(c.chunk);
+                }
             }
         }
         out.push(RunView {
             run_id: r.run_id.clone(),
             target: r.target.to_string(),
             mode: r.mode.clone(),
-            state: state_name(r.state).into(),
+            state: r.state.as_str().into(),
             chunks_planned: r.chunks,
             chunks_extracted: extracted.len() as u64,
             chunks_loaded: s.loaded_chunks,
@@ -163,7 +163,7 @@ pub async fn gc(store: &dyn ObjectStore, wh: &dyn Warehouse, opts: GcOptions) ->
         let mut item = GcItem {
             run_id: s.record.run_id.clone(),
             target: s.record.target.to_string(),
-            state: state_name(s.record.state).into(),
+            state: s.record.state.as_str().into(),
             idle_seconds: s.idle_seconds,
             actions: Vec::new(),
         };
@@ -353,6 +353,9 @@ mod tests {
             (2, ("error", "boom")),
         ] {
             let mut meta = crate::storage::Metadata::new();
+            meta.insert("run_id".into(), run_id.into());
+            meta.insert("table".into(), target.table.to_string());
+            meta.insert("chunks".into(), "3".into());
             meta.insert("chunk".into(), chunk.to_string());
             meta.insert(md.0.into(), md.1.into());
             let key = ObjectKey::parse(&format!("{prefix}{chunk:05}.x.tsv.gz")).unwrap();
