@@ -174,8 +174,12 @@ pub async fn gc(store: &dyn ObjectStore, wh: &dyn Warehouse, opts: GcOptions) ->
         collect_leftovers(store, wh, &s, opts.apply, &mut item.actions).await?;
         if s.loads > 0 && idle >= opts.ledger_retention.as_secs() {
             let n = if opts.apply {
+                // The load ledger, and the build ledger of a swap (keyed by its table).
+                let built =
+                    crate::protocol::build::build_table(&s.record.target, &s.record.run_id)?;
                 wh.trim_ledger(&s.record.load_table, &s.record.run_id)
                     .await?
+                    + wh.trim_ledger(&built, &s.record.run_id).await?
             } else {
                 s.loads
             };
@@ -212,7 +216,8 @@ async fn settle_stalled(wh: &dyn Warehouse, s: &RunStatus, apply: bool) -> Resul
         if now.state == RunState::Claimed
             && txn.marker(&r.target).await?.as_deref() == Some(marker(&r.run_id).as_str())
         {
-            let rows = txn.ledger_summary(&r.load_table, &r.run_id).await?.rows;
+            let built = crate::protocol::build::build_table(&r.target, &r.run_id)?;
+            let rows = txn.ledger_summary(&built, &r.run_id).await?.rows;
             txn.update_run(&r.target, &r.run_id, &RunUpdate::Published { rows })
                 .await?;
             return Ok("recorded as published (the target carries its marker)".to_string());
@@ -240,12 +245,10 @@ async fn collect_leftovers(
     actions: &mut Vec<String>,
 ) -> Result<()> {
     let r = &s.record;
-    let mut tables: Vec<TableName> = vec![r.load_table.clone()];
-    if let Some(c) = &r.claim {
-        tables.push(crate::protocol::publish::swap_table(
-            &r.target, &r.run_id, c,
-        )?);
-    }
+    let tables: Vec<TableName> = vec![
+        r.load_table.clone(),
+        crate::protocol::build::build_table(&r.target, &r.run_id)?,
+    ];
     for t in tables {
         if wh.columns(&t).await?.is_some() {
             if apply {
@@ -341,6 +344,20 @@ mod tests {
             .unwrap();
         }
         if let Some(c) = claim {
+            // A claimed run's swap table was built: one load per chunk.
+            let built = crate::protocol::build::build_table(target, run_id).unwrap();
+            for (chunk, id, rows) in [(0, "a", 5), (1, "c", 7)] {
+                txn.record_load(&LoadRecord {
+                    load_table: built.clone(),
+                    run_id: run_id.into(),
+                    chunk,
+                    object: format!("load {id}"),
+                    load_id: id.into(),
+                    rows,
+                })
+                .await
+                .unwrap();
+            }
             txn.update_run(target, run_id, &RunUpdate::Claim(c.into()))
                 .await
                 .unwrap();
@@ -381,7 +398,7 @@ mod tests {
         let load_a = seed(&wh, store.as_ref(), &a, "r1", None).await;
         let load_b = seed(&wh, store.as_ref(), &b, "r2", Some("c1")).await;
         // r2's claimant swapped in its table (which carries its marker), then died.
-        let fresh = crate::protocol::publish::swap_table(&b, "r2", "c1").unwrap();
+        let fresh = crate::protocol::build::build_table(&b, "r2").unwrap();
         let ts = TableSchema {
             columns: all_types(),
             task_instance: false,

@@ -2,16 +2,18 @@
 //! when its ledger is complete.
 //!
 //! Per event, whatever the run's size: one read of the run header, and a fixed number
-//! of statements (begin; is the chunk loaded; COPY; ledger row; commit; begin; ledger
-//! summary; rollback). The COPY, the count check and the ledger row commit together or
+//! of statements (begin; is the chunk loaded; COPY; ledger row; commit; for a swap,
+//! the chunk's build ([`super::build`]); begin; ledger summary; rollback). The COPY, the count check and the ledger row commit together or
 //! not at all: a count that differs rolls the rows back before anything else sees them.
 //! Two loaders handling one object both commit (nothing can stop them in Snowflake);
 //! each stamps its rows with its own load id, and the publish takes one of them.
 
+use super::build::{build, BUILD_BUDGET};
 use super::publish::{abandon, finish_run, run_state, Finished};
 use super::record::{read_header, ChunkObject};
 use super::Parts;
 use crate::error::{Error, Result};
+use crate::plan::Mode;
 use crate::storage::ObjectInfo;
 use crate::warehouse::{LoadRecord, RunState};
 
@@ -58,9 +60,9 @@ pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> 
         }
     };
     let (rows, already) = match loaded {
-        Some(rows) => {
+        Some(load) => {
             txn.rollback().await?;
-            (rows, true)
+            (load.rows, true)
         }
         None => {
             let load_id = parts.ids.fresh();
@@ -116,6 +118,15 @@ pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> 
             (n, false)
         }
     };
+
+    // A swap builds its table as chunks arrive (a few chunks per event, one bounded
+    // statement each), so that the publish does not copy the whole run at once
+    // (module `build`).
+    if matches!(h.mode, Mode::Swap | Mode::Test) {
+        if let Err(e) = build(parts, &h, BUILD_BUDGET).await {
+            return fail_chunk(parts, &h, e).await;
+        }
+    }
 
     let mut txn = wh.begin().await?;
     let summary = txn.ledger_summary(&h.load_table, &h.run_id).await;

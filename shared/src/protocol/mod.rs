@@ -59,6 +59,7 @@ macro_rules! in_txn {
     }};
 }
 
+pub mod build;
 pub mod extract;
 pub mod load;
 pub mod plan;

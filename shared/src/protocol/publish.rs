@@ -9,25 +9,32 @@
 //!
 //! **Swap** (backfill, rebuilt scd tables; test loads into their scratch table): DDL
 //! cannot be inside a transaction, so:
-//! 1. build the new table `<target>_PGP_SWAP_<run>_<attempt>` from the chosen attempt
-//!    of each chunk and check its rows against the ledger's total (no lock: it can take
-//!    long, and nobody else uses this table);
-//! 2. claim the swap under the target's lock (`claimed`, with the attempt as claim id
-//!    and the warehouse's time). A claim whose swap already happened (the target
-//!    carries the claimant's marker) is recorded published by whoever finds it; any
-//!    other fresh claim makes this loader busy; one older than [`CLAIM_LEASE`] never
-//!    swapped and never will: it is taken over (or, for another run, abandoned);
-//! 3. swap the new table in, marked `pgp run <id>`; but only while less than a third
+//! 1. the run's build table (`<target>_PGP_SWAP_<run>`) holds one chosen load per
+//!    chunk, built chunk by chunk as loads arrive and at most [`BUILD_BUDGET`] chunks
+//!    per publishing event (module [`super::build`]); while chunks are missing the
+//!    event answers busy and its redelivery goes on;
+//! 2. claim the swap under the target's lock (`claimed`, with a fresh claim id and the
+//!    warehouse's time), once every chunk is built. A claim whose swap already happened
+//!    (the target carries the claimant's marker) is recorded published by whoever
+//!    finds it; any other fresh claim makes this loader busy; one older than
+//!    [`CLAIM_LEASE`] never swapped and never will: it is taken over (or, for another
+//!    run, abandoned);
+//! 3. check the built table's rows against the build ledger;
+//! 4. swap the built table in, marked `pgp run <id>`; but only while less than a third
 //!    of the lease has passed since the claim (measured from before it was taken), so a
 //!    slow claimant stops before anyone may take over;
-//! 4. record the run published under the lock; drop what is left (the old table, now
-//!    under the new table's name, and the load table).
+//! 5. record the run published under the lock; drop what is left (the old table, now
+//!    under the build table's name, and the load table).
+//!
+//! No statement of a publish grows with the run, except the append's one `INSERT`,
+//! whose runs are one chunk today.
 //!
 //! A loader that dies (or fails) after its swap leaves a claim the next event of the run
 //! records at once; one that dies before the swap leaves a claim that expires, and the
 //! next event of the run (or the next request for the target) takes it over or retires
 //! it.
 
+use super::build::{build, build_table, not_built, Build, BUILD_BUDGET};
 use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
@@ -53,16 +60,8 @@ pub fn marker(run_id: &str) -> String {
     format!("pgp run {run_id}")
 }
 
-/// The table a swap claim builds and swaps in.
-pub(crate) fn swap_table(h_target: &TableName, run_id: &str, claim: &str) -> Result<TableName> {
-    h_target.with_suffix(&format!(
-        "_PGP_SWAP_{}_{claim}",
-        crate::plan::stage_suffix(run_id)
-    ))
-}
-
 /// The run's row, added when a planner died before adding it.
-async fn ensure_run(txn: &mut Box<dyn Transaction>, h: &RunHeader) -> Result<RunRecord> {
+pub(crate) async fn ensure_run(txn: &mut Box<dyn Transaction>, h: &RunHeader) -> Result<RunRecord> {
     if let Some(r) = txn.run(&h.target, &h.run_id).await? {
         return Ok(r);
     }
@@ -112,6 +111,9 @@ pub async fn abandon(parts: &Parts, h: &RunHeader, reason: &str) -> Result<Finis
     })?;
     if matches!(end, Finished::Abandoned { .. }) {
         let _ = wh.drop_table(&h.load_table).await;
+        if let Ok(b) = build_table(&h.target, &h.run_id) {
+            let _ = wh.drop_table(&b).await;
+        }
     }
     Ok(end)
 }
@@ -150,8 +152,9 @@ async fn settle_other_claims(
                 other.run_id, h.target
             )));
         }
+        let other_build = build_table(&h.target, &other.run_id)?;
         let update = if swapped {
-            let s = txn.ledger_summary(&other.load_table, &other.run_id).await?;
+            let s = txn.ledger_summary(&other_build, &other.run_id).await?;
             RunUpdate::Published { rows: s.rows }
         } else {
             RunUpdate::Abandoned {
@@ -163,9 +166,7 @@ async fn settle_other_claims(
         };
         tracing::warn!(target_table = %h.target, stale = %other.run_id, ?update, "settled an expired swap claim");
         txn.update_run(&h.target, &other.run_id, &update).await?;
-        if let Some(c) = &other.claim {
-            leftovers.push(swap_table(&h.target, &other.run_id, c)?);
-        }
+        leftovers.push(other_build);
         leftovers.push(other.load_table.clone());
     }
     Ok(leftovers)
@@ -298,8 +299,8 @@ fn not_complete(h: &RunHeader, loaded: u64) -> Error {
 
 enum Claim {
     Done(Finished),
-    /// This loader holds the claim.
-    Held,
+    /// This loader holds the claim; the built table has this many rows.
+    Held(u64),
 }
 
 async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
@@ -308,44 +309,25 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
     if let Some(f) = run_state(parts, h).await?.as_ref().and_then(final_state) {
         return Ok(f);
     }
+    let b = build_table(&h.target, &h.run_id)?;
 
-    // 1. Build this attempt's table from the chosen loads, and check it.
-    let attempt = parts.ids.fresh();
-    let fresh = swap_table(&h.target, &h.run_id, &attempt)?;
-    wh.create_table(&fresh, &h.schema, false).await?;
-    let built = in_txn!(wh, |txn| {
-        let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
-        if summary.chunks != h.chunks as u64 {
-            return Err(not_complete(h, summary.chunks));
+    // 1. Build what is left, a bounded share per event (module `build`).
+    if let Build::Progress(built) = build(parts, h, BUILD_BUDGET).await? {
+        if built.chunks < h.chunks as u64 {
+            let mut txn = wh.begin().await?;
+            let loaded = txn.ledger_summary(&h.load_table, &h.run_id).await;
+            let _ = txn.rollback().await;
+            let loaded = loaded?;
+            if loaded.chunks < h.chunks as u64 {
+                return Err(not_complete(h, loaded.chunks));
+            }
+            return Err(not_built(h, &built));
         }
-        let rows = txn
-            .insert_chosen(&h.load_table, &fresh, &h.schema, &h.run_id)
-            .await?;
-        if rows != summary.rows {
-            moved_on(&mut txn, h, summary).await?;
-        }
-        Ok((rows, summary.rows))
-    });
-    let rows = match built {
-        Ok((rows, expected)) if rows == expected => rows,
-        Ok((rows, expected)) => {
-            let _ = wh.drop_table(&fresh).await;
-            let e = Error::CountMismatch {
-                table: h.table.clone(),
-                chunk: format!("all {} chunks", h.chunks),
-                source_rows: expected,
-                loaded_rows: rows,
-            };
-            return abandon(parts, h, &e.to_string()).await;
-        }
-        Err(e) => {
-            let _ = wh.drop_table(&fresh).await;
-            return Err(e);
-        }
-    };
+    }
 
-    // 2. Claim the swap.
+    // 2. Claim the swap of the built table.
     wh.prepare_lock(&h.target).await?;
+    let attempt = parts.ids.fresh();
     let started = parts.clock.monotonic();
     let mut leftovers = Vec::new();
     let claim = in_txn!(wh, |txn| {
@@ -354,16 +336,19 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         if let Some(f) = final_state(&run) {
             return Ok(Claim::Done(f));
         }
+        let built = txn.ledger_summary(&b, &h.run_id).await?;
         if run.state == RunState::Claimed {
             // The target carries this run's marker: the claimant swapped, and has not
             // recorded it yet (or never will). Recording it is safe whoever does it.
             if txn.marker(&h.target).await?.as_deref() == Some(&marker(&h.run_id)) {
-                if let Some(c) = &run.claim {
-                    leftovers.push(swap_table(&h.target, &h.run_id, c)?);
-                }
-                txn.update_run(&h.target, &h.run_id, &RunUpdate::Published { rows })
-                    .await?;
-                return Ok(Claim::Done(Finished::AlreadyPublished { rows }));
+                leftovers.push(b.clone());
+                txn.update_run(
+                    &h.target,
+                    &h.run_id,
+                    &RunUpdate::Published { rows: built.rows },
+                )
+                .await?;
+                return Ok(Claim::Done(Finished::AlreadyPublished { rows: built.rows }));
             }
             let age = run.claim_age_seconds.unwrap_or(0);
             if age < CLAIM_LEASE.as_secs() as i64 {
@@ -372,52 +357,60 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
                     h.run_id, h.target
                 )));
             }
-            // That claimant is gone, and its swap never happened: take over.
-            if let Some(c) = &run.claim {
-                leftovers.push(swap_table(&h.target, &h.run_id, c)?);
-            }
+            // That claimant is gone, and its swap never happened: take over (the
+            // build table is the run's, complete since the claim).
+        } else if built.chunks != h.chunks as u64 {
+            return Err(not_built(h, &built));
         }
         leftovers.extend(settle_other_claims(&mut txn, h).await?);
         txn.update_run(&h.target, &h.run_id, &RunUpdate::Claim(attempt.clone()))
             .await?;
-        Ok(Claim::Held)
+        Ok(Claim::Held(built.rows))
     });
     if claim.is_ok() {
         for t in leftovers {
             let _ = wh.drop_table(&t).await;
         }
     }
-    match claim {
-        Ok(Claim::Held) => {}
-        Ok(Claim::Done(f)) => {
-            let _ = wh.drop_table(&fresh).await;
+    let rows = match claim? {
+        Claim::Held(rows) => rows,
+        Claim::Done(f) => {
             if !matches!(f, Finished::Abandoned { .. }) {
                 let _ = wh.drop_table(&h.load_table).await;
             }
             return Ok(f);
         }
-        Err(e) => {
-            let _ = wh.drop_table(&fresh).await;
-            return Err(e);
-        }
+    };
+    tracing::info!(run_id = %h.run_id, target_table = %h.target, claim = %attempt, "claimed the swap");
+
+    // 3. Check the built table's rows against the build ledger (each chunk's insert was
+    // checked when it committed; this catches anything else writing into the table).
+    let counted = wh.row_count(&b).await?;
+    if counted != rows {
+        let e = Error::CountMismatch {
+            table: h.table.clone(),
+            chunk: format!("all {} chunks, in {b}", h.chunks),
+            source_rows: rows,
+            loaded_rows: counted,
+        };
+        return abandon(parts, h, &e.to_string()).await;
     }
 
-    tracing::info!(run_id = %h.run_id, target_table = %h.target, claim = %attempt, "claimed the swap");
-    // 3. Swap, while the claim is young enough that nobody can have taken it over. (An
+    // 4. Swap, while the claim is young enough that nobody can have taken it over. (An
     // earlier claimant of this run that swapped and died was found out by the marker
     // check under the lock, when its claim was taken over.)
     if parts.clock.monotonic().saturating_sub(started) > CLAIM_LEASE / 3 {
-        let _ = wh.drop_table(&fresh).await;
         return Err(Error::Busy(format!(
             "the swap claim of run {} on {} is too old to act on; the next attempt takes it over",
             h.run_id, h.target
         )));
     }
-    wh.swap_in(&fresh, &h.target, &marker(&h.run_id)).await?;
+    wh.swap_in(&b, &h.target, &marker(&h.run_id)).await?;
     tracing::info!(run_id = %h.run_id, target_table = %h.target, "swap done; recording it");
 
-    // 4. Record it (unless a loader that took over the expired claim found the swap by
-    // its marker and recorded it), and drop the old table (now under the new name).
+    // 5. Record it (unless a loader that took over the expired claim found the swap by
+    // its marker and recorded it), and drop the old table (now under the build table's
+    // name) and the load table.
     in_txn!(wh, |txn| {
         txn.lock(&h.target).await?;
         let run = ensure_run(&mut txn, h).await?;
@@ -427,7 +420,7 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         }
         Ok(())
     })?;
-    let _ = wh.drop_table(&fresh).await;
+    let _ = wh.drop_table(&b).await;
     let _ = wh.drop_table(&h.load_table).await;
     tracing::info!(run_id = %h.run_id, target_table = %h.target, rows, "swapped in");
     Ok(Finished::Published { rows })

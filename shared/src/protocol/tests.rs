@@ -151,10 +151,13 @@ async fn a_claimant_that_was_paused_past_a_third_of_its_lease_does_not_swap() {
 /// it fails (the swap happened; recording it never does). With `slip` set, the first
 /// `insert_chosen` of a transaction is preceded by another loader's committed load
 /// (as READ COMMITTED lets a statement see what committed after the transaction began).
+/// With `no_build` set, every build statement fails (a loader that dies between its
+/// load and its build).
 struct DiesAfterSwap {
     inner: crate::sim::warehouse::SimWarehouse,
     dead: std::sync::atomic::AtomicBool,
     slip: Arc<std::sync::Mutex<Option<Slip>>>,
+    no_build: bool,
 }
 
 impl DiesAfterSwap {
@@ -163,6 +166,7 @@ impl DiesAfterSwap {
             inner: inner.clone(),
             dead: Default::default(),
             slip: Default::default(),
+            no_build: false,
         }
     }
 }
@@ -180,6 +184,7 @@ struct SlipTxn {
     inner: Box<dyn crate::warehouse::Transaction>,
     wh: crate::sim::warehouse::SimWarehouse,
     slip: Arc<std::sync::Mutex<Option<Slip>>>,
+    no_build: bool,
 }
 
 #[async_trait::async_trait]
@@ -217,8 +222,33 @@ impl crate::warehouse::Transaction for SlipTxn {
         t: &crate::ident::TableName,
         run_id: &str,
         chunk: u32,
-    ) -> crate::Result<Option<u64>> {
+    ) -> crate::Result<Option<crate::warehouse::ChosenLoad>> {
         self.inner.chunk_loaded(t, run_id, chunk).await
+    }
+    async fn insert_load(
+        &mut self,
+        from: &crate::ident::TableName,
+        to: &crate::ident::TableName,
+        schema: &crate::warehouse::TableSchema,
+        load_id: &str,
+    ) -> crate::Result<u64> {
+        if self.no_build {
+            return Err(crate::Error::warehouse(
+                "test",
+                "the process is gone",
+                crate::error::ErrorKind::Transient,
+            ));
+        }
+        self.inner.insert_load(from, to, schema, load_id).await
+    }
+    async fn unbuilt_chunks(
+        &mut self,
+        t: &crate::ident::TableName,
+        b: &crate::ident::TableName,
+        run_id: &str,
+        limit: usize,
+    ) -> crate::Result<Vec<u32>> {
+        self.inner.unbuilt_chunks(t, b, run_id, limit).await
     }
     async fn ledger_summary(
         &mut self,
@@ -368,6 +398,7 @@ impl Warehouse for DiesAfterSwap {
             inner: self.inner.begin().await?,
             wh: self.inner.clone(),
             slip: self.slip.clone(),
+            no_build: self.no_build,
         }))
     }
     async fn run_overview(&self) -> crate::Result<Vec<crate::warehouse::RunStatus>> {
@@ -682,4 +713,54 @@ async fn an_append_waits_while_another_run_holds_a_fresh_swap_claim_on_the_targe
             .find(|r| r.run_id == "swapper")
             .unwrap();
     assert_eq!(swapper.state, RunState::Abandoned);
+}
+
+#[tokio::test]
+async fn a_swap_is_built_chunk_by_chunk_and_a_publish_builds_a_bounded_share() {
+    use super::build::{build_table, BUILD_BUDGET};
+    let w = world(false).await;
+    let parts = w.parts(true, false);
+    let mut no_build = parts.clone();
+    no_build.warehouse = Some(Arc::new(DiesAfterSwap {
+        no_build: true,
+        ..DiesAfterSwap::new(&w.wh)
+    }));
+    let queue = Arc::new(MemoryQueue::default());
+    let mut p = parts.clone();
+    p.queue = Some(queue.clone());
+    let mut o = opts(&p, LoadType::Backfill, "r1");
+    o.chunk_rows = Some(1);
+    let report = plan_step(&p, &w.manifest(), &o, false).await.unwrap();
+    let h = report.tables[0].header.clone().unwrap();
+    assert_eq!(h.chunks, 10);
+    let b = build_table(&h.target, "r1").unwrap();
+    // The first chunk's loader builds its chunk right after loading it; the others die
+    // between their load and their build.
+    for (i, m) in queue.take().into_iter().enumerate() {
+        let task = serde_json::from_slice(&m.data).unwrap();
+        let out = extract_step(&parts, &task, &|_, _| {}).await.unwrap();
+        let r = load_step(if i == 0 { &parts } else { &no_build }, out.object()).await;
+        assert_eq!(r.is_ok(), i == 0, "{r:?}");
+        if i == 0 {
+            assert_eq!(w.wh.loaded_chunks(&b, "r1").await.unwrap(), vec![0]);
+        }
+    }
+    // Each publishing event builds at most BUILD_BUDGET chunks and answers busy while
+    // some are missing; the redeliveries finish the build, then one swap.
+    let mut built = vec![1];
+    let f = loop {
+        match finish_run(&parts, &h).await {
+            Ok(f) => break f,
+            Err(e) => {
+                assert_eq!(e.kind(), crate::error::ErrorKind::Busy, "{e}");
+                built.push(w.wh.loaded_chunks(&b, "r1").await.unwrap().len());
+                assert!(built.len() < 10, "{built:?}");
+            }
+        }
+    };
+    assert_eq!(f, Finished::Published { rows: 10 });
+    assert_eq!(built, vec![1, 1 + BUILD_BUDGET, 1 + 2 * BUILD_BUDGET]);
+    assert_eq!(w.wh.swaps().len(), 1);
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10);
+    assert!(w.wh.columns(&b).await.unwrap().is_none(), "dropped");
 }

@@ -70,9 +70,18 @@ pub struct SimState {
     yielded: bool,
     /// The operation the task that yielded last is about to issue (see [`point_for`]).
     pending: &'static str,
-    /// The operations of the schedule, for the report of a failing seed.
-    pub trace: Vec<String>,
+    /// How long the task that yielded last waits before it runs again (see [`sleep`]);
+    /// 0: the scheduler's usual short pause.
+    pub sleep_ms: u64,
+    /// The operations of the schedule, for the report of a failing seed: the first
+    /// [`TRACE_HALF`], then the last [`TRACE_HALF`] (`trace_end`).
+    trace: Vec<String>,
+    trace_end: std::collections::VecDeque<String>,
+    trace_omitted: u64,
 }
+
+/// Lines of a trace kept from its start, and from its end.
+const TRACE_HALF: usize = 10_000;
 
 /// The shared state.
 pub type Sim = Arc<Mutex<SimState>>;
@@ -87,7 +96,10 @@ impl SimState {
             dead: BTreeSet::new(),
             yielded: false,
             pending: "",
+            sleep_ms: 0,
             trace: Vec::new(),
+            trace_end: Default::default(),
+            trace_omitted: 0,
         }))
     }
 
@@ -109,12 +121,31 @@ impl SimState {
         self.dead.contains(&process)
     }
 
+    /// Record a step. The trace keeps its first and its last [`TRACE_HALF`] lines: a
+    /// schedule that fails late (a run that never settles) shows its end.
     pub fn note(&mut self, what: impl Into<String>) {
-        if self.trace.len() < 20_000 {
-            let p = self.current.map(|p| p.to_string()).unwrap_or("-".into());
-            self.trace
-                .push(format!("{:>9} p{p:<3} {}", self.now_ms, what.into()));
+        let p = self.current.map(|p| p.to_string()).unwrap_or("-".into());
+        let line = format!("{:>9} p{p:<3} {}", self.now_ms, what.into());
+        if self.trace.len() < TRACE_HALF {
+            self.trace.push(line);
+            return;
         }
+        if self.trace_end.len() == TRACE_HALF {
+            self.trace_end.pop_front();
+            self.trace_omitted += 1;
+        }
+        self.trace_end.push_back(line);
+    }
+
+    /// The last `n` lines of the trace (with a line saying how many were left out).
+    pub fn trace_tail(&self, n: usize) -> String {
+        let mut all: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        let omitted = format!("… {} steps omitted …", self.trace_omitted);
+        if self.trace_omitted > 0 {
+            all.push(&omitted);
+        }
+        all.extend(self.trace_end.iter().map(String::as_str));
+        all[all.len().saturating_sub(n)..].join("\n")
     }
 }
 
@@ -133,6 +164,18 @@ pub fn point_for(sim: &Sim, kind: &'static str) -> Point {
         sim: sim.clone(),
         done: false,
         kind,
+        sleep_ms: 0,
+    }
+}
+
+/// A step boundary after which the task waits `ms` of simulated time (a statement
+/// waiting for a lock). Outside the scheduler it returns at once.
+pub fn sleep(sim: &Sim, ms: u64) -> Point {
+    Point {
+        sim: sim.clone(),
+        done: false,
+        kind: "",
+        sleep_ms: ms,
     }
 }
 
@@ -140,6 +183,7 @@ pub struct Point {
     sim: Sim,
     done: bool,
     kind: &'static str,
+    sleep_ms: u64,
 }
 
 impl Future for Point {
@@ -153,6 +197,7 @@ impl Future for Point {
         if s.current.is_some() {
             s.yielded = true;
             s.pending = self.kind;
+            s.sleep_ms = self.sleep_ms;
             Poll::Pending
         } else {
             Poll::Ready(())

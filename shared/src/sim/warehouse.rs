@@ -22,14 +22,18 @@ use crate::ident::TableName;
 use crate::storage::ObjectKey;
 use crate::types::ColumnType;
 use crate::warehouse::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate,
-    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
+    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+/// How long a statement waits for a lock before it fails (pgp's `LOCK_TIMEOUT`).
+const LOCK_TIMEOUT_MS: u64 = 60_000;
+/// How often a waiting statement looks again (the simulation's granularity).
+const LOCK_POLL_MS: u64 = 5_000;
 /// How long a detached transaction keeps its locks (Snowflake aborts transactions of a
 /// disconnected session after four hours idle).
 pub const DETACHED_ABORT_MS: u64 = 4 * 3600 * 1000;
@@ -42,6 +46,9 @@ struct Table {
     /// (lower-case name, type)
     columns: Vec<(String, String)>,
     rows: Vec<Row>,
+    /// Of a load table: the rows of each load id (an index, so that building a swap
+    /// one load at a time does not scan the whole table per chunk).
+    stamped: BTreeMap<String, Vec<usize>>,
     comment: Option<String>,
 }
 
@@ -390,6 +397,7 @@ impl Warehouse for SimWarehouse {
                         id,
                         columns,
                         rows: Vec::new(),
+                        stamped: BTreeMap::new(),
                         comment: None,
                     },
                 );
@@ -645,16 +653,20 @@ impl SimTxn {
         load_table: &TableName,
         run_id: &str,
         chunk: u32,
-    ) -> Option<u64> {
+    ) -> Option<ChosenLoad> {
         let key = (load_table.to_string(), run_id.to_string());
         let committed = st.ledger.get(&key).and_then(|l| l.chosen.get(&chunk));
         let own = self.own_ledger(load_table, run_id).get(&chunk).copied();
-        match (committed, own) {
-            (Some(c), Some(o)) if o.load_id < c.load_id => Some(o.rows),
-            (Some(c), _) => Some(c.rows),
-            (None, Some(o)) => Some(o.rows),
-            (None, None) => None,
-        }
+        let chosen = match (committed, own) {
+            (Some(c), Some(o)) if o.load_id < c.load_id => o,
+            (Some(c), _) => c,
+            (None, Some(o)) => o,
+            (None, None) => return None,
+        };
+        Some(ChosenLoad {
+            load_id: chosen.load_id.clone(),
+            rows: chosen.rows,
+        })
     }
 
     /// The chosen load of each chunk of a run (the smallest load id).
@@ -665,6 +677,73 @@ impl SimTxn {
         run_id: &str,
     ) -> BTreeMap<u32, LoadRecord> {
         self.ledger(st, load_table, run_id).chosen
+    }
+
+    /// Insert into `to` the rows of `from` stamped with one of `ids`, without the stamp.
+    fn insert_stamped(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        ids: &BTreeSet<String>,
+    ) -> Result<u64> {
+        let st = self.wh.state.lock().unwrap();
+        let src = st
+            .tables
+            .get(&name(from))
+            .ok_or_else(|| permanent(format!("{from} does not exist")))?;
+        let dst = st
+            .tables
+            .get(&name(to))
+            .ok_or_else(|| permanent(format!("{to} does not exist")))?;
+        let mut wanted: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| c.name.as_str().to_lowercase())
+            .collect();
+        wanted.push(UPLOADED_AT.into());
+        if schema.task_instance {
+            wanted.push(TASK_INSTANCE.into());
+        }
+        let pos = |t: &Table, n: &str| t.columns.iter().position(|(c, _)| c == n);
+        let src_idx: Vec<usize> = wanted
+            .iter()
+            .map(|n| pos(src, n).ok_or_else(|| permanent(format!("{from} has no column {n}"))))
+            .collect::<Result<_>>()?;
+        if dst.columns.len() != wanted.len()
+            || wanted
+                .iter()
+                .enumerate()
+                .any(|(i, n)| dst.columns[i].0 != *n)
+        {
+            return Err(permanent(format!("{to} does not have the run's columns")));
+        }
+        let stamp = pos(src, LOAD_ID).ok_or_else(|| permanent(format!("{from} is not stamped")))?;
+        let mut own: Vec<&Row> = Vec::new();
+        for op in &self.ops {
+            if let Op::Insert { table, rows } = op {
+                if *table == src.id {
+                    own.extend(rows.iter());
+                }
+            }
+        }
+        let mut committed: Vec<usize> = ids
+            .iter()
+            .flat_map(|id| src.stamped.get(id).into_iter().flatten().copied())
+            .collect();
+        committed.sort_unstable();
+        let rows: Vec<Row> = committed
+            .into_iter()
+            .map(|i| &src.rows[i])
+            .chain(own)
+            .filter(|r| r[stamp].as_ref().is_some_and(|id| ids.contains(id)))
+            .map(|r| src_idx.iter().map(|&i| r[i].clone()).collect())
+            .collect();
+        let n = rows.len() as u64;
+        let id = dst.id;
+        drop(st);
+        self.ops.push(Op::Insert { table: id, rows });
+        Ok(n)
     }
 
     fn end(&mut self) {
@@ -702,30 +781,44 @@ impl Transaction for SimTxn {
         if self.stmt("lock").await == Some(Strike::Before) {
             return Err(transient());
         }
-        let now = self.wh.now();
-        let mut st = self.wh.state.lock().unwrap();
-        let key = name(target);
-        if let Some(&holder) = st.locks.get(&key) {
-            if holder == self.id {
-                return Ok(());
+        // Snowflake queues the statement behind the holder for up to LOCK_TIMEOUT
+        // (pgp sets 60 s), then fails it.
+        let started = self.wh.now();
+        loop {
+            let now = self.wh.now();
+            {
+                let mut st = self.wh.state.lock().unwrap();
+                let key = name(target);
+                let free = match st.locks.get(&key) {
+                    None => true,
+                    Some(&holder) if holder == self.id => return Ok(()),
+                    Some(&holder) => {
+                        let expired = st
+                            .txns
+                            .get(&holder)
+                            .map(|t| t.detached_at.is_some_and(|d| now - d >= DETACHED_ABORT_MS))
+                            .unwrap_or(true);
+                        if expired {
+                            st.txns.remove(&holder);
+                            st.locks.retain(|_, h| *h != holder);
+                        }
+                        expired
+                    }
+                };
+                if free {
+                    st.locks.insert(key, self.id);
+                    return Ok(());
+                }
             }
-            let expired = st
-                .txns
-                .get(&holder)
-                .map(|t| t.detached_at.is_some_and(|d| now - d >= DETACHED_ABORT_MS))
-                .unwrap_or(true);
-            if !expired {
+            if now - started >= LOCK_TIMEOUT_MS {
                 return Err(Error::warehouse(
                     "sim",
                     format!("{target} is locked by another transaction (lock timeout)"),
                     ErrorKind::Busy,
                 ));
             }
-            st.txns.remove(&holder);
-            st.locks.retain(|_, h| *h != holder);
+            super::exec::sleep(&self.wh.sim, LOCK_POLL_MS).await;
         }
-        st.locks.insert(key, self.id);
-        Ok(())
     }
 
     async fn copy_into(
@@ -834,12 +927,59 @@ impl Transaction for SimTxn {
         load_table: &TableName,
         run_id: &str,
         chunk: u32,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<ChosenLoad>> {
         if self.stmt("chunk loaded?").await.is_some() {
             return Err(transient());
         }
         let st = self.wh.state.lock().unwrap();
         Ok(self.chunk_rows(&st, load_table, run_id, chunk))
+    }
+
+    async fn unbuilt_chunks(
+        &mut self,
+        load_table: &TableName,
+        built: &TableName,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<u32>> {
+        if self.stmt("unbuilt chunks").await.is_some() {
+            return Err(transient());
+        }
+        // Without copying the ledgers (read on every loader event of a swap), and
+        // skipping a built prefix at once: the 10,000-chunk scale run stays linear.
+        let st = self.wh.state.lock().unwrap();
+        let key = |t: &TableName| (t.to_string(), run_id.to_string());
+        let loaded = st.ledger.get(&key(load_table)).map(|l| &l.chosen);
+        let done = st.ledger.get(&key(built)).map(|l| &l.chosen);
+        let (own_loaded, own_done) = (
+            self.own_ledger(load_table, run_id),
+            self.own_ledger(built, run_id),
+        );
+        let is_built =
+            |c: u32| done.is_some_and(|m| m.contains_key(&c)) || own_done.contains_key(&c);
+        let start = match done {
+            Some(m)
+                if m.keys().next() == Some(&0)
+                    && m.keys().next_back() == Some(&(m.len() as u32 - 1)) =>
+            {
+                m.len() as u32
+            }
+            _ => 0,
+        };
+        let mut out = BTreeSet::new();
+        for c in loaded
+            .into_iter()
+            .flat_map(|m| m.range(start..).map(|(k, _)| *k))
+        {
+            if out.len() == limit {
+                break;
+            }
+            if !is_built(c) {
+                out.insert(c);
+            }
+        }
+        out.extend(own_loaded.into_keys().filter(|&c| !is_built(c)));
+        Ok(out.into_iter().take(limit).collect())
     }
 
     async fn ledger_summary(
@@ -869,63 +1009,31 @@ impl Transaction for SimTxn {
         {
             return Err(transient());
         }
-        let st = self.wh.state.lock().unwrap();
-        let src = st
-            .tables
-            .get(&name(from))
-            .ok_or_else(|| permanent(format!("{from} does not exist")))?;
-        let dst = st
-            .tables
-            .get(&name(to))
-            .ok_or_else(|| permanent(format!("{to} does not exist")))?;
-        let ids: BTreeSet<String> = self
-            .chosen(&st, from, run_id)
-            .into_values()
-            .map(|l| l.load_id)
-            .collect();
-        let mut wanted: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| c.name.as_str().to_lowercase())
-            .collect();
-        wanted.push(UPLOADED_AT.into());
-        if schema.task_instance {
-            wanted.push(TASK_INSTANCE.into());
-        }
-        let pos = |t: &Table, n: &str| t.columns.iter().position(|(c, _)| c == n);
-        let src_idx: Vec<usize> = wanted
-            .iter()
-            .map(|n| pos(src, n).ok_or_else(|| permanent(format!("{from} has no column {n}"))))
-            .collect::<Result<_>>()?;
-        if dst.columns.len() != wanted.len()
-            || wanted
-                .iter()
-                .enumerate()
-                .any(|(i, n)| dst.columns[i].0 != *n)
+        let ids: BTreeSet<String> = {
+            let st = self.wh.state.lock().unwrap();
+            self.chosen(&st, from, run_id)
+                .into_values()
+                .map(|l| l.load_id)
+                .collect()
+        };
+        self.insert_stamped(from, to, schema, &ids)
+    }
+
+    async fn insert_load(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<u64> {
+        if self
+            .stmt(&format!("insert load {load_id} {from} -> {to}"))
+            .await
+            .is_some()
         {
-            return Err(permanent(format!("{to} does not have the run's columns")));
+            return Err(transient());
         }
-        let stamp = pos(src, LOAD_ID).ok_or_else(|| permanent(format!("{from} is not stamped")))?;
-        let mut own: Vec<&Row> = Vec::new();
-        for op in &self.ops {
-            if let Op::Insert { table, rows } = op {
-                if *table == src.id {
-                    own.extend(rows.iter());
-                }
-            }
-        }
-        let rows: Vec<Row> = src
-            .rows
-            .iter()
-            .chain(own)
-            .filter(|r| r[stamp].as_ref().is_some_and(|id| ids.contains(id)))
-            .map(|r| src_idx.iter().map(|&i| r[i].clone()).collect())
-            .collect();
-        let n = rows.len() as u64;
-        let id = dst.id;
-        drop(st);
-        self.ops.push(Op::Insert { table: id, rows });
-        Ok(n)
+        self.insert_stamped(from, to, schema, &BTreeSet::from([load_id.to_string()]))
     }
 
     async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>> {
@@ -1000,6 +1108,16 @@ impl Transaction for SimTxn {
                 match op {
                     Op::Insert { table, rows } => {
                         if let Some(t) = st.tables.values_mut().find(|t| t.id == table) {
+                            if let Some(p) = t.columns.iter().position(|(c, _)| c == LOAD_ID) {
+                                for (i, r) in rows.iter().enumerate() {
+                                    if let Some(id) = &r[p] {
+                                        t.stamped
+                                            .entry(id.clone())
+                                            .or_default()
+                                            .push(t.rows.len() + i);
+                                    }
+                                }
+                            }
                             t.rows.extend(rows);
                         }
                     }

@@ -71,7 +71,7 @@ impl Config {
             },
             insert: pick(&mut r, &[0.0, 0.0, 0.002, 0.02]),
             max_inserts: 12,
-            max_steps: 400_000,
+            max_steps: 2_000_000,
         }
     }
 }
@@ -528,8 +528,10 @@ impl World {
             }
             let id = self.exec.tasks[i].id;
             if !self.exec.step(&self.sim, i) {
-                // The operation it starts next takes a while; others run meanwhile.
-                let dt = self.rng().rng.below(300);
+                // The operation it starts next takes a while (or it waits, as asked);
+                // others run meanwhile.
+                let asked = std::mem::take(&mut self.rng().sleep_ms);
+                let dt = asked.max(self.rng().rng.below(300));
                 if let Some(t) = self.exec.tasks.iter_mut().find(|t| t.id == id) {
                     t.wake_at_ms = now + 1 + dt;
                 }
@@ -741,9 +743,7 @@ fn check_target(
 impl World {
     /// The last lines of the schedule's trace.
     pub fn trace_tail(&self, n: usize) -> String {
-        let s = self.sim.lock().unwrap();
-        let start = s.trace.len().saturating_sub(n);
-        s.trace[start..].join("\n")
+        self.sim.lock().unwrap().trace_tail(n)
     }
 }
 
@@ -842,7 +842,8 @@ pub fn run_seed(seed: u64) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    /// Seeds per run: `PGP_SIM_SEEDS` (default 2,000), from `PGP_SIM_FIRST` (default a
+    /// Seeds per run: `PGP_SIM_SEEDS` (default 600; swaps built chunk by chunk under
+    /// the target's lock make a seed with stalls and crashes long to settle), from `PGP_SIM_FIRST` (default a
     /// fixed start, so CI is reproducible; set it to explore). `PGP_SIM_SEED` runs one.
     #[test]
     fn the_protocol_keeps_its_invariants_under_faults() {
@@ -856,7 +857,7 @@ mod tests {
         let n: u64 = std::env::var("PGP_SIM_SEEDS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2_000);
+            .unwrap_or(600);
         let first: u64 = std::env::var("PGP_SIM_FIRST")
             .ok()
             .and_then(|v| v.parse().ok())

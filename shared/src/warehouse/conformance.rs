@@ -206,7 +206,10 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     let mut txn = wh.begin().await.unwrap();
     assert_eq!(
         txn.chunk_loaded(&load_table, "run1", 0).await.unwrap(),
-        Some(2)
+        Some(crate::warehouse::ChosenLoad {
+            load_id: "a1".into(),
+            rows: 2
+        })
     );
     assert_eq!(
         txn.chunk_loaded(&load_table, "run1", 1).await.unwrap(),
@@ -370,16 +373,72 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     assert_eq!(wh.row_count(&load_table).await.unwrap(), 5);
 
     // swap: a new table replaces the target whole and carries the run's marker
-    let fresh = target.with_suffix("_PGP_SWAP_run1_c9").unwrap();
+    // (built one chosen load at a time: each insert moves exactly that load's rows)
+    let fresh = target.with_suffix("_PGP_SWAP_run1").unwrap();
     wh.create_table(&fresh, &ts, false).await.unwrap();
     let mut txn = wh.begin().await.unwrap();
+    let mut built = Vec::new();
+    for chunk in [0, 1] {
+        let load = txn
+            .chunk_loaded(&load_table, "run1", chunk)
+            .await
+            .unwrap()
+            .unwrap();
+        let n = txn
+            .insert_load(&load_table, &fresh, &ts, &load.load_id)
+            .await
+            .unwrap();
+        built.push((chunk, load.rows, n));
+    }
+    assert_eq!(built, vec![(0, 2, 2), (1, 1, 1)]);
+    // the build ledger is the load ledger keyed by the built table
     assert_eq!(
-        txn.insert_chosen(&load_table, &fresh, &ts, "run1")
+        txn.unbuilt_chunks(&load_table, &fresh, "run1", 5)
             .await
             .unwrap(),
-        3
+        vec![0, 1]
+    );
+    txn.record_load(&LoadRecord {
+        load_table: fresh.clone(),
+        run_id: "run1".into(),
+        chunk: 0,
+        object: "load a1".into(),
+        load_id: "a1".into(),
+        rows: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        txn.unbuilt_chunks(&load_table, &fresh, "run1", 5)
+            .await
+            .unwrap(),
+        vec![1],
+        "its own ledger rows are seen"
+    );
+    assert_eq!(
+        txn.unbuilt_chunks(&load_table, &fresh, "run1", 0)
+            .await
+            .unwrap(),
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        txn.insert_load(&load_table, &fresh, &ts, "no-such-load")
+            .await
+            .unwrap(),
+        0
     );
     txn.commit().await.unwrap();
+    let mut txn = wh.begin().await.unwrap();
+    let load = txn
+        .chunk_loaded(&load_table, "run1", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    txn.insert_load(&load_table, &fresh, &ts, &load.load_id)
+        .await
+        .unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(wh.row_count(&fresh).await.unwrap(), 3, "rolled back");
     let mut txn = wh.begin().await.unwrap();
     txn.insert_chosen(&load_table, &fresh, &ts, "run1")
         .await

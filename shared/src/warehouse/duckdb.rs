@@ -10,8 +10,8 @@
 //! connection, and the next user rolls it back before anything else.
 
 use super::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate,
-    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
+    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
@@ -695,17 +695,50 @@ impl Transaction for DuckTxn {
         load_table: &TableName,
         run_id: &str,
         chunk: u32,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<ChosenLoad>> {
         let (t, run) = (load_table.to_string(), run_id.to_string());
         self.op(move |c| {
             c.query_row(
-                "SELECT rows FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? AND chunk = ? ORDER BY load_id LIMIT 1",
+                "SELECT load_id, rows FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? AND chunk = ? ORDER BY load_id LIMIT 1",
                 params![t, run, chunk],
-                |r| r.get::<_, i64>(0),
+                |r| Ok(ChosenLoad {
+                    load_id: r.get(0)?,
+                    rows: r.get::<_, i64>(1)? as u64,
+                }),
             )
             .optional()
-            .map(|r| r.map(|n| n as u64))
             .map_err(db_err("read the load ledger"))
+        })
+        .await
+    }
+
+    async fn unbuilt_chunks(
+        &mut self,
+        load_table: &TableName,
+        built: &TableName,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<u32>> {
+        let (t, b, run) = (
+            load_table.to_string(),
+            built.to_string(),
+            run_id.to_string(),
+        );
+        self.op(move |c| {
+            let e = db_err("read the load ledger");
+            let mut st = c
+                .prepare(
+                    "SELECT DISTINCT l.chunk FROM _pgp.load_ledger AS l WHERE l.load_table = ? AND l.run_id = ? \
+                     AND NOT EXISTS (SELECT 1 FROM _pgp.load_ledger AS b WHERE b.load_table = ? AND b.run_id = ? AND b.chunk = l.chunk) \
+                     ORDER BY l.chunk LIMIT ?",
+                )
+                .map_err(&e)?;
+            let rows = st
+                .query_map(params![t, run, b, run, limit as i64], |r| r.get::<_, i64>(0))
+                .map_err(&e)?
+                .collect::<duckdb::Result<Vec<_>>>()
+                .map_err(&e)?;
+            Ok(rows.into_iter().map(|c| c as u32).collect())
         })
         .await
     }
@@ -757,6 +790,27 @@ impl Transaction for DuckTxn {
                 .map_err(e)
         })
         .await
+    }
+
+    async fn insert_load(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<u64> {
+        let mut cols: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
+        cols.extend(DuckDb::meta_columns(schema));
+        let cols = cols.join(", ");
+        let sql = format!(
+            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE \"{LOAD_ID}\" = ?",
+            to = to.quoted(),
+            from = from.quoted(),
+        );
+        let id = load_id.to_string();
+        let e = db_err(format!("build {to} from {from}"));
+        self.op(move |c| c.execute(&sql, params![id]).map(|n| n as u64).map_err(e))
+            .await
     }
 
     async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>> {

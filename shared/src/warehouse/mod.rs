@@ -98,6 +98,13 @@ pub struct LoadRecord {
     pub rows: u64,
 }
 
+/// The load of a chunk a publish takes: the committed attempt with the smallest load id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChosenLoad {
+    pub load_id: String,
+    pub rows: u64,
+}
+
 /// What the load ledger holds for a run, counting one attempt per chunk (the attempt
 /// with the smallest load id, the one a publish takes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -308,13 +315,23 @@ pub trait Transaction: Send {
     async fn marker(&mut self, table: &TableName) -> Result<Option<String>>;
     /// Add a row to the load ledger.
     async fn record_load(&mut self, record: &LoadRecord) -> Result<()>;
-    /// Rows of a committed load of this chunk, if any.
+    /// The chosen committed load of this chunk (the smallest load id), if any.
     async fn chunk_loaded(
         &mut self,
         load_table: &TableName,
         run_id: &str,
         chunk: u32,
-    ) -> Result<Option<u64>>;
+    ) -> Result<Option<ChosenLoad>>;
+    /// Chunks of a run with a committed load in the ledger of `load_table` and none in
+    /// the ledger of `built`, ascending, at most `limit` (one statement, at most
+    /// `limit` rows back, whatever the run's size).
+    async fn unbuilt_chunks(
+        &mut self,
+        load_table: &TableName,
+        built: &TableName,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<u32>>;
     /// The ledger's chunks and rows for a run (one statement, one row back).
     async fn ledger_summary(
         &mut self,
@@ -330,6 +347,16 @@ pub trait Transaction: Send {
         to: &TableName,
         schema: &TableSchema,
         run_id: &str,
+    ) -> Result<u64>;
+    /// Insert into `to` the rows of `from` that one load attempt stamped `load_id`,
+    /// without the stamp; returns the rows inserted. (The incremental build of a swap:
+    /// one chunk's chosen load at a time, so no statement grows with the run.)
+    async fn insert_load(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
     ) -> Result<u64>;
     /// The runs of a target that are not final (planned or claimed).
     async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>>;

@@ -43,8 +43,8 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    ActualColumn, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate,
-    TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
+    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -266,6 +266,29 @@ fn lock_table(cfg: &SnowflakeConfig, target: &TableName) -> String {
     ledger(
         cfg,
         &format!("LOCK${}${}", target.schema.as_str(), target.table.as_str()),
+    )
+}
+
+/// `INSERT INTO to (…) SELECT … FROM from WHERE <stamp> <which>`: the rows of chosen
+/// load attempts, without the stamp.
+fn insert_stamped_sql(
+    cfg: &SnowflakeConfig,
+    from: &TableName,
+    to: &TableName,
+    schema: &TableSchema,
+    which: &str,
+) -> String {
+    let mut cols: Vec<String> = schema.columns.iter().map(|c| q(c.name.as_str())).collect();
+    cols.push(q(UPLOADED_AT));
+    if schema.task_instance {
+        cols.push(q(TASK_INSTANCE));
+    }
+    let cols = cols.join(", ");
+    format!(
+        "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE {stamp} {which}",
+        to = full(cfg, to),
+        from = full(cfg, from),
+        stamp = q(LOAD_ID),
     )
 }
 
@@ -923,18 +946,44 @@ impl Transaction for SfTxn {
         load_table: &TableName,
         run_id: &str,
         chunk: u32,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<ChosenLoad>> {
         let sql = format!(
-            "SELECT ROWS FROM {} WHERE LOAD_TABLE = {} AND RUN_ID = {} AND CHUNK = {chunk} ORDER BY LOAD_ID LIMIT 1",
+            "SELECT LOAD_ID, ROWS FROM {} WHERE LOAD_TABLE = {} AND RUN_ID = {} AND CHUNK = {chunk} ORDER BY LOAD_ID LIMIT 1",
             ledger(&self.cfg, "LOAD_LEDGER"),
             lit(&load_table.to_string()),
             lit(run_id)
         );
         let r = self.q(&sql).await?;
+        Ok(r.rows.first().and_then(|row| {
+            Some(ChosenLoad {
+                load_id: row.first()?.clone()?,
+                rows: num(row.get(1)?)? as u64,
+            })
+        }))
+    }
+
+    async fn unbuilt_chunks(
+        &mut self,
+        load_table: &TableName,
+        built: &TableName,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<u32>> {
+        let sql = format!(
+            "SELECT DISTINCT L.CHUNK FROM {l} AS L WHERE L.LOAD_TABLE = {t} AND L.RUN_ID = {run} \
+             AND NOT EXISTS (SELECT 1 FROM {l} AS B WHERE B.LOAD_TABLE = {b} AND B.RUN_ID = {run} AND B.CHUNK = L.CHUNK) \
+             ORDER BY L.CHUNK LIMIT {limit}",
+            l = ledger(&self.cfg, "LOAD_LEDGER"),
+            t = lit(&load_table.to_string()),
+            b = lit(&built.to_string()),
+            run = lit(run_id),
+        );
+        let r = self.q(&sql).await?;
         Ok(r.rows
-            .first()
-            .and_then(|row| num(&row[0]))
-            .map(|n| n as u64))
+            .iter()
+            .filter_map(|row| num(&row[0]))
+            .map(|c| c as u32)
+            .collect())
     }
 
     async fn ledger_summary(
@@ -964,22 +1013,25 @@ impl Transaction for SfTxn {
         schema: &TableSchema,
         run_id: &str,
     ) -> Result<u64> {
-        let mut cols: Vec<String> = schema.columns.iter().map(|c| q(c.name.as_str())).collect();
-        cols.push(q(UPLOADED_AT));
-        if schema.task_instance {
-            cols.push(q(TASK_INSTANCE));
-        }
-        let cols = cols.join(", ");
-        let sql = format!(
-            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE {stamp} IN \
-             (SELECT MIN(LOAD_ID) FROM {l} WHERE LOAD_TABLE = {t} AND RUN_ID = {run} GROUP BY CHUNK)",
-            to = full(&self.cfg, to),
-            from = full(&self.cfg, from),
-            stamp = q(LOAD_ID),
+        let chosen = format!(
+            "IN (SELECT MIN(LOAD_ID) FROM {l} WHERE LOAD_TABLE = {t} AND RUN_ID = {run} GROUP BY CHUNK)",
             l = ledger(&self.cfg, "LOAD_LEDGER"),
             t = lit(&from.to_string()),
             run = lit(run_id),
         );
+        let sql = insert_stamped_sql(&self.cfg, from, to, schema, &chosen);
+        let r = self.w(&sql).await?;
+        Ok(num(&r.rows.first().and_then(|r| r.first().cloned()).flatten()).unwrap_or(0) as u64)
+    }
+
+    async fn insert_load(
+        &mut self,
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<u64> {
+        let sql = insert_stamped_sql(&self.cfg, from, to, schema, &format!("= {}", lit(load_id)));
         let r = self.w(&sql).await?;
         Ok(num(&r.rows.first().and_then(|r| r.first().cloned()).flatten()).unwrap_or(0) as u64)
     }
