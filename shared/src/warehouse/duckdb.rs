@@ -188,6 +188,16 @@ impl DuckDb {
             ColumnType::Text => f.to_string(),
             ColumnType::Bytes => format!("unhex({f})"),
             ColumnType::List(_) => format!("CAST(CAST({f} AS JSON) AS {})", Self::render(&c.ty)),
+            // PostgreSQL writes a BC date or timestamp with a trailing ` BC`
+            // (`0044-03-15 12:00:00+00 BC`); DuckDB reads the same instant with ` (BC)`
+            // after the date (`0044-03-15 (BC) 12:00:00+00`). Both count years the
+            // same way (proleptic Gregorian, 1 BC before 1 AD). `infinity` and
+            // `-infinity` read as they are. Only values that end in ` BC` pay for the
+            // rewrite.
+            ty @ (ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz) => format!(
+                "CAST(CASE WHEN suffix({f}, ' BC') THEN regexp_replace({f}, '^([0-9]+-[0-9]+-[0-9]+)(.*) BC$', '\\1 (BC)\\2') ELSE {f} END AS {})",
+                Self::render(ty)
+            ),
             ty => format!("CAST({f} AS {})", Self::render(ty)),
         }
     }

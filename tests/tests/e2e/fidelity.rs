@@ -254,3 +254,57 @@ async fn arrays_of_json_bytea_time_and_interval_arrive_as_json() {
         "by, iv, j, tm"
     );
 }
+
+/// Dates and timestamps beyond the everyday range arrive as the same instants: BC
+/// (PostgreSQL writes `… BC`, DuckDB reads `(BC)`), `infinity` and `-infinity`, the
+/// first day PostgreSQL holds (4713 BC) and years past 9999.
+#[tokio::test]
+async fn infinite_bc_and_far_dates_and_timestamps_arrive_in_duckdb() {
+    let setup = "CREATE TABLE far (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz);
+        INSERT INTO far VALUES
+          (1, 'infinity', 'infinity', 'infinity'),
+          (2, '-infinity', '-infinity', '-infinity'),
+          (3, '0044-03-15 BC', '0044-03-15 12:00:00.5 BC', '0044-03-15 12:00:00.25+00 BC'),
+          (4, '4713-01-01 BC', '4713-11-24 00:00:00 BC', '4713-11-24 00:00:00+00 BC'),
+          (5, '0001-12-31 BC', '0001-12-31 23:59:59.999999 BC', '0001-01-01 00:00:00+00'),
+          (6, '12345-06-07', '12345-06-07 08:09:10.111213', '12345-06-07 08:09:10.111213+00'),
+          (7, NULL, NULL, NULL);";
+    let tables = "  far:
+    import_db: TEST_DB
+    export_schema: 'far_schema'
+    export_table: 'far'
+    export_table_primary_key: id
+    import_query: SELECT * FROM far
+";
+    let w = World::new("fardates", setup, tables).await;
+    let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
+    assert_eq!(outcome(&r, "far"), &Outcome::Swapped, "{r:#?}");
+    // Days and microseconds from 1970 where finite, else the infinity's name.
+    for (col, pg_expr, duck_expr) in [
+        (
+            "d",
+            "CASE WHEN isfinite(d) THEN (d - DATE '1970-01-01')::text ELSE d::text END",
+            "CASE WHEN isfinite(d) THEN (d - DATE '1970-01-01')::VARCHAR ELSE d::VARCHAR END",
+        ),
+        (
+            "ts",
+            "CASE WHEN isfinite(ts) THEN (extract(epoch from ts) * 1000000)::bigint::text ELSE ts::text END",
+            "CASE WHEN isfinite(ts) THEN epoch_us(ts)::VARCHAR ELSE ts::VARCHAR END",
+        ),
+        (
+            "tstz",
+            "CASE WHEN isfinite(tstz) THEN (extract(epoch from tstz) * 1000000)::bigint::text ELSE tstz::text END",
+            "CASE WHEN isfinite(tstz) THEN epoch_us(tstz)::VARCHAR ELSE tstz::VARCHAR END",
+        ),
+    ] {
+        let pg = w
+            .pg(&format!("SELECT id::text, {pg_expr} FROM far ORDER BY id"))
+            .await;
+        let duck = w.duck(&format!(
+            "SELECT id::VARCHAR, {duck_expr} FROM far_schema.far ORDER BY id"
+        ));
+        assert_eq!(pg, duck, "{col}");
+        assert_eq!(pg[0][1].as_deref(), Some("infinity"), "{col}");
+        assert_eq!(pg[1][1].as_deref(), Some("-infinity"), "{col}");
+    }
+}
