@@ -10,8 +10,8 @@
 //! One session; statements run one at a time, so `BEGIN ... COMMIT` spans consecutive
 //! calls (the warehouse holds a lock across a transaction).
 //!
-//! Session parameters set at login: `AUTOCOMMIT`, `TIMEZONE = UTC`, and `LOCK_TIMEOUT =
-//! 60` seconds, so that a statement waiting on another session's lock (a publisher
+//! Session parameters set at login ([`session_parameters`]): `AUTOCOMMIT`, `TIMEZONE =
+//! UTC`, the date and time input formats, and `LOCK_TIMEOUT = 60` seconds, so that a statement waiting on another session's lock (a publisher
 //! holding a target's lock) fails soon and is retried as busy instead of waiting for
 //! Snowflake's default 12 hours.
 
@@ -62,6 +62,27 @@ pub struct Client {
     /// yet). Set and cleared by the warehouse; a user that finds it set by a dropped
     /// transaction rolls back first.
     pub in_txn: bool,
+}
+
+/// The session parameters pgp sets at login, whatever the account's or user's defaults:
+/// autocommit outside `BEGIN`, UTC, a bounded lock wait, and the input formats every
+/// cast of a staged value uses (the COPY transformation casts `$n::DATE`, `::TIME`,
+/// `::TIMESTAMP_NTZ`, `::TIMESTAMP_TZ`, which read the session's `*_INPUT_FORMAT`, not
+/// the file format's). They are pinned to `AUTO` at the session level so that an
+/// account-level format (say `MM/DD/YYYY`, set for a BI tool) cannot reinterpret
+/// PostgreSQL's ISO output (`DateStyle = ISO, YMD`, `2024-03-10 07:30:00.5+00`), which
+/// AUTO reads as ISO 8601 (https://docs.snowflake.com/en/sql-reference/date-time-input-output,
+/// "Supported formats for AUTO detection"). `TIMESTAMP_TYPE_MAPPING` is irrelevant:
+/// every cast names its TIMESTAMP_* type.
+pub fn session_parameters() -> serde_json::Value {
+    serde_json::json!({
+        "AUTOCOMMIT": true,
+        "TIMEZONE": "UTC",
+        "LOCK_TIMEOUT": LOCK_TIMEOUT_SECONDS,
+        "DATE_INPUT_FORMAT": "AUTO",
+        "TIME_INPUT_FORMAT": "AUTO",
+        "TIMESTAMP_INPUT_FORMAT": "AUTO",
+    })
 }
 
 /// Seconds a statement waits for another session's lock (`LOCK_TIMEOUT`).
@@ -144,7 +165,7 @@ impl Client {
             "ACCOUNT_NAME": self.cfg.account.split('.').next().unwrap_or(&self.cfg.account).to_uppercase(),
             "LOGIN_NAME": self.cfg.user,
             "CLIENT_ENVIRONMENT": {"APPLICATION": "pgp"},
-            "SESSION_PARAMETERS": {"AUTOCOMMIT": true, "TIMEZONE": "UTC", "LOCK_TIMEOUT": LOCK_TIMEOUT_SECONDS},
+            "SESSION_PARAMETERS": session_parameters(),
         });
         match (&self.cfg.auth, &self.key) {
             (Auth::Password(p), _) => data["PASSWORD"] = p.expose_secret().into(),
@@ -591,6 +612,21 @@ mod tests {
     use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use std::sync::Arc;
+
+    #[test]
+    fn the_session_pins_time_zone_input_formats_and_lock_wait() {
+        assert_eq!(
+            session_parameters(),
+            serde_json::json!({
+                "AUTOCOMMIT": true,
+                "TIMEZONE": "UTC",
+                "LOCK_TIMEOUT": 60,
+                "DATE_INPUT_FORMAT": "AUTO",
+                "TIME_INPUT_FORMAT": "AUTO",
+                "TIMESTAMP_INPUT_FORMAT": "AUTO",
+            })
+        );
+    }
 
     #[test]
     fn decodes_arrow_rowsets_with_nulls_and_scales() {
