@@ -13,13 +13,13 @@
 //!    chunk, built chunk by chunk as loads arrive and at most [`BUILD_BUDGET`] chunks
 //!    per publishing event (module [`super::build`]); while chunks are missing the
 //!    event answers busy and its redelivery goes on;
-//! 2. claim the swap under the target's lock (`claimed`, with a fresh claim id and the
+//! 2. once complete, check the built table's rows against the build ledger;
+//! 3. claim the swap under the target's lock (`claimed`, with a fresh claim id and the
 //!    warehouse's time), once every chunk is built. A claim whose swap already happened
 //!    (the target carries the claimant's marker) is recorded published by whoever
 //!    finds it; any other fresh claim makes this loader busy; one older than
 //!    [`CLAIM_LEASE`] never swapped and never will: it is taken over (or, for another
 //!    run, abandoned);
-//! 3. check the built table's rows against the build ledger;
 //! 4. swap the built table in, marked `pgp run <id>`; but only while less than a third
 //!    of the lease has passed since the claim (measured from before it was taken), so a
 //!    slow claimant stops before anyone may take over;
@@ -323,9 +323,34 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
             }
             return Err(not_built(h, &built));
         }
+        // 2. Complete: nothing writes into the table any more. Check its rows against
+        // the build ledger (each chunk's insert was checked when it committed; this
+        // catches anything else writing into it). A claimant may meanwhile have
+        // swapped it away: then the table is gone and the run is claimed or final.
+        let counted = match wh.row_count(&b).await {
+            Ok(n) => Some(n),
+            Err(e) => match run_state(parts, h).await? {
+                // Claimed by another loader (which counted it): the claim step finds
+                // out whether its swap happened (then the table is gone) or takes over.
+                Some(r) if r.state == RunState::Claimed => None,
+                Some(r) if r.state.is_final() => {
+                    return Ok(final_state(&r).expect("final"));
+                }
+                _ => return Err(e),
+            },
+        };
+        if let Some(counted) = counted.filter(|&n| n != built.rows) {
+            let e = Error::CountMismatch {
+                table: h.table.clone(),
+                chunk: format!("all {} chunks, in {b}", h.chunks),
+                source_rows: built.rows,
+                loaded_rows: counted,
+            };
+            return abandon(parts, h, &e.to_string()).await;
+        }
     }
 
-    // 2. Claim the swap of the built table.
+    // 3. Claim the swap of the built table.
     wh.prepare_lock(&h.target).await?;
     let attempt = parts.ids.fresh();
     let started = parts.clock.monotonic();
@@ -382,19 +407,6 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         }
     };
     tracing::info!(run_id = %h.run_id, target_table = %h.target, claim = %attempt, "claimed the swap");
-
-    // 3. Check the built table's rows against the build ledger (each chunk's insert was
-    // checked when it committed; this catches anything else writing into the table).
-    let counted = wh.row_count(&b).await?;
-    if counted != rows {
-        let e = Error::CountMismatch {
-            table: h.table.clone(),
-            chunk: format!("all {} chunks, in {b}", h.chunks),
-            source_rows: rows,
-            loaded_rows: counted,
-        };
-        return abandon(parts, h, &e.to_string()).await;
-    }
 
     // 4. Swap, while the claim is young enough that nobody can have taken it over. (An
     // earlier claimant of this run that swapped and died was found out by the marker
