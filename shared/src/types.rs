@@ -63,6 +63,11 @@ impl Column {
     pub fn extract_expr(&self) -> String {
         let c = format!("pgp_src.{}", self.name.quoted());
         match &self.ty {
+            // Elements carried as text (unconstrained numeric, enums, intervals, ...)
+            // become JSON strings of their PostgreSQL text: `to_json` alone would write
+            // a numeric element as a JSON number, which a warehouse reads as a double
+            // (Snowflake's PARSE_JSON beyond NUMBER(38)) and so may round.
+            ColumnType::List(e) if **e == ColumnType::Text => format!("to_json({c}::text[])"),
             ColumnType::List(_) | ColumnType::JsonArray => format!("to_json({c})"),
             ColumnType::Bytes => format!("encode({c}, 'hex')"),
             _ => c,

@@ -16,7 +16,8 @@ CREATE TABLE fidelity (
   d date, ts timestamp, tstz timestamptz, tm time,
   j json, jb jsonb,
   ia int[], ta text[], na numeric(12,3)[], tsa timestamptz[],
-  u uuid, e mood, by bytea, iv interval, inet_c inet
+  u uuid, e mood, by bytea, iv interval, inet_c inet,
+  nua numeric[], ea mood[]
 );
 INSERT INTO fidelity (id, t) VALUES (1, NULL), (2, '');
 INSERT INTO fidelity (id, t, vc) VALUES
@@ -48,6 +49,9 @@ INSERT INTO fidelity (id, ia, ta, na, tsa) VALUES
   (50, '{1,NULL,3}', '{"a\"b",NULL,"c,d","NULL","","tab\there"}', '{1.500,NULL,-2.250}', '{"2020-01-01 00:00:00+00",NULL}'),
   (51, '{}', '{}', '{}', '{}'),
   (52, NULL, '{"back\\\\slash","new\nline","{brace}"}', NULL, NULL);
+INSERT INTO fidelity (id, nua, ea) VALUES
+  (53, '{123456789012345678901234567890.123456789012345,NaN,NULL,-0.000000000000000000001,1e-30}', '{happy,NULL,"it''s \"complicated\""}'),
+  (54, '{}', '{}');
 INSERT INTO fidelity (id, u, e, by, iv, inet_c) VALUES
   (60, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', '\x00ff0a090d5c', '1 year 2 months 3 days 04:05:06.5', '192.168.0.1/24'),
   (61, NULL, 'it''s "complicated"', '', '-1 day', '::1'),
@@ -91,6 +95,8 @@ const CHECKS: &[(&str, &str, &str)] = &[
     ("na", "array_to_string(na, ',', 'NULL')", "array_to_string(list_transform(na, lambda x: coalesce(x::VARCHAR, 'NULL')), ',')"),
     ("tsa", "CASE WHEN tsa IS NOT NULL THEN coalesce((SELECT string_agg(coalesce((extract(epoch from x) * 1000000)::bigint::text, 'NULL'), ',') FROM unnest(tsa) x), '') END",
      "array_to_string(list_transform(tsa, lambda x: coalesce(epoch_us(x)::VARCHAR, 'NULL')), ',')"),
+    ("nua", "array_to_string(nua, ',', 'NULL')", "array_to_string(list_transform(nua, lambda x: coalesce(x, 'NULL')), ',')"),
+    ("ea", "array_to_string(ea, ',', 'NULL')", "array_to_string(list_transform(ea, lambda x: coalesce(x, 'NULL')), ',')"),
     ("u", "u::text", "u::VARCHAR"),
     ("e", "e::text", "e"),
     ("by", "encode(by, 'hex')", "lower(hex(\"by\"))"),
