@@ -326,27 +326,31 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         // 2. Complete: nothing writes into the table any more. Check its rows against
         // the build ledger (each chunk's insert was checked when it committed; this
         // catches anything else writing into it). A claimant may meanwhile have
-        // swapped it away: then the table is gone and the run is claimed or final.
-        let counted = match wh.row_count(&b).await {
-            Ok(n) => Some(n),
-            Err(e) => match run_state(parts, h).await? {
-                // Claimed by another loader (which counted it): the claim step finds
-                // out whether its swap happened (then the table is gone) or takes over.
-                Some(r) if r.state == RunState::Claimed => None,
+        // swapped it: then the table is gone or holds the old target, and the run is
+        // claimed or final.
+        let counted = wh.row_count(&b).await;
+        if counted.as_ref().ok() != Some(&built.rows) {
+            // Read after the count: while the run is still planned nobody has claimed
+            // it, so nobody has swapped, and the count was of the built table.
+            match run_state(parts, h).await? {
+                // Claimed by another loader, which counted it: the table may be gone or
+                // hold the old target now. The claim step finds out whether the swap
+                // happened (marker) or takes over.
+                Some(r) if r.state == RunState::Claimed => {}
                 Some(r) if r.state.is_final() => {
                     return Ok(final_state(&r).expect("final"));
                 }
-                _ => return Err(e),
-            },
-        };
-        if let Some(counted) = counted.filter(|&n| n != built.rows) {
-            let e = Error::CountMismatch {
-                table: h.table.clone(),
-                chunk: format!("all {} chunks, in {b}", h.chunks),
-                source_rows: built.rows,
-                loaded_rows: counted,
-            };
-            return abandon(parts, h, &e.to_string()).await;
+                _ => {
+                    let counted = counted?;
+                    let e = Error::CountMismatch {
+                        table: h.table.clone(),
+                        chunk: format!("all {} chunks, in {b}", h.chunks),
+                        source_rows: built.rows,
+                        loaded_rows: counted,
+                    };
+                    return abandon(parts, h, &e.to_string()).await;
+                }
+            }
         }
     }
 
