@@ -67,8 +67,28 @@ impl Column {
             // become JSON strings of their PostgreSQL text: `to_json` alone would write
             // a numeric element as a JSON number, which a warehouse reads as a double
             // (Snowflake's PARSE_JSON beyond NUMBER(38)) and so may round.
-            ColumnType::List(e) if **e == ColumnType::Text => format!("to_json({c}::text[])"),
-            ColumnType::List(_) | ColumnType::JsonArray => format!("to_json({c})"),
+            ColumnType::List(e) => {
+                let json = if **e == ColumnType::Text {
+                    format!("to_json({c}::text[])")
+                } else {
+                    format!("to_json({c})")
+                };
+                // A list holds one dimension. PostgreSQL does not enforce an array
+                // column's declared dimensions, so any value may have more: DuckDB
+                // would read `{{a,b},{c,d}}` into VARCHAR[] as the strings `["a","b"]`
+                // and `["c","d"]`, silently. Such a value fails the extraction instead,
+                // naming the column (the cast of the message to int is what raises it,
+                // only for that row: the message depends on the value, so it is not
+                // folded at plan time).
+                format!(
+                    "CASE WHEN array_ndims({c}) > 1 THEN to_json(('pgp refuses column {name}: a ' \
+                     || array_ndims({c}) || '-dimensional array value, and the column is loaded \
+                     as a one-dimensional list; select to_json({name}) in import_query to load \
+                     it as JSON')::int) ELSE {json} END",
+                    name = self.name.as_str().replace('\'', "''"),
+                )
+            }
+            ColumnType::JsonArray => format!("to_json({c})"),
             ColumnType::Bytes => format!("encode({c}, 'hex')"),
             _ => c,
         }

@@ -314,3 +314,33 @@ async fn infinite_bc_and_far_dates_and_timestamps_arrive_in_duckdb() {
         assert_eq!(pg[1][1].as_deref(), Some("-infinity"), "{col}");
     }
 }
+
+/// A list holds one dimension; PostgreSQL lets any array column hold more. Such a value
+/// fails its table, naming the column, and the target stays as it was; nothing is
+/// flattened (DuckDB would read `{{a,b}}` into VARCHAR[] as the string `["a","b"]`).
+#[tokio::test]
+async fn a_multidimensional_array_in_a_list_column_is_refused_not_flattened() {
+    let setup = "CREATE TABLE md (id int PRIMARY KEY, ta text[], ia int[]);
+        INSERT INTO md VALUES (1, '{a,b}', '{1,2}'), (2, '{{a,b},{c,d}}', '{3}');";
+    let tables = "  md:
+    import_db: TEST_DB
+    export_schema: 'md_schema'
+    export_table: 'md'
+    export_table_primary_key: id
+    import_query: SELECT * FROM md
+";
+    let w = World::new("mdarr", setup, tables).await;
+    let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
+    match outcome(&r, "md") {
+        Outcome::Failed(m) => {
+            assert!(m.contains("pgp refuses column ta"), "{m}");
+            assert!(m.contains("2-dimensional"), "{m}");
+        }
+        o => panic!("a 2-dimensional value was loaded: {o:?}"),
+    }
+    assert!(!w.duck_has_table("md_schema", "md"), "no target");
+    // One dimension loads; to_json carries the others as JSON.
+    w.db.exec("DELETE FROM md WHERE id = 2").await;
+    let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
+    assert_eq!(outcome(&r, "md"), &Outcome::Swapped, "{r:#?}");
+}
