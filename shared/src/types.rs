@@ -68,7 +68,12 @@ impl Column {
             // a numeric element as a JSON number, which a warehouse reads as a double
             // (Snowflake's PARSE_JSON beyond NUMBER(38)) and so may round.
             ColumnType::List(e) => {
-                let json = if **e == ColumnType::Text {
+                // `numeric[]` (unconstrained): `to_json` would write its elements as
+                // JSON numbers, which a warehouse reads as doubles (DuckDB, and
+                // Snowflake past NUMBER(38)); as text they stay exact. Only numeric: a
+                // cast to text[] changes other types (char(n) loses its padding, inet
+                // gains a netmask), whose `to_json` strings are already their output.
+                let json = if **e == ColumnType::Text && self.pg_type == "_numeric" {
                     format!("to_json({c}::text[])")
                 } else {
                     format!("to_json({c})")

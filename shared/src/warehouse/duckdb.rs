@@ -187,19 +187,39 @@ impl DuckDb {
         match &c.ty {
             ColumnType::Text => f.to_string(),
             ColumnType::Bytes => format!("unhex({f})"),
+            // Lists of dates and timestamps: element by element, through the BC rewrite
+            // below (DuckDB would read `4713-11-24T00:00:00 BC` in a JSON list as the
+            // year 4713 AD, silently).
+            ColumnType::List(e)
+                if matches!(
+                    **e,
+                    ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz
+                ) =>
+            {
+                format!(
+                    "list_transform(CAST(CAST({f} AS JSON) AS VARCHAR[]), lambda x: {})",
+                    Self::dated("x", e)
+                )
+            }
             ColumnType::List(_) => format!("CAST(CAST({f} AS JSON) AS {})", Self::render(&c.ty)),
-            // PostgreSQL writes a BC date or timestamp with a trailing ` BC`
-            // (`0044-03-15 12:00:00+00 BC`); DuckDB reads the same instant with ` (BC)`
-            // after the date (`0044-03-15 (BC) 12:00:00+00`). Both count years the
-            // same way (proleptic Gregorian, 1 BC before 1 AD). `infinity` and
-            // `-infinity` read as they are. Only values that end in ` BC` pay for the
-            // rewrite.
-            ty @ (ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz) => format!(
-                "CAST(CASE WHEN suffix({f}, ' BC') THEN regexp_replace({f}, '^([0-9]+-[0-9]+-[0-9]+)(.*) BC$', '\\1 (BC)\\2') ELSE {f} END AS {})",
-                Self::render(ty)
-            ),
+            ty @ (ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz) => {
+                Self::dated(f, ty)
+            }
             ty => format!("CAST({f} AS {})", Self::render(ty)),
         }
+    }
+
+    /// A date or timestamp text `f` read as `ty`. PostgreSQL writes a BC value with a
+    /// trailing ` BC` (`0044-03-15 12:00:00+00 BC`, in JSON `0044-03-15T12:00:00+00:00
+    /// BC`); DuckDB reads the same instant with ` (BC)` after the date (`0044-03-15 (BC)
+    /// 12:00:00+00`). Both count years the same way (proleptic Gregorian, 1 BC before
+    /// 1 AD). `infinity` and `-infinity` read as they are. Only values that end in
+    /// ` BC` pay for the rewrite.
+    fn dated(f: &str, ty: &ColumnType) -> String {
+        format!(
+            "CAST(CASE WHEN suffix({f}, ' BC') THEN trim(regexp_replace({f}, '^([0-9]+-[0-9]+-[0-9]+)[T ]?(.*) BC$', '\\1 (BC) \\2')) ELSE {f} END AS {})",
+            Self::render(ty)
+        )
     }
 
     /// The metadata columns' names after the query's columns.

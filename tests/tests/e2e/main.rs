@@ -14,3 +14,4 @@ mod infra;
 mod load_types;
 mod snowflake;
 mod tls;
+mod type_matrix;
