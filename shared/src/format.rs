@@ -30,8 +30,13 @@
 //!   file, i.e. the first character of the first field of the first row whenever a
 //!   value starts with it; PostgreSQL writes no byte order mark, so any U+FEFF is data.
 //! - Timestamps: PostgreSQL writes ISO `YYYY-MM-DD HH24:MI:SS[.FF]` and, for
-//!   `timestamptz`, a `+00` offset (the session runs in UTC): `TIMESTAMP_FORMAT=AUTO`
-//!   reads both.
+//!   `timestamptz`, a `+00` offset (the session runs in UTC). The load casts every
+//!   field explicitly in its COPY transformation, and Snowflake documents that such a
+//!   cast applies neither `TIMESTAMP_FORMAT` nor the session's input format
+//!   (<https://docs.snowflake.com/en/user-guide/data-load-transform>, "Supported
+//!   functions"): the values are read by AUTO detection, whatever an account sets.
+//!   `TIMESTAMP_FORMAT = AUTO` states the same for any load without a cast, and the
+//!   session pins the input formats to AUTO too (`snowflake::client::session_parameters`).
 //!
 //! DuckDB: `read_csv(..., delim='\t', quote='"', escape='"', nullstr='',
 //! allow_quoted_nulls=false)` gives the same reading (`allow_quoted_nulls=false` keeps

@@ -65,15 +65,17 @@ pub struct Client {
 }
 
 /// The session parameters pgp sets at login, whatever the account's or user's defaults:
-/// autocommit outside `BEGIN`, UTC, a bounded lock wait, and the input formats every
-/// cast of a staged value uses (the COPY transformation casts `$n::DATE`, `::TIME`,
-/// `::TIMESTAMP_NTZ`, `::TIMESTAMP_TZ`, which read the session's `*_INPUT_FORMAT`, not
-/// the file format's). They are pinned to `AUTO` at the session level so that an
-/// account-level format (say `MM/DD/YYYY`, set for a BI tool) cannot reinterpret
-/// PostgreSQL's ISO output (`DateStyle = ISO, YMD`, `2024-03-10 07:30:00.5+00`), which
-/// AUTO reads as ISO 8601 (https://docs.snowflake.com/en/sql-reference/date-time-input-output,
-/// "Supported formats for AUTO detection"). `TIMESTAMP_TYPE_MAPPING` is irrelevant:
-/// every cast names its TIMESTAMP_* type.
+/// autocommit outside `BEGIN`, UTC, a bounded lock wait, and the date and time input
+/// formats pinned to `AUTO`. The COPY transformation casts each staged field
+/// (`$n::DATE`, `::TIME`, `::TIMESTAMP_NTZ`, `::TIMESTAMP_TZ`); Snowflake documents that
+/// an explicit cast in a COPY transformation applies neither the file format's
+/// DATE/TIME/TIMESTAMP_FORMAT nor the session's *_INPUT_FORMAT
+/// (<https://docs.snowflake.com/en/user-guide/data-load-transform>, "Supported
+/// functions"), so those casts read PostgreSQL's ISO output (`DateStyle = ISO, YMD`)
+/// by AUTO detection whatever an account sets. The session pin covers every other cast
+/// of date and time text in pgp's sessions, so that an account-level format (say
+/// `MM/DD/YYYY`, set for a BI tool) can never reinterpret a value anywhere in a load.
+/// `TIMESTAMP_TYPE_MAPPING` is irrelevant: every cast names its TIMESTAMP_* type.
 pub fn session_parameters() -> serde_json::Value {
     serde_json::json!({
         "AUTOCOMMIT": true,
