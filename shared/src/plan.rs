@@ -373,6 +373,7 @@ pub async fn plan_table(
             key: p.key.as_ref(),
             range: &KeyRange::ALL,
             limit: p.limit,
+            json_number_digits: wh.json_number_digits(),
         }
         .copy_sql(),
     );

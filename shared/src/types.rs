@@ -59,8 +59,36 @@ pub struct Column {
 
 impl Column {
     /// The expression that produces this column in the extraction query, over the
-    /// wrapped source `pgp_src`: arrays become JSON, bytea becomes hex.
-    pub fn extract_expr(&self) -> String {
+    /// wrapped source `pgp_src`: arrays become JSON, bytea becomes hex; with
+    /// `json_number_digits`, a JSON value holding a longer number fails the extraction.
+    pub fn extract_expr(&self, json_number_digits: Option<u8>) -> String {
+        let plain = self.plain_expr();
+        match (&self.ty, json_number_digits) {
+            (ColumnType::Json | ColumnType::JsonArray, Some(digits)) => {
+                self.json_guard(&plain, digits)
+            }
+            _ => plain,
+        }
+    }
+
+    /// A JSON value `v` of this column, or a failure naming the column when it holds a
+    /// number of more than `digits` digits (counted in PostgreSQL's numeric text of
+    /// the number, leading and trailing zeros included: that also catches a scale
+    /// beyond 37, `0.000…1`, and `1e400`). Only rows with such a number pay for the
+    /// message; the raise is the cast of the message to int, evaluated per row (the
+    /// message depends on the row, so it is not folded when the query is planned).
+    fn json_guard(&self, v: &str, digits: u8) -> String {
+        let name = self.name.as_str().replace('\'', "''");
+        format!(
+            "CASE WHEN EXISTS (SELECT 1 FROM jsonb_path_query(({v})::jsonb, 'strict $.** ? (@.type() == \"number\")') AS pgp_n(n) \
+             WHERE length(regexp_replace(pgp_n.n::text, '[^0-9]', '', 'g')) > {digits}) \
+             THEN (('pgp refuses column {name}: a JSON number of more than {digits} digits, which the warehouse \
+             would store rounded (as a DOUBLE); select the column as text in import_query to load it exactly' \
+             || left(({v})::text, 0))::int)::text::json ELSE ({v})::json END"
+        )
+    }
+
+    fn plain_expr(&self) -> String {
         let c = format!("pgp_src.{}", self.name.quoted());
         match &self.ty {
             // Elements carried as text (unconstrained numeric, enums, intervals, ...)
@@ -100,11 +128,17 @@ impl Column {
     }
 }
 
-/// The extraction projection of a list of columns.
-pub fn projection(columns: &[Column]) -> String {
+/// The extraction projection of a list of columns (see [`Column::extract_expr`]).
+pub fn projection(columns: &[Column], json_number_digits: Option<u8>) -> String {
     columns
         .iter()
-        .map(|c| format!("{} AS {}", c.extract_expr(), c.name.quoted()))
+        .map(|c| {
+            format!(
+                "{} AS {}",
+                c.extract_expr(json_number_digits),
+                c.name.quoted()
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

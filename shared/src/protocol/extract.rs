@@ -101,6 +101,7 @@ async fn extract_new(
         key: h.key.as_ref(),
         range: &task.range,
         limit: h.limit,
+        json_number_digits: h.json_number_digits,
     };
     let dest = Destination {
         store,

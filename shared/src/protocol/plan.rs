@@ -346,6 +346,7 @@ fn new_header(
         chunks: plan.chunks.len() as u32,
         ranges,
         fingerprint: fp,
+        json_number_digits: parts.wh()?.json_number_digits(),
     })
 }
 

@@ -52,6 +52,10 @@ pub struct RunHeader {
     /// What the run loads (see [`fingerprint`]): a later request resumes this run only
     /// if it would load exactly the same.
     pub fingerprint: String,
+    /// The warehouse's limit on JSON number digits, checked while extracting
+    /// ([`crate::warehouse::Warehouse::json_number_digits`]).
+    #[serde(default)]
+    pub json_number_digits: Option<u8>,
 }
 
 /// The prefix of every staged object of a run of `target`: `<schema>/<table>/<run>/`.

@@ -158,6 +158,8 @@ struct DiesAfterSwap {
     dead: std::sync::atomic::AtomicBool,
     slip: Arc<std::sync::Mutex<Option<Slip>>>,
     no_build: bool,
+    /// What it answers for [`Warehouse::json_number_digits`].
+    json_digits: Option<u8>,
 }
 
 impl DiesAfterSwap {
@@ -167,6 +169,7 @@ impl DiesAfterSwap {
             dead: Default::default(),
             slip: Default::default(),
             no_build: false,
+            json_digits: None,
         }
     }
 }
@@ -340,6 +343,9 @@ impl Warehouse for DiesAfterSwap {
     }
     fn render_type(&self, ty: &crate::types::ColumnType) -> String {
         self.inner.render_type(ty)
+    }
+    fn json_number_digits(&self) -> Option<u8> {
+        self.json_digits
     }
     async fn columns(
         &self,
@@ -763,4 +769,33 @@ async fn a_swap_is_built_chunk_by_chunk_and_a_publish_builds_a_bounded_share() {
     assert_eq!(w.wh.swaps().len(), 1);
     assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10);
     assert!(w.wh.columns(&b).await.unwrap().is_none(), "dropped");
+}
+
+#[tokio::test]
+async fn a_run_carries_its_warehouses_json_number_limit_to_the_extractors() {
+    for digits in [None, Some(38)] {
+        let w = world(false).await;
+        let mut parts = w.parts(true, false);
+        parts.warehouse = Some(Arc::new(DiesAfterSwap {
+            json_digits: digits,
+            ..DiesAfterSwap::new(&w.wh)
+        }));
+        let run_id = format!("r{}", digits.unwrap_or(0));
+        let mut p = parts.clone();
+        p.queue = Some(Arc::new(MemoryQueue::default()));
+        let report = plan_step(
+            &p,
+            &w.manifest(),
+            &opts(&p, LoadType::Backfill, &run_id),
+            false,
+        )
+        .await
+        .unwrap();
+        let h = report.tables[0].header.clone().expect("loads");
+        assert_eq!(h.json_number_digits, digits);
+        let stored = super::record::read_header(parts.store.as_ref(), &run_id, "t")
+            .await
+            .unwrap();
+        assert_eq!(stored.json_number_digits, digits, "in the run record");
+    }
 }

@@ -31,6 +31,8 @@ pub struct ChunkQuery<'a> {
     pub key: Option<&'a Ident>,
     pub range: &'a KeyRange,
     pub limit: Option<u64>,
+    /// JSON numbers with more digits fail the extraction (the warehouse's limit).
+    pub json_number_digits: Option<u8>,
 }
 
 impl ChunkQuery<'_> {
@@ -38,7 +40,7 @@ impl ChunkQuery<'_> {
     pub fn copy_sql(&self) -> String {
         let wrapped = crate::query::wrap(
             self.query,
-            &crate::types::projection(self.columns),
+            &crate::types::projection(self.columns, self.json_number_digits),
             self.key.map(|k| (k, self.range)),
             self.limit,
         );

@@ -257,6 +257,12 @@ pub trait Warehouse: Send + Sync {
         let _ = ty;
         None
     }
+    /// The most digits a JSON number may have for this warehouse to store it exactly,
+    /// if it has a limit: a `json`, `jsonb` or JSON-array value with a longer number
+    /// fails its table when extracted, naming the column, instead of loading rounded.
+    fn json_number_digits(&self) -> Option<u8> {
+        None
+    }
     /// The columns of a table in order, `None` when the table does not exist.
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// Create a table (and its schema) with these columns unless it exists; `stamped`

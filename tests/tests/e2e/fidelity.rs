@@ -344,3 +344,71 @@ async fn a_multidimensional_array_in_a_list_column_is_refused_not_flattened() {
     let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
     assert_eq!(outcome(&r, "md"), &Outcome::Swapped, "{r:#?}");
 }
+
+/// A warehouse that stores JSON numbers of at most 38 digits exactly (Snowflake's
+/// PARSE_JSON; longer ones become DOUBLEs) gets the limit checked while PostgreSQL
+/// extracts: a value with a longer number fails the chunk naming the column; values
+/// within it, and JSON strings of any length, pass unchanged. (DuckDB has no limit.)
+#[tokio::test]
+async fn json_numbers_a_warehouse_would_round_fail_the_extraction() {
+    use futures::StreamExt;
+    use pgp::source::{ChunkQuery, PgSource, Source, SourceConfig};
+    let db = pgp_e2e::Pg::get().fresh_db("jsondigits").await;
+    db.exec(
+        "CREATE TABLE j (id int PRIMARY KEY, jb jsonb, ja jsonb[]);
+         INSERT INTO j VALUES
+           (1, '{\"a\": [1.5, 12345678901234567890123456789012345678]}', NULL),
+           (2, '{\"s\": \"123456789012345678901234567890123456789012345\"}', '{}'),
+           (3, NULL, ARRAY['{\"n\": 0.1}'::jsonb]);",
+    )
+    .await;
+    let src = PgSource::connect(&SourceConfig::new(
+        "127.0.0.1",
+        pgp_e2e::Pg::get().port,
+        "postgres",
+        &db.name,
+        pgp_e2e::PASSWORD,
+    ))
+    .await
+    .unwrap();
+    let columns = src.describe("j", "SELECT * FROM j").await.unwrap();
+    let read = |query: &'static str, digits: Option<u8>| {
+        let (src, columns) = (&src, &columns);
+        async move {
+            let range = pgp::query::KeyRange::ALL;
+            let chunk = ChunkQuery {
+                table: "j",
+                query,
+                columns,
+                key: None,
+                range: &range,
+                limit: None,
+                json_number_digits: digits,
+            };
+            let mut out = Vec::new();
+            let mut s = src.copy_chunk(&chunk).await?;
+            while let Some(b) = s.next().await {
+                out.extend_from_slice(&b?);
+            }
+            Ok::<_, pgp::Error>(String::from_utf8(out).unwrap())
+        }
+    };
+    let within = read("SELECT * FROM j", Some(38)).await.unwrap();
+    assert_eq!(within, read("SELECT * FROM j", None).await.unwrap());
+    assert!(within.contains("12345678901234567890123456789012345678"));
+
+    for (query, column) in [
+        ("SELECT id, jb || '{\"x\": 1e39}' AS jb, ja FROM j", "jb"),
+        (
+            "SELECT id, jb, ARRAY['{\"y\": 0.00000000000000000000000000000000000000001}'::jsonb] AS ja FROM j",
+            "ja",
+        ),
+    ] {
+        let e = read(query, Some(38)).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("pgp refuses column {column}: a JSON number of more than 38 digits")),
+            "{e}"
+        );
+        read(query, None).await.unwrap();
+    }
+}

@@ -101,6 +101,9 @@ pub fn render(ty: &ColumnType) -> String {
 /// "NUMBER"). PostgreSQL allows `numeric(38,38)`.
 pub const MAX_NUMBER_SCALE: u8 = 37;
 
+/// The most digits of a JSON number that `PARSE_JSON` stores exactly (NUMBER's 38).
+pub const JSON_NUMBER_DIGITS: u8 = 38;
+
 /// Why Snowflake cannot hold a column type exactly (see [`Warehouse::refuse`]).
 pub fn refuse(ty: &ColumnType) -> Option<String> {
     match ty {
@@ -548,6 +551,14 @@ impl Warehouse for Snowflake {
 
     fn refuse(&self, ty: &ColumnType) -> Option<String> {
         refuse(ty)
+    }
+
+    /// `PARSE_JSON` keeps a JSON number as a NUMBER when it fits one (at most 38
+    /// digits) and stores any other as a DOUBLE, rounding it to about 15 digits
+    /// (<https://docs.snowflake.com/en/sql-reference/data-types-semistructured>: "If the
+    /// value is too large for NUMBER, it is stored as a DOUBLE"); DuckDB keeps the text.
+    fn json_number_digits(&self) -> Option<u8> {
+        Some(JSON_NUMBER_DIGITS)
     }
 
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
