@@ -128,8 +128,9 @@ impl Column {
     }
 }
 
-/// The extraction projection of a list of columns (see [`Column::extract_expr`]).
-pub fn projection(columns: &[Column], json_number_digits: Option<u8>) -> String {
+/// The extraction projection of a list of columns (see [`Column::extract_expr`]),
+/// with the record-end field last when `record_end`.
+pub fn projection(columns: &[Column], json_number_digits: Option<u8>, record_end: bool) -> String {
     columns
         .iter()
         .map(|c| {
@@ -139,6 +140,7 @@ pub fn projection(columns: &[Column], json_number_digits: Option<u8>) -> String 
                 c.name.quoted()
             )
         })
+        .chain(record_end.then(|| format!("1 AS \"{}\"", crate::warehouse::RECORD_END)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -227,6 +229,12 @@ pub fn columns_from_pg(table: &str, cols: &[tokio_postgres::Column]) -> Result<V
         }
         if name.as_str().eq_ignore_ascii_case(crate::UPLOADED_AT)
             || name.as_str().eq_ignore_ascii_case(crate::TASK_INSTANCE)
+            || name
+                .as_str()
+                .eq_ignore_ascii_case(crate::warehouse::LOAD_ID)
+            || name
+                .as_str()
+                .eq_ignore_ascii_case(crate::warehouse::RECORD_END)
         {
             return Err(Error::Column {
                 table: table.to_string(),

@@ -347,6 +347,7 @@ fn new_header(
         ranges,
         fingerprint: fp,
         json_number_digits: parts.wh()?.json_number_digits(),
+        record_end: parts.wh()?.record_end_marker(),
     })
 }
 

@@ -56,6 +56,10 @@ pub struct RunHeader {
     /// ([`crate::warehouse::Warehouse::json_number_digits`]).
     #[serde(default)]
     pub json_number_digits: Option<u8>,
+    /// Whether each staged record ends with the record-end field
+    /// ([`crate::warehouse::Warehouse::record_end_marker`]).
+    #[serde(default)]
+    pub record_end: bool,
 }
 
 /// The prefix of every staged object of a run of `target`: `<schema>/<table>/<run>/`.

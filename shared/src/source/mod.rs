@@ -33,6 +33,8 @@ pub struct ChunkQuery<'a> {
     pub limit: Option<u64>,
     /// JSON numbers with more digits fail the extraction (the warehouse's limit).
     pub json_number_digits: Option<u8>,
+    /// End every record with the record-end field (`1`, the last column).
+    pub record_end: bool,
 }
 
 impl ChunkQuery<'_> {
@@ -40,7 +42,7 @@ impl ChunkQuery<'_> {
     pub fn copy_sql(&self) -> String {
         let wrapped = crate::query::wrap(
             self.query,
-            &crate::types::projection(self.columns, self.json_number_digits),
+            &crate::types::projection(self.columns, self.json_number_digits, self.record_end),
             self.key.map(|k| (k, self.range)),
             self.limit,
         );

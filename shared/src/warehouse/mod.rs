@@ -40,6 +40,9 @@ pub const UPLOADED_AT: &str = "_uploaded_at";
 pub const TASK_INSTANCE: &str = "_task_instance";
 /// The load-attempt stamp of every row in a load table (never in a target).
 pub const LOAD_ID: &str = "_pgp_load";
+/// The record-end field a staged record ends with when the warehouse checks it
+/// ([`Warehouse::record_end_marker`]); a column of load tables only.
+pub const RECORD_END: &str = "_pgp_end";
 
 /// The columns of a warehouse table pgp creates or loads: the query's columns, then
 /// the metadata columns.
@@ -263,6 +266,13 @@ pub trait Warehouse: Send + Sync {
     fn json_number_digits(&self) -> Option<u8> {
         None
     }
+    /// Whether staged records end with the record-end field ([`RECORD_END`], the value
+    /// `1`) that this warehouse's load checks: a record cut short or run long (fields
+    /// added or lost on the way) then fails its load instead of loading shifted or NULL
+    /// values, and no record is an empty line.
+    fn record_end_marker(&self) -> bool {
+        false
+    }
     /// The columns of a table in order, `None` when the table does not exist.
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// Create a table (and its schema) with these columns unless it exists; `stamped`
@@ -397,6 +407,7 @@ pub fn schema_state(
             !c.name.eq_ignore_ascii_case(UPLOADED_AT)
                 && !c.name.eq_ignore_ascii_case(TASK_INSTANCE)
                 && !c.name.eq_ignore_ascii_case(LOAD_ID)
+                && !c.name.eq_ignore_ascii_case(RECORD_END)
         })
         .collect();
     for (i, e) in expected.iter().enumerate() {

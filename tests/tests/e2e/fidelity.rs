@@ -349,8 +349,9 @@ async fn a_multidimensional_array_in_a_list_column_is_refused_not_flattened() {
 /// PARSE_JSON; longer ones become DOUBLEs) gets the limit checked while PostgreSQL
 /// extracts: a value with a longer number fails the chunk naming the column; values
 /// within it, and JSON strings of any length, pass unchanged. (DuckDB has no limit.)
+/// And every record ends with Snowflake's record-end field.
 #[tokio::test]
-async fn json_numbers_a_warehouse_would_round_fail_the_extraction() {
+async fn snowflake_bound_extraction_checks_json_digits_and_ends_every_record() {
     use futures::StreamExt;
     use pgp::source::{ChunkQuery, PgSource, Source, SourceConfig};
     let db = pgp_e2e::Pg::get().fresh_db("jsondigits").await;
@@ -371,10 +372,10 @@ async fn json_numbers_a_warehouse_would_round_fail_the_extraction() {
     ))
     .await
     .unwrap();
-    let columns = src.describe("j", "SELECT * FROM j").await.unwrap();
-    let read = |query: &'static str, digits: Option<u8>| {
-        let (src, columns) = (&src, &columns);
+    let read_with = |query: &'static str, digits: Option<u8>, record_end: bool| {
+        let src = &src;
         async move {
+            let columns = &src.describe("j", query).await?;
             let range = pgp::query::KeyRange::ALL;
             let chunk = ChunkQuery {
                 table: "j",
@@ -384,6 +385,7 @@ async fn json_numbers_a_warehouse_would_round_fail_the_extraction() {
                 range: &range,
                 limit: None,
                 json_number_digits: digits,
+                record_end,
             };
             let mut out = Vec::new();
             let mut s = src.copy_chunk(&chunk).await?;
@@ -393,6 +395,7 @@ async fn json_numbers_a_warehouse_would_round_fail_the_extraction() {
             Ok::<_, pgp::Error>(String::from_utf8(out).unwrap())
         }
     };
+    let read = |query: &'static str, digits: Option<u8>| read_with(query, digits, false);
     let within = read("SELECT * FROM j", Some(38)).await.unwrap();
     assert_eq!(within, read("SELECT * FROM j", None).await.unwrap());
     assert!(within.contains("12345678901234567890123456789012345678"));
@@ -411,4 +414,15 @@ async fn json_numbers_a_warehouse_would_round_fail_the_extraction() {
         );
         read(query, None).await.unwrap();
     }
+
+    // Snowflake's record-end field: the last field of every record, so that a short
+    // record is seen and a one-column NULL row is not an empty line.
+    let ended = read_with("SELECT NULL::text AS t FROM j ORDER BY id", None, true)
+        .await
+        .unwrap();
+    assert_eq!(ended, "\t1\n\t1\n\t1\n");
+    let plain = read_with("SELECT NULL::text AS t FROM j ORDER BY id", None, false)
+        .await
+        .unwrap();
+    assert_eq!(plain, "\n\n\n");
 }

@@ -44,7 +44,8 @@ use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
     ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
-    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, RECORD_END, TASK_INSTANCE,
+    UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -221,7 +222,30 @@ fn load_columns(
     }
     cols.push(q(LOAD_ID));
     exprs.push(lit(load_id));
+    // The record-end field, after the query's columns (see `record_end_marker`).
+    cols.push(q(RECORD_END));
+    exprs.push(format!("{}::NUMBER(1,0)", field(schema.columns.len())));
     (cols, exprs)
+}
+
+/// The column definitions of a table pgp creates: the query's columns, the metadata
+/// columns, and for a load table (`stamped`) the load stamp and the record-end field
+/// (`NOT NULL`: Snowflake enforces it, and that is the record-end check).
+pub fn table_columns(schema: &TableSchema, stamped: bool, sized: bool) -> Vec<String> {
+    let mut cols: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", q(c.name.as_str()), create_type(&c.ty, sized)))
+        .collect();
+    cols.push(format!("{} TIMESTAMP_TZ", q(UPLOADED_AT)));
+    if schema.task_instance {
+        cols.push(format!("{} TEXT", q(TASK_INSTANCE)));
+    }
+    if stamped {
+        cols.push(format!("{} TEXT", q(LOAD_ID)));
+        cols.push(format!("{} NUMBER(1,0) NOT NULL", q(RECORD_END)));
+    }
+    cols
 }
 
 /// The production load: one COPY with a transformation.
@@ -561,6 +585,20 @@ impl Warehouse for Snowflake {
         Some(JSON_NUMBER_DIGITS)
     }
 
+    /// A COPY with a transformation ignores `ERROR_ON_COLUMN_COUNT_MISMATCH`
+    /// (<https://docs.snowflake.com/en/user-guide/data-load-transform>: "When querying
+    /// staged data files, the ERROR_ON_COLUMN_COUNT_MISMATCH option is ignored"): a
+    /// record short of fields would load NULLs, one with extra fields shifted values.
+    /// So every staged record ends with the field `1`, loaded into the load table's
+    /// `_PGP_END NUMBER(1,0) NOT NULL`: a short record leaves it NULL and a long one
+    /// puts another field's text there, and either fails the COPY (a NULL in a NOT NULL
+    /// column, or a failed cast) before anything commits. It also means no record is
+    /// an empty line (a one-column table's NULL row), which Snowflake reads as a record
+    /// that ends too early.
+    fn record_end_marker(&self) -> bool {
+        true
+    }
+
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
         let r = self.query(&columns_sql(&self.cfg, table)).await?;
         Ok(actual_columns(&r))
@@ -572,21 +610,7 @@ impl Warehouse for Snowflake {
         schema: &TableSchema,
         stamped: bool,
     ) -> Result<()> {
-        let mut cols: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| {
-                let sized = self.cfg.copy == CopyMode::Transform;
-                format!("{} {}", q(c.name.as_str()), create_type(&c.ty, sized))
-            })
-            .collect();
-        cols.push(format!("{} TIMESTAMP_TZ", q(UPLOADED_AT)));
-        if schema.task_instance {
-            cols.push(format!("{} TEXT", q(TASK_INSTANCE)));
-        }
-        if stamped {
-            cols.push(format!("{} TEXT", q(LOAD_ID)));
-        }
+        let cols = table_columns(schema, stamped, self.cfg.copy == CopyMode::Transform);
         self.query(&format!(
             "CREATE SCHEMA IF NOT EXISTS {}.{}",
             self.db(),
@@ -900,7 +924,8 @@ impl Transaction for SfTxn {
                             .collect::<String>()
                     ),
                 );
-                let raw_cols: Vec<String> = (0..schema.columns.len())
+                // The query's columns and the record-end field.
+                let raw_cols: Vec<String> = (0..=schema.columns.len())
                     .map(|i| format!("\"C{i}\" TEXT"))
                     .collect();
                 self.side(&format!(
@@ -1123,6 +1148,45 @@ mod tests {
     use crate::warehouse::conformance::col;
 
     #[test]
+    fn load_tables_end_with_a_not_null_record_end_column() {
+        let schema = TableSchema {
+            columns: vec![Column {
+                name: crate::ident::Ident::parse("c", "id").unwrap(),
+                ty: ColumnType::BigInt,
+                pg_type: "bigint".into(),
+            }],
+            task_instance: false,
+        };
+        assert_eq!(
+            table_columns(&schema, true, true),
+            [
+                "\"ID\" NUMBER(38,0)",
+                "\"_UPLOADED_AT\" TIMESTAMP_TZ",
+                "\"_PGP_LOAD\" TEXT",
+                "\"_PGP_END\" NUMBER(1,0) NOT NULL"
+            ]
+        );
+        assert_eq!(
+            table_columns(&schema, false, true),
+            ["\"ID\" NUMBER(38,0)", "\"_UPLOADED_AT\" TIMESTAMP_TZ"],
+            "targets have no pgp-internal columns"
+        );
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
+            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let wh = Snowflake::new(
+            config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW", &env, "gs://b").unwrap(),
+        )
+        .unwrap();
+        assert!(wh.record_end_marker());
+        assert_eq!(wh.json_number_digits(), Some(38));
+    }
+
+    #[test]
     fn production_copy_and_swap_sql() {
         let schema = TableSchema {
             columns: vec![
@@ -1160,10 +1224,10 @@ mod tests {
         );
         assert_eq!(
             sql,
-            "COPY INTO \"RAW\".\"GITLAB_COM\".\"USERS_PGP_LOAD_r1\" (\"ID\", \"NAME\", \"PROPS\", \"TAGS\", \"AMOUNT\", \"AT\", \"RAW\", \"F\", \"_UPLOADED_AT\", \"_TASK_INSTANCE\", \"_PGP_LOAD\") \
+            "COPY INTO \"RAW\".\"GITLAB_COM\".\"USERS_PGP_LOAD_r1\" (\"ID\", \"NAME\", \"PROPS\", \"TAGS\", \"AMOUNT\", \"AT\", \"RAW\", \"F\", \"_UPLOADED_AT\", \"_TASK_INSTANCE\", \"_PGP_LOAD\", \"_PGP_END\") \
              FROM (SELECT $1::NUMBER(38,0), $2, PARSE_JSON($3), PARSE_JSON($4)::ARRAY, $5::NUMBER(20,4), $6::TIMESTAMP_TZ, TO_BINARY($7, 'HEX'), \
              (CASE $8 WHEN 'Infinity' THEN 'inf' WHEN '-Infinity' THEN '-inf' ELSE $8 END)::FLOAT, \
-             '2026-11-24T10:00:00+00:00'::TIMESTAMP_TZ, 'dag.task.o''clock\\\\', 'l1' FROM @\"RAW\".\"_PGP\".\"PGP_STAGE\") \
+             '2026-11-24T10:00:00+00:00'::TIMESTAMP_TZ, 'dag.task.o''clock\\\\', 'l1', $9::NUMBER(1,0) FROM @\"RAW\".\"_PGP\".\"PGP_STAGE\") \
              FILES = ('gitlab_com/users/r1/00000.tsv.gz') \
              FILE_FORMAT = (TYPE = CSV FIELD_DELIMITER = '\\t' RECORD_DELIMITER = '\\n' FIELD_OPTIONALLY_ENCLOSED_BY = '\"' ESCAPE = NONE ESCAPE_UNENCLOSED_FIELD = NONE EMPTY_FIELD_AS_NULL = TRUE NULL_IF = () SKIP_HEADER = 0 TRIM_SPACE = FALSE ERROR_ON_COLUMN_COUNT_MISMATCH = TRUE REPLACE_INVALID_CHARACTERS = FALSE SKIP_BYTE_ORDER_MARK = FALSE ENCODING = 'UTF8' COMPRESSION = GZIP TIMESTAMP_FORMAT = AUTO) \
              ON_ERROR = ABORT_STATEMENT FORCE = TRUE"
