@@ -28,3 +28,11 @@ set -x
 "$PGP" tap manifests/demo.yaml --load-type scd
 "$PGP" tap manifests/demo.yaml --load-type backfill --chunk-rows 5000
 "$PGP" tap manifests/demo.yaml --load-type incremental --execution-date 2024-01-02T00:00:00Z --hours 12
+
+# What was loaded, and how to look at it.
+"$PGP" runs
+"$PGP" sql "SELECT count(*) AS projects, count(DISTINCT _uploaded_at) AS snapshots, max(_uploaded_at) AS last_loaded FROM demo.projects"
+set +x
+echo
+echo "Query what was loaded with: $PGP sql \"SELECT * FROM demo.projects LIMIT 5\""
+echo "(or any DuckDB client on pgp-data/warehouse.duckdb)."

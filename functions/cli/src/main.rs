@@ -74,6 +74,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Query what was loaded: one read-only SQL statement against the embedded DuckDB
+    /// warehouse, printed as tab-separated text with a header (NULL prints as NULL).
+    /// (A Snowflake warehouse is queried with Snowflake's own tools.)
+    Sql {
+        /// The statement, e.g. "SELECT count(*) FROM demo.projects".
+        query: String,
+    },
     /// Remove what settled runs left behind (load and swap tables, staged objects, run
     /// records) and trim old ledger rows. Says what it would do unless --apply.
     Gc {
@@ -89,6 +96,28 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+}
+
+/// A DuckDB value as text for `pgp sql` (values of a wrapped query are text already;
+/// this renders those of statements that could not be wrapped).
+fn cell(v: duckdb::types::ValueRef<'_>) -> String {
+    use duckdb::types::ValueRef as V;
+    match v {
+        V::Boolean(b) => b.to_string(),
+        V::TinyInt(n) => n.to_string(),
+        V::SmallInt(n) => n.to_string(),
+        V::Int(n) => n.to_string(),
+        V::BigInt(n) => n.to_string(),
+        V::HugeInt(n) => n.to_string(),
+        V::UTinyInt(n) => n.to_string(),
+        V::USmallInt(n) => n.to_string(),
+        V::UInt(n) => n.to_string(),
+        V::UBigInt(n) => n.to_string(),
+        V::Float(n) => n.to_string(),
+        V::Double(n) => n.to_string(),
+        V::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        other => format!("{:?}", other.to_owned()),
+    }
 }
 
 /// `90s`, `90m`, `24h`, `7d`.
@@ -271,6 +300,45 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
             compression,
             run_id,
         } => tap(run, true, true, compression, run_id).await,
+        Command::Sql { query } => {
+            let url = default_url(
+                "PGP_WAREHOUSE_URL",
+                "duckdb://",
+                "pgp-data/warehouse.duckdb",
+            )?;
+            let Some(path) = url.strip_prefix("duckdb://") else {
+                anyhow::bail!(
+                    "pgp sql queries the embedded DuckDB warehouse; PGP_WAREHOUSE_URL is {}",
+                    pgp::warehouse::redact(&url)
+                );
+            };
+            let c = duckdb::Connection::open_with_flags(
+                path,
+                duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?,
+            )
+            .with_context(|| format!("open {path} read-only"))?;
+            // Every value in DuckDB's own text (timestamps, decimals, lists); a statement
+            // that is not a query (SHOW TABLES, DESCRIBE ...) runs as it is.
+            let wrapped = format!("SELECT COLUMNS(*)::VARCHAR FROM ({query})");
+            let mut st = match c.prepare(&wrapped) {
+                Ok(st) => st,
+                Err(_) => c.prepare(&query)?,
+            };
+            let mut rows = st.query([])?;
+            let names: Vec<String> = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
+            println!("{}", names.join("\t"));
+            while let Some(r) = rows.next()? {
+                let cells: Vec<String> = (0..names.len())
+                    .map(|i| match r.get_ref(i) {
+                        Ok(duckdb::types::ValueRef::Null) => Ok("NULL".to_string()),
+                        Ok(v) => Ok(cell(v)),
+                        Err(e) => Err(e),
+                    })
+                    .collect::<Result<_, _>>()?;
+                println!("{}", cells.join("\t"));
+            }
+            Ok(0)
+        }
         Command::Runs { since, format } => {
             let p = pipeline(true).await?;
             let runs = pgp::ops::runs(p.store.as_ref(), p.warehouse.as_ref(), since).await?;

@@ -151,6 +151,30 @@ async fn tap_plan_and_exit_codes() {
         "{out}"
     );
 
+    // what was loaded can be queried with pgp itself, NULL and all
+    let (code, out, err) = pgp(
+        dir.path(),
+        &env,
+        &[
+            "sql",
+            "SELECT id, value, _uploaded_at IS NOT NULL AS stamped FROM gitlab_com.application_settings ORDER BY id",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "id\tvalue\tstamped\n1\ta\ttrue\n2\tNULL\ttrue\n");
+    let (code, out, _) = pgp(
+        dir.path(),
+        &env,
+        &["sql", "DESCRIBE gitlab_com.application_settings"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("column_name\t") && out.contains("\nvalue\t"),
+        "{out}"
+    );
+    let (code, _, err) = pgp(dir.path(), &env, &["sql", "DROP TABLE gitlab_com.issues"]);
+    assert_eq!(code, 2, "a read-only warehouse: {err}");
+
     // a failing table makes the exit code 1, the others still load
     db.exec("DROP TABLE settings").await;
     let (code, out, _) = pgp(dir.path(), &env, &["tap", m, "--load-type", "scd"]);
