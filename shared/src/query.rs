@@ -208,12 +208,22 @@ impl std::fmt::Display for KeyRange {
     }
 }
 
-/// Split `[min, max]` into half-open ranges of `step` keys. The first range is open
-/// below and takes NULL keys, the last is open above (rows inserted after planning with
-/// a larger key still land somewhere), so together they cover every possible row.
+/// The most ranges a table is split into. Ranges are cut by key width, so a sparse key
+/// (ids from a sequence with gaps, or from the whole integer range) would otherwise make
+/// the planner build and publish one range per `step` keys of span: 4.6 trillion for
+/// `bigint` keys spread over the type at 2,000,000 keys per range. Past the cap the
+/// ranges widen; a dense table that needs more than this many chunks gets larger ones.
+pub const MAX_KEY_RANGES: u64 = 10_000;
+
+/// Split `[min, max]` into half-open ranges of `step` keys (widened so that there are
+/// at most [`MAX_KEY_RANGES`]). The first range is open below and takes NULL keys, the
+/// last is open above (rows inserted after planning with a larger key still land
+/// somewhere), so together they cover every possible row.
 pub fn key_ranges(min: i64, max: i64, step: u64) -> Vec<KeyRange> {
-    let step = step.max(1) as i128;
     let (min, max) = (min as i128, max as i128);
+    let span = max - min + 1;
+    let cap = MAX_KEY_RANGES as i128;
+    let step = (step.max(1) as i128).max((span + cap - 1) / cap);
     let mut bounds = Vec::new();
     let mut b = min + step;
     while b <= max {
@@ -348,6 +358,23 @@ mod tests {
         );
         assert_eq!(key_ranges(3, 3, 100), vec![KeyRange::ALL]);
         // extreme keys do not overflow
+        // a key spread over the whole type: at most MAX_KEY_RANGES ranges, contiguous,
+        // covering everything
+        let sparse = key_ranges(i64::MIN, i64::MAX, 2_000_000);
+        assert!(sparse.len() as u64 <= MAX_KEY_RANGES, "{}", sparse.len());
+        assert!(
+            sparse.len() as u64 >= MAX_KEY_RANGES - 1,
+            "{}",
+            sparse.len()
+        );
+        assert_eq!((sparse[0].lo, sparse[0].nulls), (None, true));
+        assert_eq!(sparse.last().unwrap().hi, None);
+        assert!(sparse.windows(2).all(|w| w[0].hi == w[1].lo));
+        // a dense span at the cap keeps its step
+        assert_eq!(
+            key_ranges(1, MAX_KEY_RANGES as i64, 1).len() as u64,
+            MAX_KEY_RANGES
+        );
         let wide = key_ranges(i64::MIN, i64::MAX, u64::MAX);
         assert_eq!((wide[0].lo, wide.last().unwrap().hi), (None, None));
     }
