@@ -74,27 +74,33 @@ impl Column {
     /// A JSON value `v` of this column, or a failure naming the column when it holds a
     /// number of more than `digits` digits (counted in PostgreSQL's numeric text of
     /// the number, leading and trailing zeros included: that also catches a scale
-    /// beyond 37, `0.000…1`, and `1e400`). Only rows with such a number pay for the
-    /// message; the raise is the cast of the message to int, evaluated per row (the
-    /// message depends on the row, so it is not folded when the query is planned).
+    /// beyond 37, `0.000…1`, and `1e400`).
     fn json_guard(&self, v: &str, digits: u8) -> String {
-        let name = self.name.as_str().replace('\'', "''");
+        let refusal = self.refusal(&format!(
+            "'a JSON number of more than {digits} digits, which the warehouse would store \
+             rounded (as a DOUBLE); select the column as text in import_query to load it \
+             exactly' || left(({v})::text, 0)"
+        ));
         format!(
             "CASE WHEN EXISTS (SELECT 1 FROM jsonb_path_query(({v})::jsonb, 'strict $.** ? (@.type() == \"number\")') AS pgp_n(n) \
              WHERE length(regexp_replace(pgp_n.n::text, '[^0-9]', '', 'g')) > {digits}) \
-             THEN (('pgp refuses column {name}: a JSON number of more than {digits} digits, which the warehouse \
-             would store rounded (as a DOUBLE); select the column as text in import_query to load it exactly' \
-             || left(({v})::text, 0))::int)::text::json ELSE ({v})::json END"
+             THEN {refusal}::text::json ELSE ({v})::json END"
         )
+    }
+
+    /// An expression that fails the extraction with `pgp refuses column <name>: ` and
+    /// the text of `reason` (SQL), for the row it is evaluated on: the raise is the cast
+    /// of the message to int. `reason` must depend on the row, so that the planner does
+    /// not fold it (and raise) when the query is prepared; only rows that take the
+    /// branch pay for it.
+    fn refusal(&self, reason: &str) -> String {
+        let name = self.name.as_str().replace('\'', "''");
+        format!("(('pgp refuses column {name}: ' || {reason})::int)")
     }
 
     fn plain_expr(&self) -> String {
         let c = format!("pgp_src.{}", self.name.quoted());
         match &self.ty {
-            // Elements carried as text (unconstrained numeric, enums, intervals, ...)
-            // become JSON strings of their PostgreSQL text: `to_json` alone would write
-            // a numeric element as a JSON number, which a warehouse reads as a double
-            // (Snowflake's PARSE_JSON beyond NUMBER(38)) and so may round.
             ColumnType::List(e) => {
                 // `numeric[]` (unconstrained): `to_json` would write its elements as
                 // JSON numbers, which a warehouse reads as doubles (DuckDB, and
@@ -109,17 +115,14 @@ impl Column {
                 // A list holds one dimension. PostgreSQL does not enforce an array
                 // column's declared dimensions, so any value may have more: DuckDB
                 // would read `{{a,b},{c,d}}` into VARCHAR[] as the strings `["a","b"]`
-                // and `["c","d"]`, silently. Such a value fails the extraction instead,
-                // naming the column (the cast of the message to int is what raises it,
-                // only for that row: the message depends on the value, so it is not
-                // folded at plan time).
-                format!(
-                    "CASE WHEN array_ndims({c}) > 1 THEN to_json(('pgp refuses column {name}: a ' \
-                     || array_ndims({c}) || '-dimensional array value, and the column is loaded \
-                     as a one-dimensional list; select to_json({name}) in import_query to load \
-                     it as JSON')::int) ELSE {json} END",
+                // and `["c","d"]`, silently. Such a value fails the extraction instead.
+                let refusal = self.refusal(&format!(
+                    "'a ' || array_ndims({c}) || '-dimensional array value, and the column is \
+                     loaded as a one-dimensional list; select to_json({name}) in import_query \
+                     to load it as JSON'",
                     name = self.name.as_str().replace('\'', "''"),
-                )
+                ));
+                format!("CASE WHEN array_ndims({c}) > 1 THEN to_json({refusal}) ELSE {json} END")
             }
             ColumnType::JsonArray => format!("to_json({c})"),
             ColumnType::Bytes => format!("encode({c}, 'hex')"),

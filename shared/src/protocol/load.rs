@@ -3,13 +3,14 @@
 //!
 //! Per event, whatever the run's size: one read of the run header, and a fixed number
 //! of statements (begin; is the chunk loaded; COPY; ledger row; commit; for a swap,
-//! the chunk's build ([`super::build`]); begin; ledger summary; rollback). The COPY, the count check and the ledger row commit together or
-//! not at all: a count that differs rolls the rows back before anything else sees them.
+//! the chunk's build ([`super::build`]); begin; ledger summary; rollback). The COPY,
+//! the count check and the ledger row commit together or not at all: a count that
+//! differs rolls the rows back before anything else sees them.
 //! Two loaders handling one object both commit (nothing can stop them in Snowflake);
 //! each stamps its rows with its own load id, and the publish takes one of them.
 
 use super::build::{build, BUILD_BUDGET};
-use super::publish::{abandon, finish_run, run_state, Finished};
+use super::publish::{abandon, finish_run, read_summary, run_state, Finished};
 use super::record::{read_header, ChunkObject};
 use super::Parts;
 use crate::error::{Error, Result};
@@ -128,10 +129,7 @@ pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> 
         }
     }
 
-    let mut txn = wh.begin().await?;
-    let summary = txn.ledger_summary(&h.load_table, &h.run_id).await;
-    let _ = txn.rollback().await;
-    if summary?.chunks < h.chunks as u64 {
+    if read_summary(parts, &h.load_table, &h.run_id).await?.chunks < h.chunks as u64 {
         return Ok(LoadOutcome::Loaded { rows, already });
     }
     Ok(LoadOutcome::Finished(finish_run(parts, &h).await?))

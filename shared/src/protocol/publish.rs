@@ -70,6 +70,19 @@ pub(crate) async fn ensure_run(txn: &mut Box<dyn Transaction>, h: &RunHeader) ->
     Ok(r)
 }
 
+/// The ledger's summary of a run in `table` (its load table, or its build table), read
+/// outside any lock.
+pub(crate) async fn read_summary(
+    parts: &Parts,
+    table: &TableName,
+    run_id: &str,
+) -> Result<LedgerSummary> {
+    let mut txn = parts.wh()?.begin().await?;
+    let s = txn.ledger_summary(table, run_id).await;
+    let _ = txn.rollback().await;
+    s
+}
+
 /// The run's row, if any.
 pub async fn run_state(parts: &Parts, h: &RunHeader) -> Result<Option<RunRecord>> {
     let wh = parts.wh()?;
@@ -314,10 +327,7 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
     // 1. Build what is left, a bounded share per event (module `build`).
     if let Build::Progress(built) = build(parts, h, BUILD_BUDGET).await? {
         if built.chunks < h.chunks as u64 {
-            let mut txn = wh.begin().await?;
-            let loaded = txn.ledger_summary(&h.load_table, &h.run_id).await;
-            let _ = txn.rollback().await;
-            let loaded = loaded?;
+            let loaded = read_summary(parts, &h.load_table, &h.run_id).await?;
             if loaded.chunks < h.chunks as u64 {
                 return Err(not_complete(h, loaded.chunks));
             }

@@ -222,6 +222,24 @@ impl DuckDb {
         )
     }
 
+    /// `INSERT INTO to (…) SELECT … FROM from WHERE <stamp> <which>`: the rows of chosen
+    /// load attempts, without the stamp.
+    fn insert_stamped_sql(
+        from: &TableName,
+        to: &TableName,
+        schema: &TableSchema,
+        which: &str,
+    ) -> String {
+        let mut cols: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
+        cols.extend(Self::meta_columns(schema));
+        let cols = cols.join(", ");
+        format!(
+            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE \"{LOAD_ID}\" {which}",
+            to = to.quoted(),
+            from = from.quoted(),
+        )
+    }
+
     /// The metadata columns' names after the query's columns.
     fn meta_columns(schema: &TableSchema) -> Vec<String> {
         let mut cols = vec![format!("\"{UPLOADED_AT}\"")];
@@ -803,14 +821,11 @@ impl Transaction for DuckTxn {
         schema: &TableSchema,
         run_id: &str,
     ) -> Result<u64> {
-        let mut cols: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
-        cols.extend(DuckDb::meta_columns(schema));
-        let cols = cols.join(", ");
-        let sql = format!(
-            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE \"{LOAD_ID}\" IN \
-             (SELECT min(load_id) FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? GROUP BY chunk)",
-            to = to.quoted(),
-            from = from.quoted(),
+        let sql = DuckDb::insert_stamped_sql(
+            from,
+            to,
+            schema,
+            "IN (SELECT min(load_id) FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? GROUP BY chunk)",
         );
         let (t, run) = (from.to_string(), run_id.to_string());
         let e = db_err(format!("publish {from} into {to}"));
@@ -829,14 +844,7 @@ impl Transaction for DuckTxn {
         schema: &TableSchema,
         load_id: &str,
     ) -> Result<u64> {
-        let mut cols: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
-        cols.extend(DuckDb::meta_columns(schema));
-        let cols = cols.join(", ");
-        let sql = format!(
-            "INSERT INTO {to} ({cols}) SELECT {cols} FROM {from} WHERE \"{LOAD_ID}\" = ?",
-            to = to.quoted(),
-            from = from.quoted(),
-        );
+        let sql = DuckDb::insert_stamped_sql(from, to, schema, "= ?");
         let id = load_id.to_string();
         let e = db_err(format!("build {to} from {from}"));
         self.op(move |c| c.execute(&sql, params![id]).map(|n| n as u64).map_err(e))
