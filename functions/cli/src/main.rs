@@ -226,13 +226,18 @@ fn default_url(env: &str, scheme: &str, rel: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}{}", cwd.join(rel).display()))
 }
 
-async fn pipeline(read_only: bool) -> anyhow::Result<Pipeline> {
-    let storage_url = default_url("PGP_STORAGE_URL", "file://", "pgp-data/objects")?;
-    let warehouse_url = default_url(
+/// `PGP_WAREHOUSE_URL`, or the embedded default `./pgp-data/warehouse.duckdb`.
+fn warehouse_url() -> anyhow::Result<String> {
+    default_url(
         "PGP_WAREHOUSE_URL",
         "duckdb://",
         "pgp-data/warehouse.duckdb",
-    )?;
+    )
+}
+
+async fn pipeline(read_only: bool) -> anyhow::Result<Pipeline> {
+    let storage_url = default_url("PGP_STORAGE_URL", "file://", "pgp-data/objects")?;
+    let warehouse_url = warehouse_url()?;
     let gcs_endpoint = std::env::var("PGP_GCS_ENDPOINT")
         .ok()
         .filter(|v| !v.is_empty());
@@ -301,11 +306,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
             run_id,
         } => tap(run, true, true, compression, run_id).await,
         Command::Sql { query } => {
-            let url = default_url(
-                "PGP_WAREHOUSE_URL",
-                "duckdb://",
-                "pgp-data/warehouse.duckdb",
-            )?;
+            let url = warehouse_url()?;
             let Some(path) = url.strip_prefix("duckdb://") else {
                 anyhow::bail!(
                     "pgp sql queries the embedded DuckDB warehouse; PGP_WAREHOUSE_URL is {}",
