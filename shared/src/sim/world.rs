@@ -71,7 +71,10 @@ impl Config {
             },
             insert: pick(&mut r, &[0.0, 0.0, 0.002, 0.02]),
             max_inserts: 12,
-            max_steps: 2_000_000,
+            // Crashes under a target's lock block it for the 4 h Snowflake keeps a
+            // detached transaction; with several, a heavy seed (40106) needs more than 2M
+            // steps to settle. A livelock still fails, later.
+            max_steps: 12_000_000,
         }
     }
 }
