@@ -374,6 +374,7 @@ pub async fn plan_table(
             range: &KeyRange::ALL,
             limit: p.limit,
             json_number_digits: wh.json_number_digits(),
+            fixed_list_depth: wh.fixed_list_depth(),
             record_end: wh.record_end_marker(),
         }
         .copy_sql(),

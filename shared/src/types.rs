@@ -44,7 +44,9 @@ pub enum ColumnType {
     Uuid,
     /// `bytea` (travels hex-encoded).
     Bytes,
-    /// A one-dimensional array (travels as JSON text made by PostgreSQL's `to_json`).
+    /// An array (travels as JSON text made by PostgreSQL's `to_json`). A list of lists
+    /// is a multi-dimensional array: its depth is the column's declared dimensions
+    /// (`int[][]` is two), one when none are declared.
     List(Box<ColumnType>),
 }
 
@@ -61,8 +63,8 @@ impl Column {
     /// The expression that produces this column in the extraction query, over the
     /// wrapped source `pgp_src`: arrays become JSON, bytea becomes hex; with
     /// `json_number_digits`, a JSON value holding a longer number fails the extraction.
-    pub fn extract_expr(&self, json_number_digits: Option<u8>) -> String {
-        let plain = self.plain_expr();
+    pub fn extract_expr(&self, json_number_digits: Option<u8>, fixed_list_depth: bool) -> String {
+        let plain = self.plain_expr(fixed_list_depth);
         match (&self.ty, json_number_digits) {
             (ColumnType::Json | ColumnType::JsonArray, Some(digits)) => {
                 self.json_guard(&plain, digits)
@@ -98,48 +100,99 @@ impl Column {
         format!("(('pgp refuses column {name}: ' || {reason})::int)")
     }
 
-    fn plain_expr(&self) -> String {
+    /// The element type and depth of a list column.
+    pub fn list_depth(&self) -> Option<(&ColumnType, usize)> {
+        let mut t = &self.ty;
+        let mut depth = 0;
+        while let ColumnType::List(e) = t {
+            t = e;
+            depth += 1;
+        }
+        (depth > 0).then_some((t, depth))
+    }
+
+    fn plain_expr(&self, fixed_list_depth: bool) -> String {
         let c = format!("pgp_src.{}", self.name.quoted());
-        match &self.ty {
-            ColumnType::List(e) => {
+        match (&self.ty, self.list_depth()) {
+            (ColumnType::List(_), Some((e, depth))) => {
                 // `numeric[]` (unconstrained): `to_json` would write its elements as
                 // JSON numbers, which a warehouse reads as doubles (DuckDB, and
-                // Snowflake past NUMBER(38)); as text they stay exact. Only numeric: a
-                // cast to text[] changes other types (char(n) loses its padding, inet
-                // gains a netmask), whose `to_json` strings are already their output.
-                let json = if **e == ColumnType::Text && self.pg_type == "_numeric" {
+                // Snowflake past NUMBER(38)); as text they stay exact (the cast keeps
+                // the dimensions). Only numeric: a cast to text[] changes other types
+                // (char(n) loses its padding, inet gains a netmask), whose `to_json`
+                // strings are already their output.
+                let json = if *e == ColumnType::Text && self.pg_type == "_numeric" {
                     format!("to_json({c}::text[])")
                 } else {
                     format!("to_json({c})")
                 };
-                // A list holds one dimension. PostgreSQL does not enforce an array
-                // column's declared dimensions, so any value may have more: DuckDB
-                // would read `{{a,b},{c,d}}` into VARCHAR[] as the strings `["a","b"]`
-                // and `["c","d"]`, silently. Such a value fails the extraction instead.
-                let refusal = self.refusal(&format!(
-                    "'a ' || array_ndims({c}) || '-dimensional array value, and the column is \
-                     loaded as a one-dimensional list; select to_json({name}) in import_query \
-                     to load it as JSON'",
-                    name = self.name.as_str().replace('\'', "''"),
-                ));
-                format!("CASE WHEN array_ndims({c}) > 1 THEN to_json({refusal}) ELSE {json} END")
+                self.array_guard(&c, json, fixed_list_depth.then_some(depth))
             }
-            ColumnType::JsonArray => format!("to_json({c})"),
-            ColumnType::Bytes => format!("encode({c}, 'hex')"),
+            (ColumnType::JsonArray, _) => self.array_guard(&c, format!("to_json({c})"), None),
+            (ColumnType::Bytes, _) => format!("encode({c}, 'hex')"),
             _ => c,
         }
+    }
+
+    /// `json`, the JSON of array column `c`, or a failure naming the column for a value
+    /// that JSON or the warehouse's list would alter:
+    /// - a lower bound other than 1 (`'[0:1]={a,b}'`): `to_json` drops the bounds;
+    /// - with `depth` (a warehouse whose list type has a fixed depth, DuckDB), a value
+    ///   of another number of dimensions. PostgreSQL does not enforce an array column's
+    ///   declared dimensions, so an `int[]` column may hold `{{1,2},{3,4}}`; DuckDB
+    ///   would read it into VARCHAR[] as the strings `[1,2]` and `[3,4]`, silently.
+    ///   Snowflake's ARRAY holds any nesting, so there every depth is carried.
+    ///
+    /// The empty array has no dimensions (`array_ndims` is NULL) and passes. One-
+    /// dimensional values cost two integer comparisons; the regular expression over
+    /// `array_dims` runs only for multi-dimensional ones.
+    fn array_guard(&self, c: &str, json: String, depth: Option<usize>) -> String {
+        let bounds = format!(
+            "(array_lower({c}, 1) <> 1 OR (array_ndims({c}) > 1 AND array_dims({c}) !~ '^(\\[1:[0-9]+\\])+$'))"
+        );
+        let name = self.name.as_str().replace('\'', "''");
+        let (test, reason) = match depth {
+            Some(d) => (
+                format!("(array_ndims({c}) <> {d} OR {bounds})"),
+                format!(
+                    "CASE WHEN array_ndims({c}) <> {d} THEN 'a ' || array_ndims({c}) || \
+                     '-dimensional array value, and the column is loaded as a {d}-dimensional \
+                     list (its declared dimensions); declare the column''s dimensions \
+                     (e.g. int[][]) or select to_json({name}) in import_query to load it as \
+                     JSON' ELSE {lower} END",
+                    lower = Self::bounds_reason(c, &name),
+                ),
+            ),
+            None => (bounds, Self::bounds_reason(c, &name)),
+        };
+        let refusal = self.refusal(&reason);
+        format!("CASE WHEN {test} THEN to_json({refusal}) ELSE {json} END")
+    }
+
+    /// Why an array value with other lower bounds is refused (SQL text).
+    fn bounds_reason(c: &str, name: &str) -> String {
+        format!(
+            "'an array value with subscripts ' || array_dims({c}) || ', whose lower bounds JSON \
+             cannot carry; select array_lower({name}, 1) and {name} with default bounds in \
+             import_query to load it'"
+        )
     }
 }
 
 /// The extraction projection of a list of columns (see [`Column::extract_expr`]),
 /// with the record-end field last when `record_end`.
-pub fn projection(columns: &[Column], json_number_digits: Option<u8>, record_end: bool) -> String {
+pub fn projection(
+    columns: &[Column],
+    json_number_digits: Option<u8>,
+    fixed_list_depth: bool,
+    record_end: bool,
+) -> String {
     columns
         .iter()
         .map(|c| {
             format!(
                 "{} AS {}",
-                c.extract_expr(json_number_digits),
+                c.extract_expr(json_number_digits, fixed_list_depth),
                 c.name.quoted()
             )
         })
@@ -161,8 +214,26 @@ fn numeric_typmod(typmod: i32) -> Option<(i32, i32)> {
     Some((precision, scale))
 }
 
-/// Map a PostgreSQL type (with its modifier, -1 when none) to a column type.
+/// Map a PostgreSQL type (with its modifier, -1 when none) to a column type; an
+/// array is one-dimensional (see [`from_pg_dims`]).
 pub fn from_pg(ty: &Type, typmod: i32) -> ColumnType {
+    from_pg_dims(ty, typmod, 1)
+}
+
+/// [`from_pg`] for a column declared with `dims` array dimensions (`pg_attribute.
+/// attndims`: 2 for `int[][]`; 0 for a non-array, or an array without declared ones,
+/// which counts as one): a list of lists of that depth.
+/// PostgreSQL's `MAXDIM` bounds it at 6.
+pub fn from_pg_dims(ty: &Type, typmod: i32, dims: i32) -> ColumnType {
+    match from_pg_one(ty, typmod) {
+        list @ ColumnType::List(_) => {
+            (1..dims.min(6)).fold(list, |t, _| ColumnType::List(Box::new(t)))
+        }
+        t => t,
+    }
+}
+
+fn from_pg_one(ty: &Type, typmod: i32) -> ColumnType {
     use ColumnType as C;
     match *ty {
         Type::BOOL => C::Boolean,
@@ -186,8 +257,8 @@ pub fn from_pg(ty: &Type, typmod: i32) -> ColumnType {
         Type::UUID => C::Uuid,
         Type::BYTEA => C::Bytes,
         _ => match ty.kind() {
-            Kind::Domain(base) => from_pg(base, typmod),
-            Kind::Array(elem) => match from_pg(elem, typmod) {
+            Kind::Domain(base) => from_pg_one(base, typmod),
+            Kind::Array(elem) => match from_pg_one(elem, typmod) {
                 // Elements whose JSON form a warehouse list reads back exactly.
                 e @ (C::Boolean
                 | C::SmallInt
@@ -210,8 +281,13 @@ pub fn from_pg(ty: &Type, typmod: i32) -> ColumnType {
     }
 }
 
-/// Build the pipeline's columns from a prepared statement's result columns.
-pub fn columns_from_pg(table: &str, cols: &[tokio_postgres::Column]) -> Result<Vec<Column>> {
+/// Build the pipeline's columns from a prepared statement's result columns; `dims`
+/// gives a column's declared array dimensions (see [`from_pg_dims`]).
+pub fn columns_from_pg(
+    table: &str,
+    cols: &[tokio_postgres::Column],
+    dims: impl Fn(&tokio_postgres::Column) -> i32,
+) -> Result<Vec<Column>> {
     let mut out: Vec<Column> = Vec::with_capacity(cols.len());
     for c in cols {
         let name = Ident::parse("column", c.name()).map_err(|e| Error::Column {
@@ -245,7 +321,7 @@ pub fn columns_from_pg(table: &str, cols: &[tokio_postgres::Column]) -> Result<V
                 message: "is a name pgp reserves for its metadata columns".into(),
             });
         }
-        let ty = from_pg(c.type_(), c.type_modifier());
+        let ty = from_pg_dims(c.type_(), c.type_modifier(), dims(c));
         let pg_type = match (c.type_(), numeric_typmod(c.type_modifier())) {
             (&Type::NUMERIC, Some((p, s))) => format!("numeric({p},{s})"),
             (t, _) => t.name().to_string(),
@@ -288,5 +364,37 @@ mod tests {
             ColumnType::List(Box::new(ColumnType::Integer))
         );
         assert_eq!(from_pg(&Type::JSONB_ARRAY, -1), ColumnType::JsonArray);
+    }
+
+    #[test]
+    fn declared_dimensions_nest_lists_and_only_lists() {
+        let list = |t| ColumnType::List(Box::new(t));
+        assert_eq!(
+            from_pg_dims(&Type::INT4_ARRAY, -1, 0),
+            list(ColumnType::Integer)
+        );
+        assert_eq!(
+            from_pg_dims(&Type::DATE_ARRAY, -1, 3),
+            list(list(list(ColumnType::Date)))
+        );
+        assert_eq!(
+            from_pg_dims(&Type::JSONB_ARRAY, -1, 2),
+            ColumnType::JsonArray
+        );
+        assert_eq!(from_pg_dims(&Type::INT4, -1, 2), ColumnType::Integer);
+        let c = Column {
+            name: Ident::parse("column", "m").unwrap(),
+            ty: from_pg_dims(&Type::INT4_ARRAY, -1, 2),
+            pg_type: "_int4".into(),
+        };
+        assert_eq!(c.list_depth(), Some((&ColumnType::Integer, 2)));
+        // DuckDB: the value's dimensions must be the column's; Snowflake: any.
+        assert!(c
+            .extract_expr(None, true)
+            .contains("array_ndims(pgp_src.\"m\") <> 2"));
+        assert!(!c.extract_expr(None, false).contains("<> 2"));
+        assert!(c
+            .extract_expr(None, false)
+            .contains("array_lower(pgp_src.\"m\", 1) <> 1"));
     }
 }

@@ -102,6 +102,7 @@ async fn extract_new(
         range: &task.range,
         limit: h.limit,
         json_number_digits: h.json_number_digits,
+        fixed_list_depth: h.fixed_list_depth,
         record_end: h.record_end,
     };
     let dest = Destination {

@@ -348,6 +348,7 @@ fn new_header(
         fingerprint: fp,
         json_number_digits: parts.wh()?.json_number_digits(),
         record_end: parts.wh()?.record_end_marker(),
+        fixed_list_depth: parts.wh()?.fixed_list_depth(),
     })
 }
 

@@ -60,6 +60,15 @@ pub struct RunHeader {
     /// ([`crate::warehouse::Warehouse::record_end_marker`]).
     #[serde(default)]
     pub record_end: bool,
+    /// Whether array values must have their list column's depth
+    /// ([`crate::warehouse::Warehouse::fixed_list_depth`]).
+    #[serde(default = "fixed_list_depth_default")]
+    pub fixed_list_depth: bool,
+}
+
+/// Records written before the field existed were checked as fixed-depth.
+fn fixed_list_depth_default() -> bool {
+    true
 }
 
 /// The prefix of every staged object of a run of `target`: `<schema>/<table>/<run>/`.

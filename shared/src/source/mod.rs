@@ -33,6 +33,9 @@ pub struct ChunkQuery<'a> {
     pub limit: Option<u64>,
     /// JSON numbers with more digits fail the extraction (the warehouse's limit).
     pub json_number_digits: Option<u8>,
+    /// Refuse array values whose dimensions differ from their list column's depth
+    /// ([`crate::warehouse::Warehouse::fixed_list_depth`]).
+    pub fixed_list_depth: bool,
     /// End every record with the record-end field (`1`, the last column).
     pub record_end: bool,
 }
@@ -42,7 +45,12 @@ impl ChunkQuery<'_> {
     pub fn copy_sql(&self) -> String {
         let wrapped = crate::query::wrap(
             self.query,
-            &crate::types::projection(self.columns, self.json_number_digits, self.record_end),
+            &crate::types::projection(
+                self.columns,
+                self.json_number_digits,
+                self.fixed_list_depth,
+                self.record_end,
+            ),
             self.key.map(|k| (k, self.range)),
             self.limit,
         );

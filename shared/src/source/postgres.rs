@@ -221,7 +221,37 @@ impl PgSource {
             .prepare(query)
             .await
             .map_err(|e| Error::source(format!("table `{table}`: prepare the query"), e))?;
-        columns_from_pg(table, st.columns())
+        // The declared dimensions of array columns read straight from a table
+        // (`int[][]`), which decide the depth of their lists.
+        let (rels, nums): (Vec<i64>, Vec<i16>) = st
+            .columns()
+            .iter()
+            .filter(|c| matches!(c.type_().kind(), tokio_postgres::types::Kind::Array(_)))
+            .filter_map(|c| Some((i64::from(c.table_oid()?), c.column_id()?)))
+            .filter(|(rel, _)| *rel != 0)
+            .unzip();
+        let mut declared = std::collections::HashMap::new();
+        if !rels.is_empty() {
+            let rows = self
+                .client
+                .query(
+                    "SELECT a.attrelid::bigint, a.attnum, a.attndims FROM pg_attribute a \
+                     JOIN unnest($1::bigint[], $2::int2[]) AS c(rel, num) \
+                     ON a.attrelid = c.rel::oid AND a.attnum = c.num",
+                    &[&rels, &nums],
+                )
+                .await
+                .map_err(|e| Error::source(format!("table `{table}`: read array dimensions"), e))?;
+            for r in rows {
+                declared.insert((r.get::<_, i64>(0), r.get::<_, i16>(1)), r.get::<_, i32>(2));
+            }
+        }
+        columns_from_pg(table, st.columns(), |c| {
+            c.table_oid()
+                .zip(c.column_id())
+                .and_then(|(rel, num)| declared.get(&(i64::from(rel), num)).copied())
+                .unwrap_or(1)
+        })
     }
 
     /// `min` and `max` of an integer key over the query's rows (`None` when empty).

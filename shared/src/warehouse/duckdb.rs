@@ -187,19 +187,25 @@ impl DuckDb {
         match &c.ty {
             ColumnType::Text => f.to_string(),
             ColumnType::Bytes => format!("unhex({f})"),
-            // Lists of dates and timestamps: element by element, through the BC rewrite
-            // below (DuckDB would read `4713-11-24T00:00:00 BC` in a JSON list as the
-            // year 4713 AD, silently).
-            ColumnType::List(e)
-                if matches!(
-                    **e,
-                    ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz
-                ) =>
+            // Lists of dates and timestamps (of any depth): element by element, through
+            // the BC rewrite below (DuckDB would read `4713-11-24T00:00:00 BC` in a
+            // JSON list as the year 4713 AD, silently).
+            ColumnType::List(_)
+                if c.list_depth().is_some_and(|(e, _)| {
+                    matches!(
+                        e,
+                        ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz
+                    )
+                }) =>
             {
-                format!(
-                    "list_transform(CAST(CAST({f} AS JSON) AS VARCHAR[]), lambda x: {})",
-                    Self::dated("x", e)
-                )
+                let (e, depth) = c.list_depth().expect("a list");
+                let as_text = (0..depth).fold("VARCHAR".to_string(), |t, _| t + "[]");
+                let mut each = Self::dated(&format!("x{depth}"), e);
+                for level in (1..depth).rev() {
+                    let inner = level + 1;
+                    each = format!("list_transform(x{level}, lambda x{inner}: {each})");
+                }
+                format!("list_transform(CAST(CAST({f} AS JSON) AS {as_text}), lambda x1: {each})")
             }
             ColumnType::List(_) => format!("CAST(CAST({f} AS JSON) AS {})", Self::render(&c.ty)),
             ty @ (ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz) => {

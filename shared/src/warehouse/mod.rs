@@ -273,6 +273,14 @@ pub trait Warehouse: Send + Sync {
     fn record_end_marker(&self) -> bool {
         false
     }
+    /// Whether this warehouse's list type has one depth per column (DuckDB's
+    /// `INTEGER[]` holds one dimension, `INTEGER[][]` two): an array value with another
+    /// number of dimensions than its column's declared ones then fails its table when
+    /// extracted, naming the column, instead of loading altered. A warehouse whose
+    /// array holds any nesting (Snowflake's ARRAY) carries every value.
+    fn fixed_list_depth(&self) -> bool {
+        true
+    }
     /// The columns of a table in order, `None` when the table does not exist.
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// Create a table (and its schema) with these columns unless it exists; `stamped`

@@ -315,13 +315,17 @@ async fn infinite_bc_and_far_dates_and_timestamps_arrive_in_duckdb() {
     }
 }
 
-/// A list holds one dimension; PostgreSQL lets any array column hold more. Such a value
-/// fails its table, naming the column, and the target stays as it was; nothing is
-/// flattened (DuckDB would read `{{a,b}}` into VARCHAR[] as the string `["a","b"]`).
+/// A list has one depth per column; PostgreSQL lets any array column hold values of
+/// any dimensions. A column declared with dimensions (`text[][]`) loads as lists of
+/// that depth, exactly; a value of another depth fails its table, naming the column,
+/// and the target stays as it was: nothing is flattened (DuckDB would read `{{a,b}}`
+/// into VARCHAR[] as the string `["a","b"]`).
 #[tokio::test]
-async fn a_multidimensional_array_in_a_list_column_is_refused_not_flattened() {
-    let setup = "CREATE TABLE md (id int PRIMARY KEY, ta text[], ia int[]);
-        INSERT INTO md VALUES (1, '{a,b}', '{1,2}'), (2, '{{a,b},{c,d}}', '{3}');";
+async fn multidimensional_arrays_load_at_their_declared_depth_or_are_refused() {
+    let setup = r#"CREATE TABLE md (id int PRIMARY KEY, ta text[], ia int[], m text[][], d date[][][]);
+        INSERT INTO md VALUES
+          (1, '{a,b}', '{1,2}', ARRAY[ARRAY[E'a\tb', NULL], ARRAY['', 'x']], '{{{2024-01-01,infinity}},{{0044-03-15 BC,NULL}}}'),
+          (2, '{{a,b},{c,d}}', '{3}', '{}', NULL);"#;
     let tables = "  md:
     import_db: TEST_DB
     export_schema: 'md_schema'
@@ -339,10 +343,43 @@ async fn a_multidimensional_array_in_a_list_column_is_refused_not_flattened() {
         o => panic!("a 2-dimensional value was loaded: {o:?}"),
     }
     assert!(!w.duck_has_table("md_schema", "md"), "no target");
-    // One dimension loads; to_json carries the others as JSON.
+    // The other values load: declared dimensions give nested lists.
     w.db.exec("DELETE FROM md WHERE id = 2").await;
     let r = w.run(w.options(LoadType::Scd, chrono::Utc::now())).await;
     assert_eq!(outcome(&r, "md"), &Outcome::Swapped, "{r:#?}");
+    let types = w.duck(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'md_schema' \
+         AND column_name IN ('ta', 'm', 'd') ORDER BY column_name",
+    );
+    assert_eq!(
+        types,
+        [
+            ["d", "DATE[][][]"],
+            ["m", "VARCHAR[][]"],
+            ["ta", "VARCHAR[]"]
+        ]
+        .map(|r| r.map(|v| Some(v.to_string())).to_vec())
+        .to_vec()
+    );
+    let loaded = w.duck(
+        "SELECT m[1][1], (m[1][2] IS NULL)::VARCHAR, m[2][1], m[2][2], len(m)::VARCHAR, d[1][1][2]::VARCHAR, \
+         d[2][1][1]::VARCHAR, (d[2][1][2] IS NULL)::VARCHAR FROM md_schema.md",
+    );
+    assert_eq!(
+        loaded,
+        vec![[
+            "a\tb",
+            "true",
+            "",
+            "x",
+            "2",
+            "infinity",
+            "0044-03-15 (BC)",
+            "true"
+        ]
+        .map(|v| Some(v.to_string()))
+        .to_vec()]
+    );
 }
 
 /// A warehouse that stores JSON numbers of at most 38 digits exactly (Snowflake's
@@ -372,7 +409,7 @@ async fn snowflake_bound_extraction_checks_json_digits_and_ends_every_record() {
     ))
     .await
     .unwrap();
-    let read_with = |query: &'static str, digits: Option<u8>, record_end: bool| {
+    let read_with = |query: &'static str, digits: Option<u8>, fixed: bool, record_end: bool| {
         let src = &src;
         async move {
             let columns = &src.describe("j", query).await?;
@@ -385,6 +422,7 @@ async fn snowflake_bound_extraction_checks_json_digits_and_ends_every_record() {
                 range: &range,
                 limit: None,
                 json_number_digits: digits,
+                fixed_list_depth: fixed,
                 record_end,
             };
             let mut out = Vec::new();
@@ -395,7 +433,7 @@ async fn snowflake_bound_extraction_checks_json_digits_and_ends_every_record() {
             Ok::<_, pgp::Error>(String::from_utf8(out).unwrap())
         }
     };
-    let read = |query: &'static str, digits: Option<u8>| read_with(query, digits, false);
+    let read = |query: &'static str, digits: Option<u8>| read_with(query, digits, true, false);
     let within = read("SELECT * FROM j", Some(38)).await.unwrap();
     assert_eq!(within, read("SELECT * FROM j", None).await.unwrap());
     assert!(within.contains("12345678901234567890123456789012345678"));
@@ -417,12 +455,64 @@ async fn snowflake_bound_extraction_checks_json_digits_and_ends_every_record() {
 
     // Snowflake's record-end field: the last field of every record, so that a short
     // record is seen and a one-column NULL row is not an empty line.
-    let ended = read_with("SELECT NULL::text AS t FROM j ORDER BY id", None, true)
-        .await
-        .unwrap();
+    let ended = read_with(
+        "SELECT NULL::text AS t FROM j ORDER BY id",
+        None,
+        false,
+        true,
+    )
+    .await
+    .unwrap();
     assert_eq!(ended, "\t1\n\t1\n\t1\n");
-    let plain = read_with("SELECT NULL::text AS t FROM j ORDER BY id", None, false)
-        .await
-        .unwrap();
+    let plain = read_with(
+        "SELECT NULL::text AS t FROM j ORDER BY id",
+        None,
+        true,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(plain, "\n\n\n");
+
+    // Snowflake's ARRAY holds any nesting: a 2-dimensional value in an int[] column is
+    // carried as nested JSON there, and refused only where lists have one depth.
+    let nested = "SELECT '{{1,2},{3,NULL}}'::int[] AS a";
+    let carried = read_with(nested, Some(38), false, true).await.unwrap();
+    assert_eq!(carried, "\"[[1,2],[3,null]]\"\t1\n");
+    let e = read_with(nested, None, true, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pgp refuses column a: a 2-dimensional array value, and the column is loaded as a 1-dimensional list"), "{e}");
+    // Lower bounds other than 1 cannot travel in JSON, for either warehouse.
+    for fixed in [false, true] {
+        let e = read_with("SELECT '[0:1]={a,b}'::text[] AS b", None, fixed, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pgp refuses column b: an array value with subscripts [0:1]"),
+            "{e}"
+        );
+        if !fixed {
+            let e = read_with(
+                "SELECT '[1:1][2:3]={{a,b}}'::text[] AS b",
+                None,
+                fixed,
+                false,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("subscripts [1:1][2:3]"), "{e}");
+        }
+        let e = read_with("SELECT '[2:2]={1}'::jsonb[] AS j", None, fixed, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pgp refuses column j: an array value with subscripts [2:2]"),
+            "{e}"
+        );
+    }
 }
