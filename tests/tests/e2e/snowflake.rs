@@ -844,3 +844,232 @@ async fn a_numeric_scale_snowflake_cannot_hold_is_refused_by_name() {
         "nothing created for the refused table"
     );
 }
+
+/// Whether Snowflake's documented ranges hold an edge value of the type matrix
+/// (`snowflake::exactness`: DATE and TIMESTAMP years 1582–9999, TIME below 24:00,
+/// JSON numbers of at most 38 digits). Values outside them fail the COPY in Snowflake
+/// (fakesnow's DuckDB accepts some of them, so it can prove neither way), or are
+/// refused when extracted (`1e400`, tested in `fidelity`); they are left out here.
+fn in_snowflake_range(pg_type: &str, value: &str) -> bool {
+    if value == "'1e400'" {
+        return false;
+    }
+    let dated = ["date", "timestamp", "timestamptz", "time"].contains(&pg_type);
+    !(dated
+        && (value.contains("infinity")
+            || value.contains(" BC")
+            || value.starts_with("'12345")
+            || value.starts_with("'0044")
+            || value == "'24:00:00'"))
+}
+
+/// (Snowflake SQL, PostgreSQL SQL) rendering column `c` of Snowflake type `sf_type` in
+/// one canonical text each (compared by [`same_value`]).
+fn sf_canon(sf_type: &str, pg_type: &str, c: &str) -> (String, String) {
+    let q = c.to_uppercase();
+    match sf_type {
+        "TIMESTAMP_NTZ" | "TIMESTAMP_TZ" => (
+            format!("DATE_PART(EPOCH_MICROSECOND, \"{q}\")::TEXT"),
+            format!("(extract(epoch FROM {c}) * 1000000)::bigint::text"),
+        ),
+        "BINARY" => (
+            format!("HEX_ENCODE(\"{q}\")"),
+            format!("upper(encode({c}, 'hex'))"),
+        ),
+        "TEXT" => (
+            format!("\"{q}\""),
+            format!("CASE WHEN {c} IS NOT NULL THEN format('%s', {c}) END"),
+        ),
+        "VARIANT" | "ARRAY" => (
+            format!("TO_JSON(\"{q}\")"),
+            if c == "v" && pg_type.starts_with("json") {
+                format!("{c}::text")
+            } else if pg_type == "numeric" {
+                format!("to_json({c}::text[])::text")
+            } else {
+                format!("to_json({c})::text")
+            },
+        ),
+        _ => (format!("\"{q}\"::TEXT"), format!("{c}::text")),
+    }
+}
+
+/// Whether two canonical texts of Snowflake type `sf_type` are the same value.
+fn same_value(sf_type: &str, sf: Option<&str>, pg: Option<&str>) -> bool {
+    let (Some(s), Some(p)) = (sf, pg) else {
+        return sf.is_none() && pg.is_none();
+    };
+    let float = |t: &str| match t {
+        "NaN" | "nan" => f64::NAN.to_bits(),
+        "Infinity" | "inf" => f64::INFINITY.to_bits(),
+        "-Infinity" | "-inf" => f64::NEG_INFINITY.to_bits(),
+        t => t.parse::<f64>().map(f64::to_bits).unwrap_or(0),
+    };
+    let number = |t: &str| {
+        if t.contains('.') {
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    match sf_type {
+        "FLOAT" => float(s) == float(p),
+        t if t.starts_with("NUMBER") => number(s) == number(p),
+        "BOOLEAN" => s.eq_ignore_ascii_case(p),
+        "VARIANT" | "ARRAY" => {
+            // Numbers compared as their text: serde_json would compare them as doubles.
+            let v = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
+            v(s).is_some() && v(s) == v(p)
+        }
+        _ => s == p,
+    }
+}
+
+/// The type matrix through the Snowflake backend on fakesnow, for what an emulator can
+/// prove: every table with its in-range edge values (see [`in_snowflake_range`]) is
+/// loaded by `pgp tap` through GCS with the Snowflake COPY casts (`copy=staged`), and
+/// every value, array and 2-D array read back through the connector protocol equals
+/// PostgreSQL's. `numeric(38,38)` is refused when planned (its own test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_in_snowflakes_range_arrives_exactly_through_fakesnow() {
+    use crate::type_matrix::{table, MATRIX, SETUP};
+    let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
+    let emu = tokio::task::spawn_blocking(Emulators::get).await.unwrap();
+    let db = pgp_e2e::Pg::get().fresh_db("sfmatrix").await;
+    let mut setup = SETUP.to_string();
+    let mut tables = String::new();
+    let mut loaded = Vec::new();
+    for (i, (ty, values)) in MATRIX.iter().enumerate() {
+        if *ty == "numeric(38,38)" {
+            continue;
+        }
+        let t = table(i);
+        setup.push_str(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, v {ty}, a {ty}[], m {ty}[][]);\n\
+             INSERT INTO {t} VALUES (0, NULL, NULL, NULL), (1, NULL, '{{}}', '{{}}');\n"
+        ));
+        for (k, v) in values.iter().enumerate() {
+            if in_snowflake_range(ty, v) {
+                setup.push_str(&format!(
+                    "INSERT INTO {t} VALUES ({}, {v}, ARRAY[{v}, NULL]::{ty}[], \
+                     ARRAY[ARRAY[{v}, NULL], ARRAY[NULL, {v}]]::{ty}[][]);\n",
+                    k + 2
+                ));
+            }
+        }
+        tables.push_str(&format!(
+            "  {t}:\n    import_db: TEST_DB\n    export_schema: 'matrix'\n    export_table: '{t}'\n    export_table_primary_key: id\n    import_query: SELECT * FROM {t}\n"
+        ));
+        loaded.push((t, *ty));
+    }
+    db.exec(&setup).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = pgp_e2e::write_manifest(dir.path(), &tables);
+    let url = fs.url("SFMATRIX");
+    let stage_dir = emu.gcs_dir.join(".cloudstorage").join(BUCKET);
+    let mut e = env(&[
+        ("PGP_SNOWFLAKE_PASSWORD", "unused-by-the-emulator".into()),
+        (
+            "PGP_SNOWFLAKE_STAGE_URL",
+            format!("file://{}/", stage_dir.display()),
+        ),
+        ("PGP_STORAGE_URL", format!("gs://{BUCKET}")),
+        ("PGP_GCS_ENDPOINT", emu.gcs_url()),
+        ("PGP_WAREHOUSE_URL", url.clone()),
+        ("PGP_LOG", "warn".into()),
+    ]);
+    e.extend(db.env());
+    create_database(&url, &e, "SFMATRIX").await;
+    tap(&manifest, &e, &["--load-type", "scd"]).await;
+
+    let cfg = SnowflakeConfig::from_url(&url, &e, &format!("gs://{BUCKET}")).unwrap();
+    let mut c = Client::new(cfg).unwrap();
+    db.exec(
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; \
+         SET extra_float_digits = 3; SET bytea_output = 'hex'",
+    )
+    .await;
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    let mut emulator_gaps = 0;
+    for (t, ty) in &loaded {
+        let st = db
+            .client
+            .prepare(&format!("SELECT v, a, m FROM {t}"))
+            .await
+            .unwrap();
+        let mut sf_cols = Vec::new();
+        let mut pg_cols = Vec::new();
+        let mut sf_types = Vec::new();
+        for (col, depth) in [("v", 0), ("a", 1), ("m", 2)] {
+            let pgc = &st.columns()[depth];
+            let sf_type = pgp::warehouse::snowflake::render(&pgp::types::from_pg_dims(
+                pgc.type_(),
+                pgc.type_modifier(),
+                depth.max(1) as i32,
+            ));
+            let (s, p) = sf_canon(&sf_type, ty.trim_matches('"'), col);
+            sf_cols.push(s);
+            pg_cols.push(p);
+            sf_types.push(sf_type);
+        }
+        let sf = c
+            .query(&format!(
+                "SELECT ID::TEXT, {} FROM SFMATRIX.MATRIX.{} ORDER BY ID",
+                sf_cols.join(", "),
+                t.to_uppercase()
+            ))
+            .await
+            .unwrap();
+        let pg = db
+            .client
+            .query(
+                &format!(
+                    "SELECT id::text, {} FROM {t} ORDER BY id",
+                    pg_cols.join(", ")
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        if sf.rows.len() != pg.len() {
+            failures.push(format!("{ty}: {} rows vs {}", sf.rows.len(), pg.len()));
+        }
+        for (s, p) in sf.rows.iter().zip(&pg) {
+            for (k, sf_type) in sf_types.iter().enumerate() {
+                let pv: Option<String> = p.get(k + 1);
+                compared += 1;
+                // fakesnow's COPY reads the file with DuckDB's read_csv and `nullstr
+                // ''`, which (allow_quoted_nulls) loads a quoted `""` as NULL too;
+                // Snowflake loads it as the empty string (format.rs argues it from
+                // the documentation). Only that exact case is let through here.
+                if s[k + 1].is_none()
+                    && pv.as_deref() == Some("")
+                    && ["TEXT", "BINARY"].contains(&sf_type.as_str())
+                {
+                    emulator_gaps += 1;
+                    continue;
+                }
+                if !same_value(sf_type, s[k + 1].as_deref(), pv.as_deref()) {
+                    failures.push(format!(
+                        "{ty}.{} ({sf_type}) id {}: fakesnow {:?} vs postgres {pv:?}",
+                        ["v", "a", "m"][k],
+                        p.get::<_, String>(0),
+                        s[k + 1]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {compared} values differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(compared > 600, "{compared} values compared");
+    assert!(
+        emulator_gaps <= 5,
+        "{emulator_gaps} empty strings read back as NULL"
+    );
+}

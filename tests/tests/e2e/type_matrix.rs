@@ -17,7 +17,7 @@ use pgp::run::Outcome;
 use pgp::types::{from_pg_dims, ColumnType};
 
 /// (PostgreSQL type, edge values as SQL literals).
-const MATRIX: &[(&str, &[&str])] = &[
+pub(crate) const MATRIX: &[(&str, &[&str])] = &[
     ("boolean", &["true", "false"]),
     ("smallint", &["-32768", "32767", "0"]),
     ("integer", &["-2147483648", "2147483647"]),
@@ -176,13 +176,13 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("posint", &["1", "2147483647"]),
 ];
 
-const SETUP: &str = r#"
+pub(crate) const SETUP: &str = r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'it''s "complicated"');
 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
 "#;
 
 /// The test table of the `i`th type.
-fn table(i: usize) -> String {
+pub(crate) fn table(i: usize) -> String {
     format!("matrix_{i:02}")
 }
 
