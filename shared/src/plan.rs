@@ -4,12 +4,13 @@
 //! planner publishes the same plan as chunk messages.
 
 use crate::error::{Error, Result};
-use crate::ident::{Ident, TableName};
+use crate::ident::TableName;
 use crate::manifest::{PrimaryKey, TableSpec};
 use crate::params::{Resolver, WINDOW_RELATED};
+use crate::query::ChunkKey;
 use crate::query::{self, KeyRange, Kind};
 use crate::source::Source;
-use crate::types::{Column, ColumnType};
+use crate::types::Column;
 use crate::warehouse::{schema_state, SchemaState, TableSchema, Warehouse, TASK_INSTANCE};
 
 /// `--load-type`.
@@ -105,7 +106,7 @@ pub struct TablePlan {
     pub chunks: Vec<KeyRange>,
     /// The key the ranges are over.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<Ident>,
+    pub key: Option<crate::query::ChunkKey>,
     /// Row cap of a test load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
@@ -198,30 +199,24 @@ pub fn chunk_rows_for(mean_row_bytes: Option<f64>) -> u64 {
     }
 }
 
-/// Key ranges for a re-sync: the whole key span in `step`-wide ranges that together
-/// cover every possible key (and NULL), or one range for an empty table.
-pub fn chunk_ranges(bounds: Option<(i64, i64)>, step: u64) -> Vec<KeyRange> {
-    match bounds {
-        None => vec![KeyRange::ALL],
-        Some((lo, hi)) => query::key_ranges(lo, hi, step),
-    }
-}
-
-fn integer_key(spec: &TableSpec, columns: &[Column]) -> std::result::Result<Ident, String> {
+/// The key a table's chunks are ranges of: `export_table_primary_key` as a column of
+/// the query (matched case-insensitively; any type with an ordering), or as SQL
+/// expressions over its columns (`CONCAT(sha, '_', issue_id)`, or `a, b` for a
+/// composite key). The key need not be unique: equal keys share a range.
+fn chunk_key(spec: &TableSpec, columns: &[Column]) -> std::result::Result<ChunkKey, String> {
     match &spec.primary_key {
-        PrimaryKey::Expression(e) => Err(format!(
-            "export_table_primary_key `{e}` is an expression, not a column; chunked re-sync needs an integer key column"
-        )),
-        PrimaryKey::Column(k) => match columns.iter().find(|c| c.name.as_str().eq_ignore_ascii_case(k.as_str())) {
-            None => Err(format!("export_table_primary_key `{k}` is not a column of the query")),
-            Some(c) if matches!(c.ty, ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt) => {
-                Ok(c.name.clone())
-            }
-            Some(c) => Err(format!(
-                "export_table_primary_key `{k}` is {}, not an integer; chunked re-sync needs an integer key",
-                c.pg_type
+        PrimaryKey::Column(k) => match columns
+            .iter()
+            .find(|c| c.name.as_str().eq_ignore_ascii_case(k.as_str()))
+        {
+            None => Err(format!(
+                "export_table_primary_key `{k}` is not a column of the query"
             )),
+            Some(c) => Ok(ChunkKey::column(&c.name)),
         },
+        PrimaryKey::Expression(e) => {
+            ChunkKey::parse(e).map_err(|why| format!("export_table_primary_key {why}"))
+        }
     }
 }
 
@@ -328,25 +323,34 @@ pub async fn plan_table(
             p.mode = Mode::Swap;
             p.reason = Some(why);
             p.visible_name = Some(target.clone());
-            match integer_key(spec, &columns) {
+            let split = match chunk_key(spec, &columns) {
                 Ok(key) => {
-                    let bounds = src.key_bounds(&spec.name, &query, &key).await?;
                     let step = match opts.chunk_rows {
                         Some(n) => n,
                         None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
                     };
-                    p.chunks = chunk_ranges(bounds, step);
+                    match src.key_splits(&spec.name, &query, &key, step).await {
+                        Ok(splits) => Ok((key, splits)),
+                        Err(e) if e.is_retriable() => return Err(e),
+                        // The key does not fit the query (a column it does not
+                        // select, a type without an ordering).
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(why) => Err(why),
+            };
+            match split {
+                Ok((key, splits)) => {
+                    p.chunks = splits.ranges();
                     p.key = Some(key);
                 }
                 Err(why) if opts.load_type == LoadType::Backfill => {
                     p.action = Action::Error;
                     p.mode = Mode::None;
-                    p.reason = Some(format!(
-                        "no usable primary key for a chunked backfill: {why} (tables without one are not supported yet)"
-                    ));
+                    p.reason = Some(format!("no usable key for a chunked backfill: {why}"));
                     return Ok(p);
                 }
-                // scd rebuilds of a keyless table go in one chunk.
+                // An scd rebuild of a table without a usable key goes in one chunk.
                 Err(_) => p.chunks = vec![KeyRange::ALL],
             }
         }
@@ -393,19 +397,6 @@ pub fn stage_suffix(run_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_cover_every_key_and_null() {
-        let r = chunk_ranges(Some((1, 100)), 20);
-        assert_eq!(r.len(), 5);
-        assert_eq!(r[0].lo, None);
-        assert!(r[0].nulls);
-        assert_eq!(r.last().unwrap().hi, None);
-        for w in r.windows(2) {
-            assert_eq!(w[0].hi, w[1].lo);
-        }
-        assert_eq!(chunk_ranges(None, 20), vec![KeyRange::ALL]);
-    }
 
     #[test]
     fn chunk_size_follows_row_size() {

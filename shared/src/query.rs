@@ -146,14 +146,165 @@ fn conjuncts(e: Expr) -> Vec<Expr> {
     }
 }
 
-/// A half-open key range `[lo, hi)`; `None` is unbounded. The first chunk of a
-/// chunked table also takes rows whose key is NULL, so no row is ever left out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The key a table's chunks are ranges of: a column of the query (`id`, any orderable
+/// type), or the manifest's expression over the query's columns (`CONCAT(sha, '_',
+/// issue_id)`), or several of either separated by commas (a composite key, compared
+/// as a row). Stored as the manifest's text; the SQL is derived from it by
+/// [`ChunkKey::parts`], which only ever renders a checked identifier or an expression
+/// sqlparser parsed whole.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ChunkKey {
+    text: String,
+    parts: Vec<String>,
+}
+
+impl TryFrom<String> for ChunkKey {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        ChunkKey::parse(&s)
+    }
+}
+
+impl From<ChunkKey> for String {
+    fn from(k: ChunkKey) -> String {
+        k.text
+    }
+}
+
+impl std::fmt::Display for ChunkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl ChunkKey {
+    /// A key that is one column of the query.
+    pub fn column(c: &Ident) -> ChunkKey {
+        ChunkKey {
+            text: c.as_str().to_string(),
+            parts: vec![format!("pgp_src.{}", c.quoted())],
+        }
+    }
+
+    /// A column name (as [`ChunkKey::column`]) or a comma-separated list of SQL
+    /// expressions over the query's columns; anything that does not parse whole as
+    /// expressions (a `;`, a dangling quote) is an error saying why.
+    pub fn parse(text: &str) -> std::result::Result<ChunkKey, String> {
+        if let Ok(c) = Ident::parse("key", text.trim()) {
+            return Ok(ChunkKey::column(&c));
+        }
+        let err = |reason: String| format!("`{}` is {reason}", text.trim());
+        let dialect = PostgreSqlDialect {};
+        let mut parser = Parser::new(&dialect)
+            .try_with_sql(text)
+            .map_err(|e| err(format!("not SQL expressions: {e}")))?;
+        let exprs = parser
+            .parse_comma_separated(Parser::parse_expr)
+            .map_err(|e| err(format!("not SQL expressions: {e}")))?;
+        if parser.peek_token().token != sqlparser::tokenizer::Token::EOF {
+            return Err(err(format!(
+                "not SQL expressions: unexpected `{}` after them",
+                parser.peek_token().token
+            )));
+        }
+        Ok(ChunkKey {
+            text: text.trim().to_string(),
+            parts: exprs.iter().map(|e| format!("({e})")).collect(),
+        })
+    }
+
+    /// The SQL of each part of the key, over the wrapped query `pgp_src`.
+    pub fn parts(&self) -> &[String] {
+        &self.parts
+    }
+
+    /// The key as one comparable SQL value: the part, or a row of the parts.
+    fn row(&self) -> String {
+        match self.parts.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(", ")),
+        }
+    }
+
+    /// True for rows whose key has a NULL part (such rows are in no key range, only
+    /// in the NULL range: a row comparison with a NULL is never true).
+    fn is_null(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| format!("{p} IS NULL"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    }
+}
+
+/// A value of a chunk key: each part as PostgreSQL's text of it (its output function
+/// under pgp's session settings, which its input function reads back as the same
+/// value). Spliced as untyped string literals, so PostgreSQL reads each with the
+/// key part's own type and compares with that type's ordering. Records written when
+/// keys were integers hold a number, which reads as the one-part key of its text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "BoundRepr")]
+pub struct KeyBound(pub Vec<String>);
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum BoundRepr {
+    Int(i64),
+    Parts(Vec<String>),
+}
+
+impl From<BoundRepr> for KeyBound {
+    fn from(r: BoundRepr) -> KeyBound {
+        match r {
+            BoundRepr::Int(i) => KeyBound(vec![i.to_string()]),
+            BoundRepr::Parts(p) => KeyBound(p),
+        }
+    }
+}
+
+impl KeyBound {
+    /// The bound as SQL: a string literal per part (standard-conforming: quotes
+    /// doubled, backslashes literal; the session pins `standard_conforming_strings`).
+    fn sql(&self) -> String {
+        let lits: Vec<String> = self
+            .0
+            .iter()
+            .map(|v| format!("'{}'", v.replace('\'', "''")))
+            .collect();
+        match lits.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(", ")),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A half-open key range `[lo, hi)`; `None` is unbounded. Rows with a NULL key (any
+/// part NULL) belong to the range with `nulls`; a range without `keys` holds only them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRange {
-    pub lo: Option<i64>,
-    pub hi: Option<i64>,
+    pub lo: Option<KeyBound>,
+    pub hi: Option<KeyBound>,
     /// Whether rows with a NULL key belong to this range.
     pub nulls: bool,
+    /// Whether rows with a non-NULL key in `[lo, hi)` belong to this range (false: the
+    /// NULL range).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub keys: bool,
 }
 
 impl KeyRange {
@@ -162,28 +313,32 @@ impl KeyRange {
         lo: None,
         hi: None,
         nulls: true,
+        keys: true,
     };
 
-    /// The SQL condition on `key` (a quoted column of the wrapped query).
-    pub fn condition(&self, key: &Ident) -> Option<String> {
-        let k = format!("pgp_src.{}", key.quoted());
-        let mut parts = Vec::new();
-        if let Some(lo) = self.lo {
-            parts.push(format!("{k} >= {lo}"));
+    /// The SQL condition on `key` (over the wrapped query).
+    pub fn condition(&self, key: &ChunkKey) -> Option<String> {
+        let k = key.row();
+        if !self.keys {
+            return Some(format!("({})", key.is_null()));
         }
-        if let Some(hi) = self.hi {
-            parts.push(format!("{k} < {hi}"));
+        let mut parts = Vec::new();
+        if let Some(lo) = &self.lo {
+            parts.push(format!("{k} >= {}", lo.sql()));
+        }
+        if let Some(hi) = &self.hi {
+            parts.push(format!("{k} < {}", hi.sql()));
         }
         if parts.is_empty() {
             return if self.nulls {
                 None
             } else {
-                Some(format!("{k} IS NOT NULL"))
+                Some(format!("NOT ({})", key.is_null()))
             };
         }
         let c = parts.join(" AND ");
         Some(if self.nulls {
-            format!("(({c}) OR {k} IS NULL)")
+            format!("(({c}) OR {})", key.is_null())
         } else {
             c
         })
@@ -192,12 +347,17 @@ impl KeyRange {
 
 impl std::fmt::Display for KeyRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.keys {
+            return f.write_str("null");
+        }
         let lo = self
             .lo
+            .as_ref()
             .map(|v| v.to_string())
             .unwrap_or_else(|| "-inf".into());
         let hi = self
             .hi
+            .as_ref()
             .map(|v| v.to_string())
             .unwrap_or_else(|| "+inf".into());
         write!(f, "[{lo}, {hi})")?;
@@ -208,44 +368,57 @@ impl std::fmt::Display for KeyRange {
     }
 }
 
-/// The most ranges a table is split into. Ranges are cut by key width, so a sparse key
-/// (ids from a sequence with gaps, or from the whole integer range) would otherwise make
-/// the planner build and publish one range per `step` keys of span: 4.6 trillion for
-/// `bigint` keys spread over the type at 2,000,000 keys per range. Past the cap the
-/// ranges widen; a dense table that needs more than this many chunks gets larger ones.
+/// The most ranges a table is split into: past it, ranges hold more rows than asked.
+/// (Ranges used to be cut by key width, where a sparse `bigint` key spread over the
+/// type would have made trillions; they are now cut at sampled row ranks, so the cap
+/// bounds the plan and the run record of a very large table.)
 pub const MAX_KEY_RANGES: u64 = 10_000;
 
-/// Split `[min, max]` into half-open ranges of `step` keys (widened so that there are
-/// at most [`MAX_KEY_RANGES`]). The first range is open below and takes NULL keys, the
-/// last is open above (rows inserted after planning with a larger key still land
-/// somewhere), so together they cover every possible row.
-pub fn key_ranges(min: i64, max: i64, step: u64) -> Vec<KeyRange> {
-    let (min, max) = (min as i128, max as i128);
-    let span = max - min + 1;
-    let cap = MAX_KEY_RANGES as i128;
-    let step = (step.max(1) as i128).max((span + cap - 1) / cap);
-    let mut bounds = Vec::new();
-    let mut b = min + step;
-    while b <= max {
-        bounds.push(b as i64);
-        b += step;
-    }
-    let mut out = Vec::with_capacity(bounds.len() + 1);
-    let mut lo = None;
-    for (i, hi) in bounds.iter().enumerate() {
+/// Where a table's key splits: sorted, distinct interior bounds, each starting a
+/// range, and whether some row has a NULL key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeySplits {
+    pub bounds: Vec<KeyBound>,
+    pub nulls: bool,
+}
+
+impl KeySplits {
+    /// Half-open ranges between the bounds, open at both ends (rows inserted after
+    /// planning with a key beyond the bounds still land somewhere), so that together
+    /// they hold every possible row exactly once. NULL keys get a range of their own
+    /// when the table has some, else they ride with the first range (a row that gets
+    /// a NULL key after planning is still read).
+    pub fn ranges(&self) -> Vec<KeyRange> {
+        if self.bounds.is_empty() {
+            return vec![KeyRange::ALL];
+        }
+        let mut out = Vec::with_capacity(self.bounds.len() + 2);
+        if self.nulls {
+            out.push(KeyRange {
+                lo: None,
+                hi: None,
+                nulls: true,
+                keys: false,
+            });
+        }
+        let mut lo = None;
+        for b in &self.bounds {
+            out.push(KeyRange {
+                lo: lo.take(),
+                hi: Some(b.clone()),
+                nulls: !self.nulls && out.is_empty(),
+                keys: true,
+            });
+            lo = Some(b.clone());
+        }
         out.push(KeyRange {
             lo,
-            hi: Some(*hi),
-            nulls: i == 0,
+            hi: None,
+            nulls: false,
+            keys: true,
         });
-        lo = Some(*hi);
+        out
     }
-    out.push(KeyRange {
-        lo,
-        hi: None,
-        nulls: out.is_empty(),
-    });
-    out
 }
 
 /// Wrap `query` so that it returns `projection` of its rows, within `range` of `key`,
@@ -254,7 +427,7 @@ pub fn key_ranges(min: i64, max: i64, step: u64) -> Vec<KeyRange> {
 pub fn wrap(
     query: &str,
     projection: &str,
-    key: Option<(&Ident, &KeyRange)>,
+    key: Option<(&ChunkKey, &KeyRange)>,
     limit: Option<u64>,
 ) -> String {
     let mut s = format!(
@@ -328,69 +501,87 @@ mod tests {
         assert!(e.to_string().contains("inside a subquery"), "{e}");
     }
 
+    fn b(v: &str) -> KeyBound {
+        KeyBound(vec![v.to_string()])
+    }
+
     #[test]
     fn ranges_are_half_open_and_cover_everything() {
-        let r = key_ranges(1, 10, 4);
-        assert_eq!(r.len(), 3);
+        let splits = KeySplits {
+            bounds: vec![b("5"), b("9")],
+            nulls: false,
+        };
+        let r = splits.ranges();
+        let id = ChunkKey::parse("id").unwrap();
+        let conds: Vec<Option<String>> = r.iter().map(|r| r.condition(&id)).collect();
         assert_eq!(
-            r[0],
-            KeyRange {
-                lo: None,
-                hi: Some(5),
-                nulls: true
-            }
+            conds,
+            [
+                "((pgp_src.\"id\" < '5') OR pgp_src.\"id\" IS NULL)",
+                "pgp_src.\"id\" >= '5' AND pgp_src.\"id\" < '9'",
+                "pgp_src.\"id\" >= '9'",
+            ]
+            .map(|c| Some(c.to_string()))
         );
+        assert_eq!(KeySplits::default().ranges(), vec![KeyRange::ALL]);
+        // With NULL keys: a range of their own, and the others hold none.
+        let apart = KeySplits {
+            bounds: vec![b("m")],
+            nulls: true,
+        }
+        .ranges();
+        let conds: Vec<String> = apart.iter().map(|r| r.condition(&id).unwrap()).collect();
         assert_eq!(
-            r[1],
-            KeyRange {
-                lo: Some(5),
-                hi: Some(9),
-                nulls: false
-            }
+            conds,
+            [
+                "(pgp_src.\"id\" IS NULL)",
+                "pgp_src.\"id\" < 'm'",
+                "pgp_src.\"id\" >= 'm'",
+            ]
         );
+        assert_eq!(apart[0].to_string(), "null");
+        assert_eq!(apart[2].to_string(), "[m, +inf)");
+    }
+
+    #[test]
+    fn composite_and_expression_keys_compare_as_rows_and_literals_are_quoted() {
+        let k = ChunkKey::parse("CONCAT(sha, '_', issue_id), id").unwrap();
+        assert_eq!(k.parts(), ["(CONCAT(sha, '_', issue_id))", "(id)"]);
+        let r = KeyRange {
+            lo: Some(KeyBound(vec!["it's".into(), "7".into()])),
+            hi: None,
+            nulls: false,
+            keys: true,
+        };
         assert_eq!(
-            r[2],
-            KeyRange {
-                lo: Some(9),
-                hi: None,
-                nulls: false
-            }
+            r.condition(&k).unwrap(),
+            "((CONCAT(sha, '_', issue_id)), (id)) >= ('it''s', '7')"
         );
-        assert_eq!(key_ranges(3, 3, 100), vec![KeyRange::ALL]);
-        // extreme keys do not overflow
-        // a key spread over the whole type: at most MAX_KEY_RANGES ranges, contiguous,
-        // covering everything
-        let sparse = key_ranges(i64::MIN, i64::MAX, 2_000_000);
-        assert!(sparse.len() as u64 <= MAX_KEY_RANGES, "{}", sparse.len());
-        assert!(
-            sparse.len() as u64 >= MAX_KEY_RANGES - 1,
-            "{}",
-            sparse.len()
-        );
-        assert_eq!((sparse[0].lo, sparse[0].nulls), (None, true));
-        assert_eq!(sparse.last().unwrap().hi, None);
-        assert!(sparse.windows(2).all(|w| w[0].hi == w[1].lo));
-        // a dense span at the cap keeps its step
-        assert_eq!(
-            key_ranges(1, MAX_KEY_RANGES as i64, 1).len() as u64,
-            MAX_KEY_RANGES
-        );
-        let wide = key_ranges(i64::MIN, i64::MAX, u64::MAX);
-        assert_eq!((wide[0].lo, wide.last().unwrap().hi), (None, None));
+        for bad in ["id; DROP TABLE t", "CONCAT(a", "a b c", "'unterminated"] {
+            assert!(ChunkKey::parse(bad).is_err(), "{bad}");
+        }
+        // Stored as the manifest's text, read back the same.
+        let json = serde_json::to_string(&k).unwrap();
+        assert_eq!(serde_json::from_str::<ChunkKey>(&json).unwrap(), k);
+        // Run records from integer-keyed days still read.
+        let old: KeyRange = serde_json::from_str(r#"{"lo":5,"hi":null,"nulls":false}"#).unwrap();
+        assert_eq!(old.lo, Some(b("5")));
+        assert!(old.keys);
     }
 
     #[test]
     fn wrap_keeps_comments_harmless() {
-        let id = Ident::parse("k", "id").unwrap();
+        let id = ChunkKey::parse("id").unwrap();
         let r = KeyRange {
-            lo: Some(5),
-            hi: Some(9),
+            lo: Some(b("5")),
+            hi: Some(b("9")),
             nulls: false,
+            keys: true,
         };
         let s = wrap("select * from t -- note\n;", "*", Some((&id, &r)), Some(10));
         assert_eq!(
             s,
-            "SELECT * FROM (\nselect * from t -- note\n) AS pgp_src WHERE pgp_src.\"id\" >= 5 AND pgp_src.\"id\" < 9 LIMIT 10"
+            "SELECT * FROM (\nselect * from t -- note\n) AS pgp_src WHERE pgp_src.\"id\" >= '5' AND pgp_src.\"id\" < '9' LIMIT 10"
         );
     }
 }

@@ -265,7 +265,7 @@ async fn prepare_run(
             table: header.table.clone(),
             chunk: c,
             chunks: header.chunks,
-            range: ranges.get(c as usize).copied().unwrap_or(KeyRange::ALL),
+            range: ranges.get(c as usize).cloned().unwrap_or(KeyRange::ALL),
         })
         .collect();
     Ok(PlannedTable {

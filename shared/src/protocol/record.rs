@@ -10,7 +10,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
-use crate::ident::{Ident, TableName};
+use crate::ident::TableName;
 use crate::manifest::ConnectionInfo;
 use crate::plan::{LoadType, Mode};
 use crate::query::KeyRange;
@@ -42,7 +42,7 @@ pub struct RunHeader {
     /// The resolved query every chunk reads.
     pub query: String,
     /// The key chunk ranges are over (`None`: one chunk, the whole query).
-    pub key: Option<Ident>,
+    pub key: Option<crate::query::ChunkKey>,
     /// Row cap of a test load.
     pub limit: Option<u64>,
     /// How many chunks the run has.
@@ -165,7 +165,7 @@ pub fn fingerprint(
     mode: Mode,
     schema: &TableSchema,
     query: &str,
-    key: Option<&Ident>,
+    key: Option<&crate::query::ChunkKey>,
     limit: Option<u64>,
 ) -> String {
     let text = serde_json::json!({

@@ -120,21 +120,30 @@ impl Source for SimSource {
         ])
     }
 
-    async fn key_bounds(
+    async fn key_splits(
         &self,
         table: &str,
         query: &str,
-        _key: &Ident,
-    ) -> Result<Option<(i64, i64)>> {
-        if self.op("key bounds").await.is_some() {
-            return Err(transient("key bounds"));
+        _key: &crate::query::ChunkKey,
+        rows_per_range: u64,
+    ) -> Result<crate::query::KeySplits> {
+        if self.op("key splits").await.is_some() {
+            return Err(transient("key splits"));
         }
-        let rows = self.rows(table, query)?;
-        Ok(rows
-            .iter()
-            .map(|r| r.0)
-            .min()
-            .zip(rows.iter().map(|r| r.0).max()))
+        // As PostgreSQL's exact splits: every `rows_per_range`th key by rank.
+        let mut ids: Vec<i64> = self.rows(table, query)?.iter().map(|r| r.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let step = rows_per_range.max(1) as usize;
+        Ok(crate::query::KeySplits {
+            bounds: ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i > 0 && i % step == 0)
+                .map(|(_, id)| crate::query::KeyBound(vec![id.to_string()]))
+                .collect(),
+            nulls: false,
+        })
     }
 
     async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>> {
@@ -154,7 +163,12 @@ impl Source for SimSource {
         let mut rows: Vec<Result<Bytes>> = self
             .rows(chunk.table, chunk.query)?
             .into_iter()
-            .filter(|(id, _)| r.lo.is_none_or(|lo| *id >= lo) && r.hi.is_none_or(|hi| *id < hi))
+            .filter(|(id, _)| {
+                let at =
+                    |b: &crate::query::KeyBound| b.0[0].parse::<i64>().expect("an integer key");
+                r.lo.as_ref().is_none_or(|lo| *id >= at(lo))
+                    && r.hi.as_ref().is_none_or(|hi| *id < at(hi))
+            })
             .take(chunk.limit.map(|l| l as usize).unwrap_or(usize::MAX))
             .map(|(id, v)| Ok(Bytes::from(format!("{id}\t{v}\n"))))
             .collect();

@@ -10,7 +10,6 @@ pub use self::postgres::{PgConnector, PgSource, SourceConfig};
 pub use self::tls::{SslMode, TlsConfig};
 
 use crate::error::Result;
-use crate::ident::Ident;
 use crate::manifest::ConnectionInfo;
 use crate::query::KeyRange;
 use crate::types::Column;
@@ -28,7 +27,7 @@ pub struct ChunkQuery<'a> {
     pub query: &'a str,
     pub columns: &'a [Column],
     /// The key the range is over; `None` reads the whole query.
-    pub key: Option<&'a Ident>,
+    pub key: Option<&'a crate::query::ChunkKey>,
     pub range: &'a KeyRange,
     pub limit: Option<u64>,
     /// JSON numbers with more digits fail the extraction (the warehouse's limit).
@@ -66,9 +65,16 @@ pub trait Source: Send + Sync {
     fn name(&self) -> String;
     /// The result columns of `query` (prepared, not run).
     async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>>;
-    /// `min` and `max` of an integer key over the query's rows (`None` when empty).
-    async fn key_bounds(&self, table: &str, query: &str, key: &Ident)
-        -> Result<Option<(i64, i64)>>;
+    /// Where to cut the query's rows into ranges of `key` holding about
+    /// `rows_per_range` rows each (at most [`crate::query::MAX_KEY_RANGES`] ranges),
+    /// and whether some row has a NULL key.
+    async fn key_splits(
+        &self,
+        table: &str,
+        query: &str,
+        key: &crate::query::ChunkKey,
+        rows_per_range: u64,
+    ) -> Result<crate::query::KeySplits>;
     /// The mean size in bytes of the query's rows, from a sample.
     async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>>;
     /// Stream a chunk in the staged format ([`crate::format`]), one item per row.

@@ -10,9 +10,9 @@ use super::tls::{SslMode, TlsConfig};
 use super::{ChunkQuery, Connector, Source};
 use crate::error::{Error, Result};
 use crate::format::PG_SESSION_SETTINGS;
-use crate::ident::Ident;
 use crate::manifest::ConnectionInfo;
 use crate::params::Env;
+use crate::query::{ChunkKey, KeyBound, KeySplits};
 use crate::types::{columns_from_pg, Column};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -123,6 +123,11 @@ impl Connector for PgConnector {
     }
 }
 
+/// Up to this many expected rows, key splits sort every key (exact ranges).
+pub const EXACT_SPLIT_ROWS: u64 = 1_000_000;
+/// Above it, about this many sampled keys are sorted to find the splits.
+pub const SPLIT_SAMPLE_ROWS: u64 = 200_000;
+
 #[async_trait]
 impl Source for PgSource {
     fn name(&self) -> String {
@@ -131,13 +136,14 @@ impl Source for PgSource {
     async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>> {
         PgSource::describe(self, table, query).await
     }
-    async fn key_bounds(
+    async fn key_splits(
         &self,
         table: &str,
         query: &str,
-        key: &Ident,
-    ) -> Result<Option<(i64, i64)>> {
-        PgSource::key_bounds(self, table, query, key).await
+        key: &ChunkKey,
+        rows_per_range: u64,
+    ) -> Result<KeySplits> {
+        PgSource::key_splits(self, table, query, key, rows_per_range).await
     }
     async fn mean_row_bytes(&self, table: &str, query: &str) -> Result<Option<f64>> {
         PgSource::mean_row_bytes(self, table, query).await
@@ -254,27 +260,112 @@ impl PgSource {
         })
     }
 
-    /// `min` and `max` of an integer key over the query's rows (`None` when empty).
-    pub async fn key_bounds(
+    /// The planner's estimate of the query's rows (`EXPLAIN`: no row is read).
+    pub async fn estimate_rows(&self, table: &str, query: &str) -> Result<f64> {
+        let sql = format!(
+            "EXPLAIN (FORMAT JSON) {}",
+            crate::query::wrap(query, "1", None, None)
+        );
+        let msgs = self
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: estimate rows"), e))?;
+        let plan = msgs.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        let rows = plan
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64());
+        Ok(rows.unwrap_or(0.0))
+    }
+
+    /// Bounds that cut the query's rows into ranges of `key` of about `rows_per_range`
+    /// rows each, by row rank, not key width: sparse, skewed, text, uuid, date or
+    /// composite keys give ranges as even as their values allow (equal keys stay in
+    /// one range). The keys are sorted with the key's own ordering (its type's default
+    /// operator class and the column's collation, the ones a range condition and an
+    /// index on the key use, so a chunk's range scan can use that index), from every
+    /// row when the planner expects at most [`EXACT_SPLIT_ROWS`], else from a random
+    /// sample of about [`SPLIT_SAMPLE_ROWS`] (one pass over the key, sorting only the
+    /// sample). Any bounds partition the rows; sampling only makes the ranges less
+    /// even. At most [`crate::query::MAX_KEY_RANGES`] ranges.
+    pub async fn key_splits(
         &self,
         table: &str,
         query: &str,
-        key: &Ident,
-    ) -> Result<Option<(i64, i64)>> {
-        let k = format!("pgp_src.{}", key.quoted());
-        let sql = crate::query::wrap(
-            query,
-            &format!("min({k})::bigint, max({k})::bigint"),
-            None,
-            None,
+        key: &ChunkKey,
+        rows_per_range: u64,
+    ) -> Result<KeySplits> {
+        let ctx = || format!("table `{table}`: split the rows by key `{key}`");
+        let from = format!(
+            "FROM (\n{}\n) AS pgp_src",
+            crate::query::strip_terminator(query)
         );
-        let row = self
+        let is_null = key
+            .parts()
+            .iter()
+            .map(|p| format!("{p} IS NULL"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let nulls: bool = self
             .client
-            .query_one(&sql, &[])
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 {from} WHERE {is_null})"),
+                &[],
+            )
             .await
-            .map_err(|e| Error::source(format!("table `{table}`: key bounds"), e))?;
-        let (lo, hi): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-        Ok(lo.zip(hi))
+            .map_err(|e| Error::source(ctx(), e))?
+            .get(0);
+        let estimate = self.estimate_rows(table, query).await?;
+        let p = if estimate <= EXACT_SPLIT_ROWS as f64 {
+            1.0
+        } else {
+            SPLIT_SAMPLE_ROWS as f64 / estimate
+        };
+        let sample = if p < 1.0 {
+            format!(" AND random() < {p:.12}")
+        } else {
+            String::new()
+        };
+        // Sample rows per range; the cap widens ranges of very large tables.
+        let every = ((rows_per_range as f64 * p).round() as u64).max(1);
+        let n = key.parts().len();
+        let ks: Vec<String> = (0..n).map(|i| format!("pgp_k{i}")).collect();
+        let select: Vec<String> = key
+            .parts()
+            .iter()
+            .zip(&ks)
+            .map(|(p, k)| format!("{p} AS {k}"))
+            .collect();
+        let texts: Vec<String> = ks.iter().map(|k| format!("{k}::text")).collect();
+        let sql = format!(
+            "SELECT {texts} FROM (\
+               SELECT {ks}, row_number() OVER (ORDER BY {ks}) AS pgp_r, count(*) OVER () AS pgp_c \
+               FROM (SELECT {select} {from} WHERE NOT ({is_null}){sample}) AS pgp_s\
+             ) AS pgp_t \
+             WHERE pgp_r > 1 AND (pgp_r - 1) % GREATEST({every}, CEIL(pgp_c::float8 / {cap}))::bigint = 0 \
+             ORDER BY pgp_r",
+            texts = texts.join(", "),
+            ks = ks.join(", "),
+            select = select.join(", "),
+            cap = crate::query::MAX_KEY_RANGES - 1,
+        );
+        let rows = self
+            .client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| Error::source(ctx(), e))?;
+        let mut bounds: Vec<KeyBound> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let b = KeyBound((0..n).map(|i| r.get::<_, String>(i)).collect());
+            // Equal keys at two cut points: one bound, no empty range.
+            if bounds.last() != Some(&b) {
+                bounds.push(b);
+            }
+        }
+        Ok(KeySplits { bounds, nulls })
     }
 
     /// The mean size in bytes of the query's rows, from a sample of its first rows

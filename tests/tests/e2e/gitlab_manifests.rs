@@ -141,23 +141,46 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
             }
         }
     }
+    // Errors by cause. They may only be the schema snapshot's own gaps (a column or
+    // table GitLab added or dropped at another time), keys that do not fit their query
+    // (a key naming a column the query does not select), or real defects of a manifest
+    // (a column selected twice): never a parse or placeholder failure, and no key type
+    // pgp cannot chunk.
+    let cause = |e: &str| {
+        if e.contains("no usable key") {
+            "key does not fit its query"
+        } else if e.contains("does not exist") {
+            "schema snapshot gap (relation or column does not exist)"
+        } else if e.contains("appears twice") {
+            "manifest defect (a column selected twice)"
+        } else {
+            "unexpected"
+        }
+    };
+    let mut by_cause: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for e in &errors {
+        by_cause.entry(cause(e)).or_default().push(e);
+    }
     println!(
         "planned {planned} table/load-type pairs; {} errors",
         errors.len()
     );
-    for e in &errors {
-        println!("  {e}");
+    for (c, es) in &by_cause {
+        println!("{c}: {}", es.len());
+        for e in es {
+            println!("  {e}");
+        }
     }
-    // Errors may only be the schema snapshot's own gaps (a column or table GitLab added
-    // or dropped at another time), keys pgp cannot chunk yet, or real defects of a
-    // manifest (a column selected twice): never a parse or placeholder failure.
-    for e in &errors {
-        assert!(
-            e.contains("does not exist")
-                || e.contains("no usable primary key")
-                || e.contains("appears twice"),
-            "unexpected plan error: {e}"
-        );
-    }
+    assert!(
+        !by_cause.contains_key("unexpected"),
+        "unexpected plan errors: {:#?}",
+        by_cause["unexpected"]
+    );
+    // The one key that does not fit: design_management_designs' CONCAT(issue_id, '_',
+    // filename) over a query that does not select filename.
+    let keys = by_cause
+        .get("key does not fit its query")
+        .map_or(0, Vec::len);
+    assert!(keys <= 1, "{keys} keys do not fit their queries");
     assert!(planned >= 2 * 415);
 }

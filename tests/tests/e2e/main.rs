@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod bench_protocol;
+mod chunking;
 mod cloud;
 mod common;
 mod fidelity;

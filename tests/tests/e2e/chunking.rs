@@ -1,0 +1,123 @@
+//! Chunking any table: keys of every orderable type (text with quotes and backslashes,
+//! uuid, date with heavy duplicates), a key spread thinly over the `bigint` range,
+//! expression and composite keys, and NULL keys. The planned ranges are checked in
+//! PostgreSQL (every row in exactly one range, ranges balanced by row count), then the
+//! backfill loads every row once.
+
+use crate::common::*;
+use pgp::manifest::Manifest;
+use pgp::plan::{Action, LoadType};
+use pgp::run::Outcome;
+
+const SETUP: &str = r#"
+CREATE TABLE t_text (code text PRIMARY KEY, v int NOT NULL);
+INSERT INTO t_text SELECT CASE g % 4 WHEN 0 THEN 'it''s ' || g WHEN 1 THEN E'back\\slash ' || g
+  WHEN 2 THEN 'ünï ' || g ELSE 'z' || lpad(g::text, 5, '0') END, g FROM generate_series(1, 1000) g;
+CREATE TABLE t_uuid (id uuid PRIMARY KEY, v int NOT NULL);
+INSERT INTO t_uuid SELECT md5(g::text)::uuid, g FROM generate_series(1, 1000) g;
+CREATE TABLE t_sparse (id bigint PRIMARY KEY, v int NOT NULL);
+INSERT INTO t_sparse SELECT CASE WHEN g <= 900 THEN g ELSE 4000000000000000000 + g * 1000000000000 END, g
+  FROM generate_series(1, 1000) g;
+CREATE TABLE t_expr (sha text NOT NULL, issue_id int NOT NULL, v int NOT NULL);
+INSERT INTO t_expr SELECT md5((g % 97)::text), g, g FROM generate_series(1, 1000) g;
+CREATE TABLE t_comp (a int NOT NULL, b text NOT NULL, v int NOT NULL);
+INSERT INTO t_comp SELECT g % 7, 'b' || g, g FROM generate_series(1, 1000) g;
+CREATE TABLE t_nulls (k int, v int NOT NULL);
+INSERT INTO t_nulls SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE g END, g FROM generate_series(1, 1000) g;
+CREATE TABLE t_date (d date NOT NULL, v int NOT NULL);
+INSERT INTO t_date SELECT date '2024-01-01' + (g / 50), g FROM generate_series(1, 1000) g;
+CREATE TABLE t_json (j json, v int NOT NULL);
+INSERT INTO t_json SELECT json_build_object('g', g), g FROM generate_series(1, 10) g;
+"#;
+
+/// (table, key as the manifest writes it, most rows a range may hold: 100 asked, more
+/// only where equal keys cannot be split).
+const TABLES: &[(&str, &str, i64)] = &[
+    ("t_text", "code", 100),
+    ("t_uuid", "id", 100),
+    ("t_sparse", "id", 100),
+    ("t_expr", "CONCAT(sha, '_', issue_id)", 100),
+    ("t_comp", "a, b", 100),
+    ("t_nulls", "k", 100),
+    // 50 rows per day (49 the first, 1 the last): a range ends where a day does, so
+    // one may hold up to a day more than asked.
+    ("t_date", "d", 150),
+];
+
+fn manifest_tables() -> String {
+    TABLES
+        .iter()
+        .map(|(t, k, _)| (*t, *k))
+        .chain([("t_json", "j")])
+        .map(|(t, k)| {
+            format!(
+                "  {t}:\n    import_db: TEST_DB\n    export_schema: 'chunked'\n    export_table: '{t}'\n    export_table_primary_key: \"{k}\"\n    import_query: SELECT * FROM {t}\n"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn any_key_chunks_by_row_count_and_loads_every_row_once() {
+    let w = World::new("chunking", SETUP, &manifest_tables()).await;
+    let m = Manifest::from_file(&w.manifest).unwrap();
+    let mut opts = w.options(LoadType::Backfill, chrono::Utc::now());
+    opts.chunk_rows = Some(100);
+    let (plans, _) = w.pipeline().plan(&m, &opts).await.unwrap();
+    for (t, _, most) in TABLES {
+        let p = plans.iter().find(|p| p.table == *t).unwrap();
+        assert_eq!(p.action, Action::Backfill, "{t}: {p:?}");
+        let key = p.key.as_ref().expect("a key");
+        let query = p.query.as_deref().unwrap();
+        let mut total = 0;
+        let mut sizes = Vec::new();
+        for r in &p.chunks {
+            let sql = pgp::query::wrap(query, "count(*)", Some((key, r)), None);
+            let n: i64 = w.db.client.query_one(&sql, &[]).await.unwrap().get(0);
+            sizes.push(n);
+            total += n;
+        }
+        assert_eq!(total, 1000, "{t}: every row in exactly one range {sizes:?}");
+        assert!(
+            sizes.iter().all(|n| n <= most),
+            "{t}: ranges larger than asked: {sizes:?}"
+        );
+        // Balanced: as many ranges as 1,000 rows need (the date key's days of 50 rows
+        // cut at 100; the 100 NULL keys in a range of their own, 9 for the others).
+        let expected = 10;
+        assert!(
+            (expected..=expected + 1).contains(&p.chunks.len()),
+            "{t}: {} ranges {sizes:?}",
+            p.chunks.len()
+        );
+        if *t == "t_nulls" {
+            assert_eq!(p.chunks[0].to_string(), "null");
+            assert_eq!(sizes[0], 100, "the NULL keys, apart");
+        }
+    }
+    // A key without an ordering cannot be cut: the backfill says so, naming it.
+    let json = plans.iter().find(|p| p.table == "t_json").unwrap();
+    assert_eq!(json.action, Action::Error);
+    let why = json.reason.as_deref().unwrap();
+    assert!(
+        why.contains("no usable key") && why.contains("ordering operator"),
+        "{why}"
+    );
+
+    let r = w.run(opts).await;
+    for (t, _, _) in TABLES {
+        assert_eq!(outcome(&r, t), &Outcome::Swapped, "{t}: {r:#?}");
+        let got = w.duck(&format!(
+            "SELECT count(*)::VARCHAR, count(DISTINCT v)::VARCHAR, sum(v)::VARCHAR FROM chunked.{t}"
+        ));
+        assert_eq!(
+            got,
+            vec![vec![
+                Some("1000".to_string()),
+                Some("1000".to_string()),
+                Some("500500".to_string())
+            ]],
+            "{t}"
+        );
+    }
+}
