@@ -309,8 +309,27 @@ pub async fn plan_table(
         (LoadType::Scd | LoadType::Incremental, None) => {
             p.action = Action::Load;
             p.mode = Mode::Append;
-            p.chunks = vec![KeyRange::ALL];
             p.visible_name = Some(target.clone());
+            // Appends are chunked like re-syncs when the rows need more than one
+            // chunk, so no extract request grows with the table; a table without a
+            // usable key appends in one chunk.
+            p.chunks = vec![KeyRange::ALL];
+            if let Ok(key) = chunk_key(spec, &columns) {
+                let step = match opts.chunk_rows {
+                    Some(n) => n,
+                    None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
+                };
+                match src.key_splits(&spec.name, &query, &key, step).await {
+                    Ok(splits) => {
+                        p.chunks = splits.ranges();
+                        p.key = Some(key);
+                    }
+                    Err(e) if e.is_retriable() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(table = %spec.name, error = %e, "key cannot split the rows; appending in one chunk")
+                    }
+                }
+            }
         }
         (LoadType::Incremental, Some(why)) => {
             p.action = Action::Backfill;

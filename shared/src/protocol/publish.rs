@@ -26,8 +26,10 @@
 //! 5. record the run published under the lock; drop what is left (the old table, now
 //!    under the build table's name, and the load table).
 //!
-//! No statement of a publish grows with the run, except the append's one `INSERT`,
-//! whose runs are one chunk today.
+//! No statement of a publish grows with the run, except the append's one `INSERT` of
+//! every chunk's chosen attempt: appends are chunked like re-syncs (so no extract
+//! grows with the table), but their publish is one server-side statement, atomic by
+//! the transaction.
 //!
 //! A loader that dies (or fails) after its swap leaves a claim the next event of the run
 //! records at once; one that dies before the swap leaves a claim that expires, and the

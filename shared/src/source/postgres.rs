@@ -309,6 +309,26 @@ impl PgSource {
             .map(|p| format!("{p} IS NULL"))
             .collect::<Vec<_>>()
             .join(" OR ");
+        // Fewer rows than one range holds: no pass over the key (most tables of a
+        // nightly SCD run). Counted, reading at most one range's rows, rather than
+        // estimated: a low estimate (stale statistics, a selective filter) must not
+        // make one chunk of a large table.
+        let few: bool = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT count(*) <= {rows_per_range} FROM (SELECT 1 {from} LIMIT {}) AS pgp_n",
+                    rows_per_range.saturating_add(1)
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::source(ctx(), e))?
+            .get(0);
+        if few {
+            return Ok(KeySplits::default());
+        }
+        let estimate = self.estimate_rows(table, query).await?;
         let nulls: bool = self
             .client
             .query_one(
@@ -318,7 +338,7 @@ impl PgSource {
             .await
             .map_err(|e| Error::source(ctx(), e))?
             .get(0);
-        let estimate = self.estimate_rows(table, query).await?;
+
         let p = if estimate <= EXACT_SPLIT_ROWS as f64 {
             1.0
         } else {

@@ -27,7 +27,7 @@ INSERT INTO t_nulls SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE g END, g FROM gen
 CREATE TABLE t_date (d date NOT NULL, v int NOT NULL);
 INSERT INTO t_date SELECT date '2024-01-01' + (g / 50), g FROM generate_series(1, 1000) g;
 CREATE TABLE t_json (j json, v int NOT NULL);
-INSERT INTO t_json SELECT json_build_object('g', g), g FROM generate_series(1, 10) g;
+INSERT INTO t_json SELECT json_build_object('g', g), g FROM generate_series(1, 1000) g;
 "#;
 
 /// (table, key as the manifest writes it, most rows a range may hold: 100 asked, more
@@ -116,6 +116,29 @@ async fn any_key_chunks_by_row_count_and_loads_every_row_once() {
                 Some("1000".to_string()),
                 Some("1000".to_string()),
                 Some("500500".to_string())
+            ]],
+            "{t}"
+        );
+    }
+
+    // The next SCD run appends its snapshot in chunks too: no extract request grows
+    // with the table.
+    let mut scd = w.options(LoadType::Scd, chrono::Utc::now());
+    scd.chunk_rows = Some(100);
+    let r = w.run(scd).await;
+    for (t, _, _) in TABLES {
+        assert_eq!(outcome(&r, t), &Outcome::Appended, "{t}: {r:#?}");
+        let report = r.tables.iter().find(|x| x.table == *t).unwrap();
+        assert!(report.chunks >= 10, "{t}: {} chunks", report.chunks);
+        let got = w.duck(&format!(
+            "SELECT count(*)::VARCHAR, count(DISTINCT v)::VARCHAR, count(DISTINCT _uploaded_at)::VARCHAR FROM chunked.{t}"
+        ));
+        assert_eq!(
+            got,
+            vec![vec![
+                Some("2000".to_string()),
+                Some("1000".to_string()),
+                Some("2".to_string())
             ]],
             "{t}"
         );
