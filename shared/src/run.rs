@@ -22,7 +22,7 @@ use crate::protocol::plan::{plan_step, plan_tables, PlannedTable};
 use crate::protocol::publish::Finished;
 use crate::protocol::{ChunkTask, Parts, RunHeader};
 use crate::query::Kind;
-use crate::source::{Connector, PgConnector};
+use crate::source::{Connector, PgConnector, SnapshotConnector};
 use crate::storage::{ObjectInfo, ObjectStore};
 use crate::warehouse::Warehouse;
 use chrono::{DateTime, Utc};
@@ -212,7 +212,9 @@ impl Pipeline {
         opts: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<RunReport> {
-        let parts = self.parts();
+        // Every chunk of this run reads one exported snapshot of its source.
+        let mut parts = self.parts();
+        parts.sources = Arc::new(SnapshotConnector::new(self.env.clone()));
         let report = match retry("plan", opts.attempts, || {
             plan_step(&parts, manifest, opts, opts.extract_only)
         })

@@ -6,7 +6,7 @@
 
 mod postgres;
 mod tls;
-pub use self::postgres::{PgConnector, PgSource, SourceConfig};
+pub use self::postgres::{PgConnector, PgSource, SnapshotConnector, SourceConfig};
 pub use self::tls::{SslMode, TlsConfig};
 
 use crate::error::Result;

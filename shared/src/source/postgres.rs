@@ -123,6 +123,65 @@ impl Connector for PgConnector {
     }
 }
 
+/// Connects chunk readers that all read one picture of each source database, as
+/// `pg_dump -j` does: the first connection to a database opens a leader session that
+/// exports its snapshot (`pg_export_snapshot()` in a `REPEATABLE READ` transaction,
+/// kept open for as long as this connector lives), and every chunk then reads inside
+/// a transaction set to that snapshot (`SET TRANSACTION SNAPSHOT`). So the chunks of
+/// one run, read in parallel on separate connections and at different times, are
+/// together exactly the rows of one moment: a row updated, moved to another key range,
+/// inserted or deleted while the run extracts is read once or not at all, never twice
+/// and never lost. The cost is pg_dump's: the leader's snapshot holds back vacuum on
+/// the source for the run's length. Used by the embedded run (`pgp tap`); the cloud
+/// services read each chunk in its own snapshot (see the README).
+pub struct SnapshotConnector {
+    env: Arc<dyn Env + Send + Sync>,
+    leaders: tokio::sync::Mutex<std::collections::HashMap<String, (PgSource, String)>>,
+}
+
+impl SnapshotConnector {
+    pub fn new(env: Arc<dyn Env + Send + Sync>) -> SnapshotConnector {
+        SnapshotConnector {
+            env,
+            leaders: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The snapshot every chunk of `cfg`'s database reads (exported on first use).
+    async fn snapshot(&self, cfg: &SourceConfig) -> Result<String> {
+        let mut leaders = self.leaders.lock().await;
+        if let Some((_, id)) = leaders.get(&cfg.to_string()) {
+            return Ok(id.clone());
+        }
+        let leader = PgSource::connect(cfg).await?;
+        leader
+            .client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| Error::source(format!("export a snapshot of {cfg}"), e))?;
+        let id: String = leader
+            .client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| Error::source(format!("export a snapshot of {cfg}"), e))?
+            .get(0);
+        tracing::debug!(source = %cfg, snapshot = %id, "chunks read one exported snapshot");
+        leaders.insert(cfg.to_string(), (leader, id.clone()));
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl Connector for SnapshotConnector {
+    async fn connect(&self, info: &ConnectionInfo) -> Result<Box<dyn Source>> {
+        let cfg = SourceConfig::from_connection_info(info, self.env.as_ref())?;
+        let snapshot = self.snapshot(&cfg).await?;
+        let mut src = PgSource::connect(&cfg).await?;
+        src.snapshot = Some(snapshot);
+        Ok(Box::new(src))
+    }
+}
+
 /// Up to this many expected rows, key splits sort every key (exact ranges).
 pub const EXACT_SPLIT_ROWS: u64 = 1_000_000;
 /// Above it, about this many sampled keys are sorted to find the splits.
@@ -153,6 +212,17 @@ impl Source for PgSource {
         chunk: &ChunkQuery<'_>,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         let table = chunk.table.to_string();
+        if let Some(id) = &self.snapshot {
+            // The connection is this chunk's alone and closes with it, which ends the
+            // (read-only) transaction.
+            self.client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                    id.replace('\'', "''")
+                ))
+                .await
+                .map_err(|e| Error::source(format!("table `{table}`: read the run's snapshot"), e))?;
+        }
         let stream = self.copy_out(chunk.table, &chunk.copy_sql()).await?;
         Ok(stream
             .map(move |r| r.map_err(|e| Error::source(format!("table `{table}`: COPY stream"), e)))
@@ -165,6 +235,8 @@ pub struct PgSource {
     client: tokio_postgres::Client,
     name: String,
     conn: tokio::task::JoinHandle<()>,
+    /// An exported snapshot that chunks read in ([`SnapshotConnector`]).
+    snapshot: Option<String>,
 }
 
 impl Drop for PgSource {
@@ -212,7 +284,12 @@ impl PgSource {
             .batch_execute(PG_SESSION_SETTINGS)
             .await
             .map_err(|e| Error::source(format!("session settings on {name}"), e))?;
-        Ok(PgSource { client, name, conn })
+        Ok(PgSource {
+            client,
+            name,
+            conn,
+            snapshot: None,
+        })
     }
 
     /// `postgres://user@host:port/db`.

@@ -26,6 +26,8 @@ CREATE TABLE t_nulls (k int, v int NOT NULL);
 INSERT INTO t_nulls SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE g END, g FROM generate_series(1, 1000) g;
 CREATE TABLE t_date (d date NOT NULL, v int NOT NULL);
 INSERT INTO t_date SELECT date '2024-01-01' + (g / 50), g FROM generate_series(1, 1000) g;
+CREATE TABLE t_iso (id int PRIMARY KEY);
+INSERT INTO t_iso SELECT g FROM generate_series(1, 1000) g;
 CREATE TABLE t_json (j json, v int NOT NULL);
 INSERT INTO t_json SELECT json_build_object('g', g), g FROM generate_series(1, 1000) g;
 "#;
@@ -54,6 +56,10 @@ fn manifest_tables() -> String {
                 "  {t}:\n    import_db: TEST_DB\n    export_schema: 'chunked'\n    export_table: '{t}'\n    export_table_primary_key: \"{k}\"\n    import_query: SELECT * FROM {t}\n"
             )
         })
+        // Each row says in what transaction its chunk was read.
+        .chain(std::iter::once(
+            "  t_iso:\n    import_db: TEST_DB\n    export_schema: 'chunked'\n    export_table: 't_iso'\n    export_table_primary_key: id\n    import_query: SELECT id, current_setting('transaction_isolation') AS iso FROM t_iso\n".to_string(),
+        ))
         .collect()
 }
 
@@ -105,6 +111,14 @@ async fn any_key_chunks_by_row_count_and_loads_every_row_once() {
     );
 
     let r = w.run(opts).await;
+    // `pgp tap` reads its chunks in the run's exported snapshot (a repeatable-read
+    // transaction each; the snapshot itself is tested below).
+    assert_eq!(outcome(&r, "t_iso"), &Outcome::Swapped, "{r:#?}");
+    assert_eq!(
+        w.duck("SELECT DISTINCT iso FROM chunked.t_iso"),
+        vec![vec![Some("repeatable read".to_string())]]
+    );
+    assert!(r.tables.iter().find(|x| x.table == "t_iso").unwrap().chunks >= 10);
     for (t, _, _) in TABLES {
         assert_eq!(outcome(&r, t), &Outcome::Swapped, "{t}: {r:#?}");
         let got = w.duck(&format!(
@@ -143,4 +157,96 @@ async fn any_key_chunks_by_row_count_and_loads_every_row_once() {
             "{t}"
         );
     }
+}
+
+/// The chunks of one embedded run read one exported snapshot, so a run is one picture
+/// of the source even while it changes: here a row moves from a range not yet read
+/// into one already read, another is deleted and a third inserted between the reads
+/// of two chunks. Read through [`pgp::source::SnapshotConnector`], the two chunks
+/// hold exactly the rows of the moment the run started; read as the services do, each
+/// chunk in its own snapshot, the moved and the deleted row are lost and the inserted
+/// one appears (the guarantee the README states for them is per unchanged key).
+#[tokio::test]
+async fn the_chunks_of_a_run_read_one_snapshot_while_the_source_changes() {
+    use futures::StreamExt;
+    use pgp::query::{ChunkKey, KeyBound, KeyRange};
+    use pgp::source::{ChunkQuery, Connector, PgConnector, SnapshotConnector, Source};
+    use std::sync::Arc;
+    let db = pgp_e2e::Pg::get().fresh_db("snapshot").await;
+    let env: Arc<std::collections::BTreeMap<String, String>> = Arc::new(db.env());
+    let info = pgp::manifest::ConnectionInfo {
+        user: "TEST_DB_USER".into(),
+        pass: "TEST_DB_PASS".into(),
+        host: "TEST_DB_HOST".into(),
+        database: "TEST_DB_NAME".into(),
+        port: "TEST_DB_PORT".into(),
+    };
+    let key = ChunkKey::parse("id").unwrap();
+    let half = |lo: Option<&str>, hi: Option<&str>| KeyRange {
+        lo: lo.map(|v| KeyBound(vec![v.into()])),
+        hi: hi.map(|v| KeyBound(vec![v.into()])),
+        nulls: lo.is_none(),
+        keys: true,
+    };
+    let (first, second) = (half(None, Some("500")), half(Some("500"), None));
+    let read = |src: Box<dyn Source>, range: KeyRange| {
+        let key = key.clone();
+        async move {
+            let query = "SELECT id, v FROM moving";
+            let columns = src.describe("moving", query).await.unwrap();
+            let chunk = ChunkQuery {
+                table: "moving",
+                query,
+                columns: &columns,
+                key: Some(&key),
+                range: &range,
+                limit: None,
+                json_number_digits: None,
+                fixed_list_depth: true,
+                record_end: false,
+            };
+            let mut out = Vec::new();
+            let mut s = src.copy_chunk(&chunk).await.unwrap();
+            while let Some(b) = s.next().await {
+                out.extend_from_slice(&b.unwrap());
+            }
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut results = Vec::new();
+    for shared in [true, false] {
+        db.exec(
+            "DROP TABLE IF EXISTS moving; CREATE TABLE moving (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO moving SELECT g, g FROM generate_series(1, 1000) g;",
+        )
+        .await;
+        let connector: Box<dyn Connector> = if shared {
+            Box::new(SnapshotConnector::new(env.clone()))
+        } else {
+            Box::new(PgConnector { env: env.clone() })
+        };
+        let mut rows = read(connector.connect(&info).await.unwrap(), first.clone()).await;
+        db.exec(
+            "UPDATE moving SET id = -700 WHERE id = 700; DELETE FROM moving WHERE id = 800;
+             INSERT INTO moving VALUES (900000, 0);",
+        )
+        .await;
+        rows.extend(read(connector.connect(&info).await.unwrap(), second.clone()).await);
+        rows.sort();
+        results.push(rows);
+    }
+    let mut original: Vec<String> = (1..=1000).map(|g| format!("\"{g}\"\t{g}")).collect();
+    original.sort();
+    assert_eq!(results[0], original, "one snapshot: the rows of one moment");
+    assert_eq!(
+        results[1].len(),
+        999,
+        "own snapshots: -700 and -800, +900000"
+    );
+    assert!(!results[1].iter().any(|r| r.starts_with("\"700\"")));
+    assert!(results[1].iter().any(|r| r.starts_with("\"900000\"")));
 }
