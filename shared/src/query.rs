@@ -219,6 +219,11 @@ impl ChunkKey {
         &self.parts
     }
 
+    /// The column, when the key is one column of the query.
+    pub fn as_column(&self) -> Option<Ident> {
+        Ident::parse("key", &self.text).ok()
+    }
+
     /// The key as one comparable SQL value: the part, or a row of the parts.
     fn row(&self) -> String {
         match self.parts.as_slice() {

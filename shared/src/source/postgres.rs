@@ -358,6 +358,50 @@ impl PgSource {
         Ok(rows.unwrap_or(0.0))
     }
 
+    /// For a key that is one column read straight from a table: the table (as
+    /// `regclass` prints it, quoted), the column (quoted) and the table's row count
+    /// from its statistics (`pg_class.reltuples`; not positive when never analyzed).
+    async fn base_column(
+        &self,
+        table: &str,
+        query: &str,
+        key: &ChunkKey,
+    ) -> Result<Option<(String, String, f64)>> {
+        let Some(col) = key.as_column() else {
+            return Ok(None);
+        };
+        let st = self
+            .client
+            .prepare(&crate::query::wrap(
+                query,
+                &format!("pgp_src.{}", col.quoted()),
+                None,
+                None,
+            ))
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: describe key `{key}`"), e))?;
+        let Some(c) = st.columns().first() else {
+            return Ok(None);
+        };
+        let (Some(rel), Some(num)) = (c.table_oid(), c.column_id()) else {
+            return Ok(None);
+        };
+        if rel == 0 {
+            return Ok(None);
+        }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT c.oid::regclass::text, quote_ident(a.attname), c.reltuples::float8 \
+                 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
+                 WHERE c.oid = $1::bigint::oid AND a.attnum = $2 AND c.relkind IN ('r', 'p', 'm')",
+                &[&i64::from(rel), &num],
+            )
+            .await
+            .map_err(|e| Error::source(format!("table `{table}`: key `{key}`'s table"), e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
     /// Bounds that cut the query's rows into ranges of `key` of about `rows_per_range`
     /// rows each, by row rank, not key width: sparse, skewed, text, uuid, date or
     /// composite keys give ranges as even as their values allow (equal keys stay in
@@ -416,18 +460,6 @@ impl PgSource {
             .map_err(|e| Error::source(ctx(), e))?
             .get(0);
 
-        let p = if estimate <= EXACT_SPLIT_ROWS as f64 {
-            1.0
-        } else {
-            SPLIT_SAMPLE_ROWS as f64 / estimate
-        };
-        let sample = if p < 1.0 {
-            format!(" AND random() < {p:.12}")
-        } else {
-            String::new()
-        };
-        // Sample rows per range; the cap widens ranges of very large tables.
-        let every = ((rows_per_range as f64 * p).round() as u64).max(1);
         let n = key.parts().len();
         let ks: Vec<String> = (0..n).map(|i| format!("pgp_k{i}")).collect();
         let select: Vec<String> = key
@@ -436,17 +468,50 @@ impl PgSource {
             .zip(&ks)
             .map(|(p, k)| format!("{p} AS {k}"))
             .collect();
+        // The sampled keys: every row's; or a sample of the key column's table read
+        // page by page (bounded work, whatever the table's size); or a random sample
+        // of the query's rows (one pass over them).
+        let (p, sampled) = match self.base_column(table, query, key).await? {
+            Some((rel, att, rows))
+                if rows > EXACT_SPLIT_ROWS as f64 && estimate > EXACT_SPLIT_ROWS as f64 =>
+            {
+                let pct = (100.0 * SPLIT_SAMPLE_ROWS as f64 / rows).min(100.0);
+                // Bounds from the table's own distribution partition the query's
+                // rows as well as any; a filtering query only gets smaller ranges.
+                (
+                    SPLIT_SAMPLE_ROWS as f64 / estimate.max(1.0),
+                    format!(
+                        "SELECT {att} AS pgp_k0 FROM {rel} TABLESAMPLE SYSTEM ({pct:.9}) WHERE {att} IS NOT NULL"
+                    ),
+                )
+            }
+            _ if estimate > EXACT_SPLIT_ROWS as f64 => {
+                let p = SPLIT_SAMPLE_ROWS as f64 / estimate;
+                (
+                    p,
+                    format!(
+                        "SELECT {} {from} WHERE NOT ({is_null}) AND random() < {p:.12}",
+                        select.join(", ")
+                    ),
+                )
+            }
+            _ => (
+                1.0,
+                format!("SELECT {} {from} WHERE NOT ({is_null})", select.join(", ")),
+            ),
+        };
+        // Sample rows per range; the cap widens ranges of very large tables.
+        let every = ((rows_per_range as f64 * p).round() as u64).max(1);
         let texts: Vec<String> = ks.iter().map(|k| format!("{k}::text")).collect();
         let sql = format!(
             "SELECT {texts} FROM (\
                SELECT {ks}, row_number() OVER (ORDER BY {ks}) AS pgp_r, count(*) OVER () AS pgp_c \
-               FROM (SELECT {select} {from} WHERE NOT ({is_null}){sample}) AS pgp_s\
+               FROM ({sampled}) AS pgp_s\
              ) AS pgp_t \
              WHERE pgp_r > 1 AND (pgp_r - 1) % GREATEST({every}, CEIL(pgp_c::float8 / {cap}))::bigint = 0 \
              ORDER BY pgp_r",
             texts = texts.join(", "),
             ks = ks.join(", "),
-            select = select.join(", "),
             cap = crate::query::MAX_KEY_RANGES - 1,
         );
         let rows = self

@@ -250,3 +250,62 @@ async fn the_chunks_of_a_run_read_one_snapshot_while_the_source_changes() {
     assert!(!results[1].iter().any(|r| r.starts_with("\"700\"")));
     assert!(results[1].iter().any(|r| r.starts_with("\"900000\"")));
 }
+
+/// A table past the exact-split limit (1,000,000 rows): its ranges come from a sample,
+/// read page by page from the key column's table (TABLESAMPLE SYSTEM) for a column key
+/// and from a random pass over the query's rows for an expression key. Any bounds
+/// partition the rows; the sample keeps the ranges near the asked size.
+#[tokio::test]
+async fn a_large_table_is_split_from_a_sample() {
+    let setup = "CREATE TABLE big (id uuid PRIMARY KEY, v int NOT NULL);
+        INSERT INTO big SELECT md5(g::text)::uuid, g FROM generate_series(1, 1200000) g;
+        ANALYZE big;";
+    let tables = "  big:
+    import_db: TEST_DB
+    export_schema: 'chunked'
+    export_table: 'big'
+    export_table_primary_key: id
+    import_query: SELECT * FROM big
+  big_expr:
+    import_db: TEST_DB
+    export_schema: 'chunked'
+    export_table: 'big_expr'
+    export_table_primary_key: md5(v::text)
+    import_query: SELECT * FROM big
+";
+    let w = World::new("bigsplit", setup, tables).await;
+    let m = Manifest::from_file(&w.manifest).unwrap();
+    let mut opts = w.options(LoadType::Backfill, chrono::Utc::now());
+    opts.chunk_rows = Some(100_000);
+    let started = std::time::Instant::now();
+    let (plans, _) = w.pipeline().plan(&m, &opts).await.unwrap();
+    println!("planned 2 x 1,200,000 rows in {:?}", started.elapsed());
+    for p in &plans {
+        assert_eq!(p.action, Action::Backfill, "{p:?}");
+        let key = p.key.as_ref().unwrap();
+        let mut sizes = Vec::new();
+        for r in &p.chunks {
+            let sql = pgp::query::wrap(
+                p.query.as_deref().unwrap(),
+                "count(*)",
+                Some((key, r)),
+                None,
+            );
+            sizes.push(
+                w.db.client
+                    .query_one(&sql, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0),
+            );
+        }
+        println!("{}: {} ranges {sizes:?}", p.table, sizes.len());
+        assert_eq!(sizes.iter().sum::<i64>(), 1_200_000, "{}", p.table);
+        assert!((10..=14).contains(&sizes.len()), "{}: {sizes:?}", p.table);
+        assert!(
+            sizes.iter().all(|n| (50_000..=150_000).contains(n)),
+            "{}: ranges far from 100,000 rows: {sizes:?}",
+            p.table
+        );
+    }
+}
