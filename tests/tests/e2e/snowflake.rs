@@ -50,6 +50,23 @@ async fn tap(manifest: &std::path::Path, env: &BTreeMap<String, String>, args: &
     assert!(!text.contains(pgp_e2e::PASSWORD), "password in output");
 }
 
+/// The environment of `pgp tap` staging through the GCS emulator into fakesnow at
+/// `url` (which reads the staged objects from the emulator's data folder).
+fn tap_env(url: &str, emu: &Emulators) -> BTreeMap<String, String> {
+    let stage_dir = emu.gcs_dir.join(".cloudstorage").join(BUCKET);
+    env(&[
+        ("PGP_SNOWFLAKE_PASSWORD", "unused-by-the-emulator".into()),
+        (
+            "PGP_SNOWFLAKE_STAGE_URL",
+            format!("file://{}/", stage_dir.display()),
+        ),
+        ("PGP_STORAGE_URL", format!("gs://{BUCKET}")),
+        ("PGP_GCS_ENDPOINT", emu.gcs_url()),
+        ("PGP_WAREHOUSE_URL", url.to_string()),
+        ("PGP_LOG", "warn".into()),
+    ])
+}
+
 async fn create_database(url: &str, env: &BTreeMap<String, String>, db: &str) {
     let cfg = SnowflakeConfig::from_url(url, env, "gs://unused").unwrap();
     let mut c = Client::new(cfg).unwrap();
@@ -106,18 +123,7 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
 ",
     );
     let url = fs.url("TAPDB");
-    let stage_dir = emu.gcs_dir.join(".cloudstorage").join(BUCKET);
-    let mut e = env(&[
-        ("PGP_SNOWFLAKE_PASSWORD", "unused-by-the-emulator".into()),
-        (
-            "PGP_SNOWFLAKE_STAGE_URL",
-            format!("file://{}/", stage_dir.display()),
-        ),
-        ("PGP_STORAGE_URL", format!("gs://{BUCKET}")),
-        ("PGP_GCS_ENDPOINT", emu.gcs_url()),
-        ("PGP_WAREHOUSE_URL", url.clone()),
-        ("PGP_LOG", "warn".into()),
-    ]);
+    let mut e = tap_env(&url, emu);
     e.extend(db.env());
     create_database(&url, &e, "TAPDB").await;
     tap(
@@ -966,18 +972,7 @@ async fn every_type_in_snowflakes_range_arrives_exactly_through_fakesnow() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = pgp_e2e::write_manifest(dir.path(), &tables);
     let url = fs.url("SFMATRIX");
-    let stage_dir = emu.gcs_dir.join(".cloudstorage").join(BUCKET);
-    let mut e = env(&[
-        ("PGP_SNOWFLAKE_PASSWORD", "unused-by-the-emulator".into()),
-        (
-            "PGP_SNOWFLAKE_STAGE_URL",
-            format!("file://{}/", stage_dir.display()),
-        ),
-        ("PGP_STORAGE_URL", format!("gs://{BUCKET}")),
-        ("PGP_GCS_ENDPOINT", emu.gcs_url()),
-        ("PGP_WAREHOUSE_URL", url.clone()),
-        ("PGP_LOG", "warn".into()),
-    ]);
+    let mut e = tap_env(&url, emu);
     e.extend(db.env());
     create_database(&url, &e, "SFMATRIX").await;
     tap(&manifest, &e, &["--load-type", "scd"]).await;
