@@ -500,19 +500,23 @@ impl PgSource {
                 format!("SELECT {} {from} WHERE NOT ({is_null})", select.join(", ")),
             ),
         };
-        // Sample rows per range; the cap widens ranges of very large tables.
-        let every = ((rows_per_range as f64 * p).round() as u64).max(1);
+        // Sampled rows per range. The sorted sample is cut into `pgp_n` equal buckets,
+        // as many as the rows need (at most the cap): each range then holds about the
+        // same number of rows, at most `rows_per_range` when every row is sorted, and
+        // the last range is not a small remainder.
+        let per = (rows_per_range as f64 * p).max(1.0);
         let texts: Vec<String> = ks.iter().map(|k| format!("{k}::text")).collect();
         let sql = format!(
             "SELECT {texts} FROM (\
                SELECT {ks}, row_number() OVER (ORDER BY {ks}) AS pgp_r, count(*) OVER () AS pgp_c \
                FROM ({sampled}) AS pgp_s\
-             ) AS pgp_t \
-             WHERE pgp_r > 1 AND (pgp_r - 1) % GREATEST({every}, CEIL(pgp_c::float8 / {cap}))::bigint = 0 \
+             ) AS pgp_t, \
+             LATERAL (SELECT LEAST({cap}, CEIL(pgp_c / {per:.6}::float8))::bigint AS pgp_n) AS pgp_b \
+             WHERE pgp_r > 1 AND (pgp_r - 1) * pgp_n / pgp_c > (pgp_r - 2) * pgp_n / pgp_c \
              ORDER BY pgp_r",
             texts = texts.join(", "),
             ks = ks.join(", "),
-            cap = crate::query::MAX_KEY_RANGES - 1,
+            cap = crate::query::MAX_KEY_RANGES,
         );
         let rows = self
             .client

@@ -303,7 +303,7 @@ async fn a_large_table_is_split_from_a_sample() {
         assert_eq!(sizes.iter().sum::<i64>(), 1_200_000, "{}", p.table);
         assert!((10..=14).contains(&sizes.len()), "{}: {sizes:?}", p.table);
         assert!(
-            sizes.iter().all(|n| (50_000..=150_000).contains(n)),
+            sizes.iter().all(|n| (80_000..=120_000).contains(n)),
             "{}: ranges far from 100,000 rows: {sizes:?}",
             p.table
         );
