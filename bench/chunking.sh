@@ -7,15 +7,21 @@
 # each re-synced with `pgp tap --load-type backfill --chunk-rows $CHUNK` into a fresh
 # DuckDB (median of REPS runs), with `pgp plan` (the key splits alone) timed apart.
 # Reports seconds, ranges and ratios against the integer-keyed run, and psql \copy of
-# the table as the floor. ROWS, REPS and CHUNK override.
+# the table as the floor. ROWS, REPS, CHUNK and PGP_BIN override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/pgp-target}"
 ROWS=${ROWS:-2000000}
 REPS=${REPS:-3}
 CHUNK=${CHUNK:-250000}
-cargo build --release -q -p pgp-cli
-PGP="$CARGO_TARGET_DIR/release/pgp"
+# PGP_BIN: an already built pgp (e.g. a debug build: the ratios between keys then
+# still compare like with like, the absolute times do not).
+if [ -n "${PGP_BIN:-}" ]; then
+  PGP=$PGP_BIN
+else
+  cargo build --release -q -p pgp-cli
+  PGP="$CARGO_TARGET_DIR/release/pgp"
+fi
 
 PG_EXTRA_OPTS="-c shared_buffers=1GB"
 . scripts/throwaway-pg.sh
