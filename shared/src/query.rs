@@ -232,9 +232,9 @@ impl ChunkKey {
         }
     }
 
-    /// True for rows whose key has a NULL part (such rows are in no key range, only
-    /// in the NULL range: a row comparison with a NULL is never true).
-    fn is_null(&self) -> String {
+    /// The SQL that is true for rows whose key has a NULL part (such rows are in no key
+    /// range, only in the NULL range: a row comparison with a NULL is never true).
+    pub fn is_null(&self) -> String {
         self.parts
             .iter()
             .map(|p| format!("{p} IS NULL"))

@@ -408,10 +408,12 @@ impl PgSource {
     /// one range). The keys are sorted with the key's own ordering (its type's default
     /// operator class and the column's collation, the ones a range condition and an
     /// index on the key use, so a chunk's range scan can use that index), from every
-    /// row when the planner expects at most [`EXACT_SPLIT_ROWS`], else from a random
-    /// sample of about [`SPLIT_SAMPLE_ROWS`] (one pass over the key, sorting only the
-    /// sample). Any bounds partition the rows; sampling only makes the ranges less
-    /// even. At most [`crate::query::MAX_KEY_RANGES`] ranges.
+    /// row when the planner expects at most [`EXACT_SPLIT_ROWS`], else from a sample
+    /// of about [`SPLIT_SAMPLE_ROWS`]: pages of the key column's own table
+    /// (`TABLESAMPLE SYSTEM`, bounded work) when the key is a plain table column, else
+    /// a random pass over the query's rows. The sorted keys are cut into equal
+    /// buckets, as many as the rows need. Any bounds partition the rows; sampling only
+    /// makes the ranges less even. At most [`crate::query::MAX_KEY_RANGES`] ranges.
     pub async fn key_splits(
         &self,
         table: &str,
@@ -424,12 +426,7 @@ impl PgSource {
             "FROM (\n{}\n) AS pgp_src",
             crate::query::strip_terminator(query)
         );
-        let is_null = key
-            .parts()
-            .iter()
-            .map(|p| format!("{p} IS NULL"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
+        let is_null = key.is_null();
         // Fewer rows than one range holds: no pass over the key (most tables of a
         // nightly SCD run). Counted, reading at most one range's rows, rather than
         // estimated: a low estimate (stale statistics, a selective filter) must not
