@@ -430,19 +430,26 @@ impl PgSource {
         // Fewer rows than one range holds: no pass over the key (most tables of a
         // nightly SCD run). Counted, reading at most one range's rows, rather than
         // estimated: a low estimate (stale statistics, a selective filter) must not
-        // make one chunk of a large table.
-        let few: bool = self
-            .client
-            .query_one(
-                &format!(
+        // make one chunk of a large table. Skipped when the key's table holds
+        // several ranges' worth by its statistics (an overestimate only costs a
+        // few extra ranges).
+        let base = self.base_column(table, query, key).await?;
+        let clearly_large = base
+            .as_ref()
+            .is_some_and(|(_, _, rows)| *rows > 2.0 * rows_per_range as f64);
+        let few: bool = !clearly_large
+            && self
+                .client
+                .query_one(
+                    &format!(
                     "SELECT count(*) <= {rows_per_range} FROM (SELECT 1 {from} LIMIT {}) AS pgp_n",
                     rows_per_range.saturating_add(1)
                 ),
-                &[],
-            )
-            .await
-            .map_err(|e| Error::source(ctx(), e))?
-            .get(0);
+                    &[],
+                )
+                .await
+                .map_err(|e| Error::source(ctx(), e))?
+                .get(0);
         if few {
             return Ok(KeySplits::default());
         }
@@ -468,7 +475,7 @@ impl PgSource {
         // The sampled keys: every row's; or a sample of the key column's table read
         // page by page (bounded work, whatever the table's size); or a random sample
         // of the query's rows (one pass over them).
-        let (p, sampled) = match self.base_column(table, query, key).await? {
+        let (p, sampled) = match base {
             Some((rel, att, rows))
                 if rows > EXACT_SPLIT_ROWS as f64 && estimate > EXACT_SPLIT_ROWS as f64 =>
             {
