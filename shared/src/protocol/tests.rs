@@ -544,11 +544,14 @@ async fn append_run(
     let queue = Arc::new(MemoryQueue::default());
     let mut p = parts.clone();
     p.queue = Some(queue.clone());
-    let report = plan_step(&p, &w.manifest(), &opts(&p, LoadType::Scd, run_id), false)
-        .await
-        .unwrap();
+    // One chunk: the tests using this drive that chunk by hand (appends of more rows
+    // than a chunk holds are chunked; the simulation covers those).
+    let mut o = opts(&p, LoadType::Scd, run_id);
+    o.chunk_rows = Some(1_000);
+    let report = plan_step(&p, &w.manifest(), &o, false).await.unwrap();
     let h = report.tables[0].header.clone().unwrap();
     assert_eq!(h.mode, crate::plan::Mode::Append);
+    assert_eq!(h.chunks, 1);
     let task = serde_json::from_slice(&queue.take()[0].data).unwrap();
     let out = extract_step(parts, &task, &|_, _| {}).await.unwrap();
     (h, out.object().clone())
