@@ -107,6 +107,10 @@ pub struct TablePlan {
     /// The key the ranges are over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<crate::query::ChunkKey>,
+    /// How the chunks were cut: the key and how its bounds were found, ranges of row
+    /// locations and why, or why the table is one chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<String>,
     /// Row cap of a test load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
@@ -142,6 +146,7 @@ impl TablePlan {
             load_table: None,
             chunks: Vec::new(),
             key: None,
+            chunking: None,
             limit: None,
             query: None,
             copy_sql: None,
@@ -218,6 +223,83 @@ fn chunk_key(spec: &TableSpec, columns: &[Column]) -> std::result::Result<ChunkK
             ChunkKey::parse(e).map_err(|why| format!("export_table_primary_key {why}"))
         }
     }
+}
+
+/// Cut a loading plan's rows into chunks (`p.query` holds the query they read): key
+/// ranges of `export_table_primary_key` when it can split the rows; else, when every
+/// chunk reads one snapshot (`pgp tap`) and the query's rows come one per row of one
+/// table, ranges of row locations (`ctid`, read as TID range scans); else one chunk.
+/// `p.chunking` says which and why.
+async fn chunk(
+    p: &mut TablePlan,
+    spec: &TableSpec,
+    columns: &[Column],
+    opts: &PlanOptions,
+    src: &dyn Source,
+) -> Result<()> {
+    let query = p.query.clone().unwrap_or_default();
+    let step = match opts.chunk_rows {
+        Some(n) => n,
+        None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
+    };
+    let unusable = match chunk_key(spec, columns) {
+        Ok(key) => match src.key_splits(&spec.name, &query, &key, step).await {
+            Ok(splits) => {
+                p.chunking = Some(format!("key `{key}`, {}", splits.method));
+                p.chunks = splits.ranges();
+                p.key = Some(key);
+                return Ok(());
+            }
+            Err(e) if e.is_retriable() => return Err(e),
+            // The key does not fit the query (a column it does not select, a type
+            // without an ordering).
+            Err(e) => e.to_string(),
+        },
+        Err(why) => why,
+    };
+    let physical = if !src.shares_snapshot() {
+        Err(
+            "its chunks would not read one snapshot (only an embedded run's do), and ranges of \
+             row locations could then miss or repeat a row that moves while they are read"
+                .to_string(),
+        )
+    } else {
+        match query::with_row_location(&query) {
+            Err(why) => Err(format!("it cannot be cut by row location: {why}")),
+            Ok(located) => {
+                let key = ChunkKey::physical();
+                match src.key_splits(&spec.name, &located, &key, step).await {
+                    Ok(splits) => Ok((located, key, splits)),
+                    Err(e) if e.is_retriable() => return Err(e),
+                    Err(Error::Query { message, .. }) => {
+                        Err(format!("it cannot be cut by row location: {message}"))
+                    }
+                    Err(e) => Err(format!("it cannot be cut by row location: {e}")),
+                }
+            }
+        }
+    };
+    match physical {
+        Ok((_, _, splits)) if splits.bounds.is_empty() => {
+            p.chunking = Some(format!("one chunk: it fits (no usable key: {unusable})"));
+            p.chunks = vec![KeyRange::ALL];
+        }
+        Ok((located, key, splits)) => {
+            p.chunking = Some(format!(
+                "row locations (ctid), {} (no usable key: {unusable})",
+                splits.method
+            ));
+            p.chunks = splits.ranges();
+            p.key = Some(key);
+            p.query = Some(located);
+        }
+        Err(why) => {
+            tracing::warn!(table = %spec.name, key = %unusable, reason = %why, "loading in one chunk");
+            p.chunking = Some(format!("one chunk: no usable key ({unusable}); {why}"));
+            p.chunks = vec![KeyRange::ALL];
+        }
+    }
+    Ok(())
 }
 
 /// The query text with every non-window placeholder resolved, and the full-table
@@ -311,25 +393,8 @@ pub async fn plan_table(
             p.mode = Mode::Append;
             p.visible_name = Some(target.clone());
             // Appends are chunked like re-syncs when the rows need more than one
-            // chunk, so no extract request grows with the table; a table without a
-            // usable key appends in one chunk.
-            p.chunks = vec![KeyRange::ALL];
-            if let Ok(key) = chunk_key(spec, &columns) {
-                let step = match opts.chunk_rows {
-                    Some(n) => n,
-                    None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
-                };
-                match src.key_splits(&spec.name, &query, &key, step).await {
-                    Ok(splits) => {
-                        p.chunks = splits.ranges();
-                        p.key = Some(key);
-                    }
-                    Err(e) if e.is_retriable() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(table = %spec.name, error = %e, "key cannot split the rows; appending in one chunk")
-                    }
-                }
-            }
+            // chunk, so no extract request grows with the table.
+            chunk(&mut p, spec, &columns, opts, src).await?;
         }
         (LoadType::Incremental, Some(why)) => {
             p.action = Action::Backfill;
@@ -342,36 +407,7 @@ pub async fn plan_table(
             p.mode = Mode::Swap;
             p.reason = Some(why);
             p.visible_name = Some(target.clone());
-            let split = match chunk_key(spec, &columns) {
-                Ok(key) => {
-                    let step = match opts.chunk_rows {
-                        Some(n) => n,
-                        None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
-                    };
-                    match src.key_splits(&spec.name, &query, &key, step).await {
-                        Ok(splits) => Ok((key, splits)),
-                        Err(e) if e.is_retriable() => return Err(e),
-                        // The key does not fit the query (a column it does not
-                        // select, a type without an ordering).
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                Err(why) => Err(why),
-            };
-            match split {
-                Ok((key, splits)) => {
-                    p.chunks = splits.ranges();
-                    p.key = Some(key);
-                }
-                Err(why) if opts.load_type == LoadType::Backfill => {
-                    p.action = Action::Error;
-                    p.mode = Mode::None;
-                    p.reason = Some(format!("no usable key for a chunked backfill: {why}"));
-                    return Ok(p);
-                }
-                // An scd rebuild of a table without a usable key goes in one chunk.
-                Err(_) => p.chunks = vec![KeyRange::ALL],
-            }
+            chunk(&mut p, spec, &columns, opts, src).await?;
         }
         (LoadType::Backfill, None) | (LoadType::Test, None) => {
             return Ok(p.skip(format!("target {target} is up to date with the query")));
@@ -382,6 +418,10 @@ pub async fn plan_table(
             p.reason = Some(why);
             p.limit = Some(opts.test_rows);
             p.chunks = vec![KeyRange::ALL];
+            p.chunking = Some(format!(
+                "one chunk: a test load reads at most {} rows",
+                opts.test_rows
+            ));
             p.visible_name = Some(target.with_suffix("_PGP_TEST")?);
         }
     }

@@ -219,6 +219,19 @@ impl ChunkKey {
         &self.parts
     }
 
+    /// The physical key: the row's location (`ctid`) in the one table the query reads,
+    /// as the column [`PHYSICAL_KEY`] that [`with_row_location`] adds to the query.
+    /// Chunks over it are ranges of the table's pages, read as TID range scans.
+    pub fn physical() -> ChunkKey {
+        ChunkKey::column(&Ident::parse("key", PHYSICAL_KEY).expect("a valid identifier"))
+    }
+
+    /// Whether this is [`ChunkKey::physical`]: ranges of row locations, which hold
+    /// every row exactly once only when all chunks read one snapshot.
+    pub fn is_physical(&self) -> bool {
+        self.text == PHYSICAL_KEY
+    }
+
     /// The column, when the key is one column of the query.
     pub fn as_column(&self) -> Option<Ident> {
         Ident::parse("key", &self.text).ok()
@@ -379,12 +392,48 @@ impl std::fmt::Display for KeyRange {
 /// bounds the plan and the run record of a very large table.)
 pub const MAX_KEY_RANGES: u64 = 10_000;
 
+/// How a table's key splits were found (shown in the plan: it says how even the
+/// ranges can be expected to be and what reading them cost the source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitMethod {
+    /// Fewer rows than one range holds: one range, no pass over the key.
+    #[default]
+    Fits,
+    /// Every key sorted: exact ranges.
+    Sorted,
+    /// The key column's histogram in `pg_stats`, current and fine enough.
+    Histogram,
+    /// A page sample of the key column's table (`TABLESAMPLE SYSTEM`).
+    PageSample,
+    /// A random sample of the query's rows (one pass over them).
+    RandomSample,
+    /// Row locations cut into equal ranges of the table's pages.
+    Pages,
+}
+
+impl std::fmt::Display for SplitMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SplitMethod::Fits => "fits one range",
+            SplitMethod::Sorted => "every key sorted",
+            SplitMethod::Histogram => "pg_stats histogram",
+            SplitMethod::PageSample => "TABLESAMPLE SYSTEM of the key's table",
+            SplitMethod::RandomSample => "random sample of the query's rows",
+            SplitMethod::Pages => "equal ranges of the table's pages",
+        })
+    }
+}
+
 /// Where a table's key splits: sorted, distinct interior bounds, each starting a
-/// range, and whether some row has a NULL key.
+/// range, whether some row has a NULL key, and whether any row ever can (false for
+/// the physical key: a row always has a location).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeySplits {
     pub bounds: Vec<KeyBound>,
     pub nulls: bool,
+    pub nullable: bool,
+    pub method: SplitMethod,
 }
 
 impl KeySplits {
@@ -411,7 +460,7 @@ impl KeySplits {
             out.push(KeyRange {
                 lo: lo.take(),
                 hi: Some(b.clone()),
-                nulls: !self.nulls && out.is_empty(),
+                nulls: self.nullable && !self.nulls && out.is_empty(),
                 keys: true,
             });
             lo = Some(b.clone());
@@ -424,6 +473,126 @@ impl KeySplits {
         });
         out
     }
+}
+
+/// The column [`with_row_location`] adds: the row's `ctid`.
+pub const PHYSICAL_KEY: &str = "pgp_ctid";
+
+/// `query` with the location of each row in the one table it reads added as a last
+/// column, [`PHYSICAL_KEY`] (`… , t.ctid AS pgp_ctid FROM t …`), so that chunks can be
+/// ranges of the table's pages. Only for a query whose every row comes from one row
+/// of one table: a plain `SELECT` from one table, without joins, `DISTINCT`,
+/// `GROUP BY`, `HAVING`, `WINDOW`, `LIMIT`, `WITH` or set operations (PostgreSQL
+/// refuses an aggregate next to `ctid`, and the planner's check refuses window
+/// functions). The error says which of these the query has. The query's own text is
+/// kept byte for byte: the column is inserted before its top-level `FROM`, found by
+/// sqlparser's tokenizer, never re-rendered from the syntax tree.
+pub fn with_row_location(query: &str) -> std::result::Result<String, String> {
+    use sqlparser::ast::{GroupByExpr, TableFactor};
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let q = strip_terminator(query);
+    let dialect = PostgreSqlDialect {};
+    let stmts = Parser::parse_sql(&dialect, q).map_err(|e| format!("it does not parse: {e}"))?;
+    let [Statement::Query(query)] = stmts.as_slice() else {
+        return Err("it is not one SELECT".into());
+    };
+    let refuse = |what: &str| Err(format!("it has {what}"));
+    if query.with.is_some() {
+        return refuse("a WITH clause");
+    }
+    if query.limit_clause.is_some() || query.fetch.is_some() {
+        return refuse("a LIMIT, OFFSET or FETCH");
+    }
+    if !query.locks.is_empty() {
+        return refuse("a locking clause");
+    }
+    let SetExpr::Select(s) = query.body.as_ref() else {
+        return refuse("a set operation or a nested query at its top");
+    };
+    if s.distinct.is_some() {
+        return refuse("DISTINCT");
+    }
+    match &s.group_by {
+        GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty() => {}
+        _ => return refuse("GROUP BY"),
+    }
+    if s.having.is_some() {
+        return refuse("HAVING");
+    }
+    if !s.named_window.is_empty() {
+        return refuse("a WINDOW clause");
+    }
+    if s.into.is_some() {
+        return refuse("INTO");
+    }
+    let [from] = s.from.as_slice() else {
+        return Err(format!(
+            "it reads {} FROM items, not one table",
+            s.from.len()
+        ));
+    };
+    if !from.joins.is_empty() {
+        return refuse("a join");
+    }
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        sample: None,
+        ..
+    } = &from.relation
+    else {
+        return Err("it does not read a table (a subquery or a function in FROM)".into());
+    };
+    let qualifier = match alias {
+        Some(a) => a.name.to_string(),
+        None => name.to_string(),
+    };
+    // The top-level FROM: the first FROM keyword outside parentheses that does not
+    // belong to `IS [NOT] DISTINCT FROM`.
+    let tokens = Tokenizer::new(&dialect, q)
+        .tokenize_with_location()
+        .map_err(|e| format!("it does not tokenize: {e}"))?;
+    let mut depth = 0i32;
+    let mut previous: Option<&Token> = None;
+    let mut at = None;
+    for t in &tokens {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::FROM => {
+                let after_distinct =
+                    matches!(previous, Some(Token::Word(p)) if p.keyword == Keyword::DISTINCT);
+                if !after_distinct {
+                    at = Some(t.span.start);
+                    break;
+                }
+            }
+            _ => {}
+        }
+        if !matches!(t.token, Token::Whitespace(_)) {
+            previous = Some(&t.token);
+        }
+    }
+    let at = at.ok_or("its FROM was not found")?;
+    // Line and column (1-based, in characters) to a byte offset.
+    let line_start = q
+        .split_inclusive('\n')
+        .take(at.line.saturating_sub(1) as usize)
+        .map(str::len)
+        .sum::<usize>();
+    let offset = line_start
+        + q[line_start..]
+            .char_indices()
+            .nth(at.column.saturating_sub(1) as usize)
+            .map(|(i, _)| i)
+            .ok_or("its FROM was not found")?;
+    Ok(format!(
+        "{}, {qualifier}.ctid AS {PHYSICAL_KEY}\n{}",
+        &q[..offset],
+        &q[offset..]
+    ))
 }
 
 /// Wrap `query` so that it returns `projection` of its rows, within `range` of `key`,
@@ -515,6 +684,8 @@ mod tests {
         let splits = KeySplits {
             bounds: vec![b("5"), b("9")],
             nulls: false,
+            nullable: true,
+            ..Default::default()
         };
         let r = splits.ranges();
         let id = ChunkKey::parse("id").unwrap();
@@ -533,6 +704,8 @@ mod tests {
         let apart = KeySplits {
             bounds: vec![b("m")],
             nulls: true,
+            nullable: true,
+            ..Default::default()
         }
         .ranges();
         let conds: Vec<String> = apart.iter().map(|r| r.condition(&id).unwrap()).collect();
@@ -546,6 +719,62 @@ mod tests {
         );
         assert_eq!(apart[0].to_string(), "null");
         assert_eq!(apart[2].to_string(), "[m, +inf)");
+        // A key that is never NULL (a row location): no `IS NULL` in any range, which
+        // would keep PostgreSQL from a TID range scan.
+        let physical = KeySplits {
+            bounds: vec![b("(10,0)")],
+            ..Default::default()
+        }
+        .ranges();
+        let k = ChunkKey::physical();
+        assert!(k.is_physical());
+        let conds: Vec<String> = physical.iter().map(|r| r.condition(&k).unwrap()).collect();
+        assert_eq!(
+            conds,
+            [
+                "pgp_src.\"pgp_ctid\" < '(10,0)'",
+                "pgp_src.\"pgp_ctid\" >= '(10,0)'"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_row_location_is_added_before_the_top_level_from_and_the_text_kept() {
+        let cases = [
+            (
+                "SELECT * FROM t",
+                "SELECT * , t.ctid AS pgp_ctid\nFROM t",
+            ),
+            (
+                "select a, extract(year from b) AS y, a is distinct from b AS d\n  -- a comment\nfrom public.\"Tab\" x where a > 'FROM' ;",
+                "select a, extract(year from b) AS y, a is distinct from b AS d\n  -- a comment\n, x.ctid AS pgp_ctid\nfrom public.\"Tab\" x where a > 'FROM'",
+            ),
+            (
+                "SELECT 'ünï' AS u, (SELECT max(id) FROM u) AS m FROM public.t WHERE id IN (SELECT id FROM v)",
+                "SELECT 'ünï' AS u, (SELECT max(id) FROM u) AS m , public.t.ctid AS pgp_ctid\nFROM public.t WHERE id IN (SELECT id FROM v)",
+            ),
+        ];
+        for (q, want) in cases {
+            assert_eq!(with_row_location(q).unwrap(), want, "{q}");
+        }
+        for (q, why) in [
+            ("SELECT a FROM t JOIN u ON t.id = u.id", "a join"),
+            ("SELECT a FROM t, u", "2 FROM items"),
+            ("SELECT DISTINCT a FROM t", "DISTINCT"),
+            ("SELECT a, count(*) FROM t GROUP BY a", "GROUP BY"),
+            ("SELECT a FROM t LIMIT 5", "LIMIT"),
+            ("WITH x AS (SELECT 1) SELECT * FROM t", "WITH"),
+            ("SELECT a FROM t UNION SELECT a FROM u", "set operation"),
+            ("SELECT * FROM (SELECT a FROM t) s", "does not read a table"),
+            (
+                "SELECT * FROM generate_series(1, 3) g",
+                "does not read a table",
+            ),
+            ("SELECT 1", "0 FROM items"),
+        ] {
+            let e = with_row_location(q).unwrap_err();
+            assert!(e.contains(why), "{q}: {e}");
+        }
     }
 
     #[test]

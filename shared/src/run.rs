@@ -202,7 +202,11 @@ impl Pipeline {
         manifest: &Manifest,
         opts: &RunOptions,
     ) -> Result<(Vec<TablePlan>, Option<Window>)> {
-        plan_tables(&self.parts(), self.warehouse.as_ref(), manifest, opts).await
+        // As `run` plans: through the snapshot connector (chunks may then be ranges
+        // of row locations).
+        let mut parts = self.parts();
+        parts.sources = Arc::new(SnapshotConnector::new(self.env.clone()));
+        plan_tables(&parts, self.warehouse.as_ref(), manifest, opts).await
     }
 
     /// Plan and run every selected table; one failing table does not stop the others.

@@ -287,13 +287,14 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
                 }
                 for pl in &plans {
                     println!(
-                        "{:<40} {:<12} {:<9} {:<5} {:<40} chunks={} {}",
+                        "{:<40} {:<12} {:<9} {:<5} {:<40} chunks={} ({}) {}",
                         pl.table,
                         pl.kind.to_string(),
                         format!("{:?}", pl.action).to_lowercase(),
                         format!("{:?}", pl.mode).to_lowercase(),
                         pl.target,
                         pl.chunks.len(),
+                        pl.chunking.as_deref().unwrap_or("-"),
                         pl.reason.clone().unwrap_or_default()
                     );
                 }

@@ -185,7 +185,10 @@ async fn prepare_run(
         Some(file) => follow(store, file, &plan.table).await?,
         None => {
             let fresh = new_header(parts, manifest, opts, &plan)?;
-            let adopted = if extract_only || fresh.mode == Mode::Append {
+            // A run cut by row location is never resumed: its chunks must all read
+            // the one snapshot of the run that reads them.
+            let physical = fresh.key.as_ref().is_some_and(|k| k.is_physical());
+            let adopted = if extract_only || fresh.mode == Mode::Append || physical {
                 None
             } else {
                 adoptable(parts, wh, &fresh).await?

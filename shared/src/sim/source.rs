@@ -143,6 +143,8 @@ impl Source for SimSource {
                 .map(|(_, id)| crate::query::KeyBound(vec![id.to_string()]))
                 .collect(),
             nulls: false,
+            nullable: true,
+            method: crate::query::SplitMethod::Sorted,
         })
     }
 

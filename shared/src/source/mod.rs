@@ -63,6 +63,14 @@ impl ChunkQuery<'_> {
 pub trait Source: Send + Sync {
     /// `postgres://user@host:port/db` (never a password).
     fn name(&self) -> String;
+    /// Whether every chunk read through this source's connector reads one snapshot
+    /// (an embedded run's exported snapshot). Only then can chunks be ranges of row
+    /// locations ([`crate::query::ChunkKey::physical`]): an update moves a row to
+    /// another location, so chunks read in different snapshots could each see it,
+    /// or neither.
+    fn shares_snapshot(&self) -> bool {
+        false
+    }
     /// The result columns of `query` (prepared, not run).
     async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>>;
     /// Where to cut the query's rows into ranges of `key` holding about

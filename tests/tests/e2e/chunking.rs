@@ -44,13 +44,14 @@ const TABLES: &[(&str, &str, i64)] = &[
     // 50 rows per day (49 the first, 1 the last): a range ends where a day does, so
     // one may hold up to a day more than asked.
     ("t_date", "d", 150),
+    // json has no ordering: cut by row location instead (`pgp tap` reads one snapshot).
+    ("t_json", "j", 100),
 ];
 
 fn manifest_tables() -> String {
     TABLES
         .iter()
         .map(|(t, k, _)| (*t, *k))
-        .chain([("t_json", "j")])
         .map(|(t, k)| {
             format!(
                 "  {t}:\n    import_db: TEST_DB\n    export_schema: 'chunked'\n    export_table: '{t}'\n    export_table_primary_key: \"{k}\"\n    import_query: SELECT * FROM {t}\n"
@@ -101,13 +102,14 @@ async fn any_key_chunks_by_row_count_and_loads_every_row_once() {
             assert_eq!(sizes[0], 100, "the NULL keys, apart");
         }
     }
-    // A key without an ordering cannot be cut: the backfill says so, naming it.
+    // A key without an ordering cannot be cut: the rows are cut by location, and the
+    // plan says why.
     let json = plans.iter().find(|p| p.table == "t_json").unwrap();
-    assert_eq!(json.action, Action::Error);
-    let why = json.reason.as_deref().unwrap();
+    assert!(json.key.as_ref().unwrap().is_physical(), "{json:?}");
+    let how = json.chunking.as_deref().unwrap();
     assert!(
-        why.contains("no usable key") && why.contains("ordering operator"),
-        "{why}"
+        how.contains("row locations") && how.contains("ordering operator"),
+        "{how}"
     );
 
     let r = w.run(opts).await;
@@ -257,29 +259,60 @@ async fn the_chunks_of_a_run_read_one_snapshot_while_the_source_changes() {
 /// partition the rows; the sample keeps the ranges near the asked size.
 #[tokio::test]
 async fn a_large_table_is_split_from_a_sample() {
+    // `v`'s histogram is kept too coarse for 12 ranges (10 buckets), so it is sampled.
     let setup = "CREATE TABLE big (id uuid PRIMARY KEY, v int NOT NULL);
         INSERT INTO big SELECT md5(g::text)::uuid, g FROM generate_series(1, 1200000) g;
-        ANALYZE big;";
-    let tables = "  big:
-    import_db: TEST_DB
-    export_schema: 'chunked'
-    export_table: 'big'
-    export_table_primary_key: id
-    import_query: SELECT * FROM big
-  big_expr:
-    import_db: TEST_DB
-    export_schema: 'chunked'
-    export_table: 'big_expr'
-    export_table_primary_key: md5(v::text)
-    import_query: SELECT * FROM big
-";
-    let w = World::new("bigsplit", setup, tables).await;
+        ALTER TABLE big ALTER COLUMN v SET STATISTICS 10;";
+    let entry = |name: &str, key: &str| {
+        format!("  {name}:\n    import_db: TEST_DB\n    export_schema: 'chunked'\n    export_table: '{name}'\n    export_table_primary_key: {key}\n    import_query: SELECT * FROM big\n")
+    };
+    let tables = [
+        entry("big", "id"),
+        entry("big_v", "v"),
+        entry("big_expr", "md5(v::text)"),
+        entry("big_nokey", "no_such_column"),
+    ]
+    .concat();
+    let w = World::new("bigsplit", setup, &tables).await;
+    // Analyzed once the inserts are counted (a backend reports its row counts when it
+    // goes idle, so counted after an ANALYZE in the same batch they would make the
+    // statistics look stale).
+    for _ in 0..100 {
+        let counted: i64 = w
+            .db
+            .client
+            .query_one(
+                "SELECT coalesce((SELECT n_mod_since_analyze FROM pg_stat_all_tables WHERE relid = 'big'::regclass), 0)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if counted >= 1_200_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    w.db.exec("ANALYZE big").await;
     let m = Manifest::from_file(&w.manifest).unwrap();
     let mut opts = w.options(LoadType::Backfill, chrono::Utc::now());
     opts.chunk_rows = Some(100_000);
     let started = std::time::Instant::now();
     let (plans, _) = w.pipeline().plan(&m, &opts).await.unwrap();
-    println!("planned 2 x 1,200,000 rows in {:?}", started.elapsed());
+    println!("planned 4 x 1,200,000 rows in {:?}", started.elapsed());
+    // How each key's bounds were found: the uuid key's current histogram (no row
+    // read), a page sample for the column whose histogram is too coarse, a random
+    // pass for the expression, and row locations for the table without a usable key.
+    for (t, how) in [
+        ("big", "key `id`, pg_stats histogram"),
+        ("big_v", "key `v`, TABLESAMPLE SYSTEM"),
+        ("big_expr", "random sample"),
+        ("big_nokey", "row locations (ctid)"),
+    ] {
+        let p = plans.iter().find(|p| p.table == t).unwrap();
+        let chunking = p.chunking.as_deref().unwrap();
+        assert!(chunking.contains(how), "{t}: {chunking}");
+    }
     for p in &plans {
         assert_eq!(p.action, Action::Backfill, "{p:?}");
         let key = p.key.as_ref().unwrap();
@@ -299,13 +332,224 @@ async fn a_large_table_is_split_from_a_sample() {
                     .get::<_, i64>(0),
             );
         }
-        println!("{}: {} ranges {sizes:?}", p.table, sizes.len());
+        println!(
+            "{} ({}): {} ranges {sizes:?}",
+            p.table,
+            p.chunking.as_deref().unwrap_or_default(),
+            sizes.len()
+        );
         assert_eq!(sizes.iter().sum::<i64>(), 1_200_000, "{}", p.table);
         assert!((10..=14).contains(&sizes.len()), "{}: {sizes:?}", p.table);
         assert!(
-            sizes.iter().all(|n| (80_000..=120_000).contains(n)),
+            sizes.iter().all(|n| (75_000..=125_000).contains(n)),
             "{}: ranges far from 100,000 rows: {sizes:?}",
             p.table
         );
     }
+}
+
+/// Without a usable key, `pgp tap` cuts a query that reads one table's rows one for
+/// one into ranges of row locations (`ctid`, read as TID range scans), balanced by
+/// row count; any other query is one chunk, and the plan says why. The services,
+/// whose chunks read separate snapshots, never cut by location.
+#[tokio::test]
+async fn tables_without_a_usable_key_are_cut_by_row_location() {
+    let setup = "CREATE TABLE heap (v int NOT NULL, note text);
+        INSERT INTO heap SELECT g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'n' || g END FROM generate_series(1, 1000) g;
+        CREATE VIEW heap_view AS SELECT * FROM heap;";
+    let entry = |name: &str, query: &str| {
+        format!("  {name}:\n    import_db: TEST_DB\n    export_schema: 'chunked'\n    export_table: '{name}'\n    export_table_primary_key: no_such_column\n    import_query: {query}\n")
+    };
+    let tables = [
+        entry("heap", "SELECT v, note FROM heap h WHERE v > 0"),
+        entry(
+            "heap_join",
+            "SELECT h.v, o.note FROM heap h JOIN heap o ON o.v = h.v",
+        ),
+        entry(
+            "heap_window",
+            "SELECT v, note, row_number() OVER (ORDER BY v) AS rn FROM heap",
+        ),
+        entry("heap_view", "SELECT * FROM heap_view"),
+    ]
+    .concat();
+    let w = World::new("nokey", setup, &tables).await;
+    let m = Manifest::from_file(&w.manifest).unwrap();
+    let mut opts = w.options(LoadType::Backfill, chrono::Utc::now());
+    opts.chunk_rows = Some(100);
+    let (plans, _) = w.pipeline().plan(&m, &opts).await.unwrap();
+    let plan = |t: &str| plans.iter().find(|p| p.table == t).unwrap();
+    let heap = plan("heap");
+    assert!(heap.key.as_ref().unwrap().is_physical(), "{heap:?}");
+    let chunking = heap.chunking.as_deref().unwrap();
+    assert!(
+        chunking.contains("row locations") && chunking.contains("no_such_column"),
+        "{chunking}"
+    );
+    let query = heap.query.as_deref().unwrap();
+    let mut sizes = Vec::new();
+    for r in &heap.chunks {
+        let sql = pgp::query::wrap(
+            query,
+            "count(*)",
+            Some((heap.key.as_ref().unwrap(), r)),
+            None,
+        );
+        sizes.push(
+            w.db.client
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+        );
+        // Each range reads only its pages.
+        let explain = format!(
+            "EXPLAIN {}",
+            pgp::query::wrap(query, "1", Some((heap.key.as_ref().unwrap(), r)), None)
+        );
+        let lines: Vec<String> =
+            w.db.client
+                .query(&explain, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+        assert!(
+            lines.iter().any(|l| l.contains("Tid Range Scan")),
+            "{r}: {lines:#?}"
+        );
+    }
+    assert_eq!(sizes, vec![100; 10], "balanced by rows");
+    for (t, why) in [
+        ("heap_join", "a join"),
+        ("heap_window", "WindowAgg"),
+        ("heap_view", "ctid"),
+    ] {
+        let p = plan(t);
+        assert_eq!(p.chunks, vec![pgp::query::KeyRange::ALL], "{t}");
+        assert!(p.key.is_none(), "{t}");
+        let chunking = p.chunking.as_deref().unwrap();
+        assert!(
+            chunking.starts_with("one chunk") && chunking.contains(why),
+            "{t}: {chunking}"
+        );
+    }
+    // As the services plan (each chunk its own snapshot): one chunk, saying why.
+    let parts = w.pipeline().parts();
+    let (services, _) =
+        pgp::protocol::plan::plan_tables(&parts, parts.warehouse.as_deref().unwrap(), &m, &opts)
+            .await
+            .unwrap();
+    let heap = services.iter().find(|p| p.table == "heap").unwrap();
+    assert_eq!(heap.chunks.len(), 1);
+    let chunking = heap.chunking.as_deref().unwrap();
+    assert!(
+        chunking.contains("would not read one snapshot"),
+        "{chunking}"
+    );
+
+    let r = w.run(opts).await;
+    for t in ["heap", "heap_join", "heap_window", "heap_view"] {
+        assert_eq!(outcome(&r, t), &Outcome::Swapped, "{t}: {r:#?}");
+        let got = w.duck(&format!(
+            "SELECT count(*)::VARCHAR, count(DISTINCT v)::VARCHAR, count(note)::VARCHAR FROM chunked.{t}"
+        ));
+        assert_eq!(
+            got,
+            vec![vec![
+                Some("1000".into()),
+                Some("1000".into()),
+                Some("667".into())
+            ]],
+            "{t}"
+        );
+    }
+    assert_eq!(
+        r.tables.iter().find(|x| x.table == "heap").unwrap().chunks,
+        10
+    );
+}
+
+/// Why only chunks that read one snapshot may be ranges of row locations: an update
+/// writes the row's new version elsewhere (here: at the table's end, its pages being
+/// full). Read in one snapshot, the two ranges hold each row once; read each in its
+/// own, the updated rows appear in both.
+#[tokio::test]
+async fn ranges_of_row_locations_need_one_snapshot() {
+    use futures::StreamExt;
+    use pgp::query::{ChunkKey, KeyBound, KeyRange};
+    use pgp::source::{ChunkQuery, Connector, PgConnector, SnapshotConnector, Source};
+    use std::sync::Arc;
+    let db = pgp_e2e::Pg::get().fresh_db("pages").await;
+    let env: Arc<std::collections::BTreeMap<String, String>> = Arc::new(db.env());
+    let info = pgp::manifest::ConnectionInfo {
+        user: "TEST_DB_USER".into(),
+        pass: "TEST_DB_PASS".into(),
+        host: "TEST_DB_HOST".into(),
+        database: "TEST_DB_NAME".into(),
+        port: "TEST_DB_PORT".into(),
+    };
+    let key = ChunkKey::physical();
+    let query = pgp::query::with_row_location("SELECT v FROM heap").unwrap();
+    let half = |lo: Option<&str>, hi: Option<&str>| KeyRange {
+        lo: lo.map(|v| KeyBound(vec![v.into()])),
+        hi: hi.map(|v| KeyBound(vec![v.into()])),
+        nulls: false,
+        keys: true,
+    };
+    let (first, second) = (half(None, Some("(2,0)")), half(Some("(2,0)"), None));
+    let read = |src: Box<dyn Source>, range: KeyRange| {
+        let (key, query) = (key.clone(), query.clone());
+        async move {
+            let columns = src.describe("heap", "SELECT v FROM heap").await.unwrap();
+            let chunk = ChunkQuery {
+                table: "heap",
+                query: &query,
+                columns: &columns,
+                key: Some(&key),
+                range: &range,
+                limit: None,
+                json_number_digits: None,
+                fixed_list_depth: true,
+                record_end: false,
+            };
+            let mut out = Vec::new();
+            let mut s = src.copy_chunk(&chunk).await.unwrap();
+            while let Some(b) = s.next().await {
+                out.extend_from_slice(&b.unwrap());
+            }
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut results = Vec::new();
+    for shared in [true, false] {
+        db.exec(
+            "DROP TABLE IF EXISTS heap; CREATE TABLE heap (v int NOT NULL);
+             INSERT INTO heap SELECT g FROM generate_series(1, 2000) g;",
+        )
+        .await;
+        let connector: Box<dyn Connector> = if shared {
+            Box::new(SnapshotConnector::new(env.clone()))
+        } else {
+            Box::new(PgConnector { env: env.clone() })
+        };
+        let mut rows = read(connector.connect(&info).await.unwrap(), first.clone()).await;
+        db.exec("UPDATE heap SET v = v WHERE v <= 10").await;
+        rows.extend(read(connector.connect(&info).await.unwrap(), second.clone()).await);
+        rows.sort();
+        results.push(rows);
+    }
+    let mut original: Vec<String> = (1..=2000).map(|g| format!("\"{g}\"")).collect();
+    original.sort();
+    assert!(results[0] == original, "one snapshot: every row once");
+    assert_eq!(
+        results[1].len(),
+        2010,
+        "own snapshots: the 10 moved rows twice"
+    );
 }

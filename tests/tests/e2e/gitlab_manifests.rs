@@ -106,6 +106,7 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
     );
     let mut planned = 0;
     let mut errors = Vec::new();
+    let mut unusable = Vec::new();
     for f in &files {
         // Point the manifest's connection_info at the test server.
         let m = Manifest::from_file(f).unwrap();
@@ -130,6 +131,17 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
             let (plans, _) = p.plan(&m, &o).await.unwrap();
             for pl in plans {
                 planned += 1;
+                if let Some(c) = pl
+                    .chunking
+                    .as_deref()
+                    .filter(|c| c.contains("no usable key"))
+                {
+                    unusable.push(format!(
+                        "{} {} ({lt}): {c}",
+                        f.file_name().unwrap().to_string_lossy(),
+                        pl.table
+                    ));
+                }
                 if pl.action == Action::Error {
                     errors.push(format!(
                         "{} {} ({lt}): {}",
@@ -142,14 +154,11 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
         }
     }
     // Errors by cause. They may only be the schema snapshot's own gaps (a column or
-    // table GitLab added or dropped at another time), keys that do not fit their query
-    // (a key naming a column the query does not select), or real defects of a manifest
-    // (a column selected twice): never a parse or placeholder failure, and no key type
-    // pgp cannot chunk.
+    // table GitLab added or dropped at another time) or real defects of a manifest (a
+    // column selected twice): never a parse or placeholder failure, and never a key
+    // (a key that cannot cut the rows leaves the table to row locations or one chunk).
     let cause = |e: &str| {
-        if e.contains("no usable key") {
-            "key does not fit its query"
-        } else if e.contains("does not exist") {
+        if e.contains("does not exist") {
             "schema snapshot gap (relation or column does not exist)"
         } else if e.contains("appears twice") {
             "manifest defect (a column selected twice)"
@@ -177,10 +186,16 @@ async fn every_gitlab_manifest_plans_against_gitlabs_schema() {
         by_cause["unexpected"]
     );
     // The one key that does not fit: design_management_designs' CONCAT(issue_id, '_',
-    // filename) over a query that does not select filename.
-    let keys = by_cause
-        .get("key does not fit its query")
-        .map_or(0, Vec::len);
-    assert!(keys <= 1, "{keys} keys do not fit their queries");
+    // filename) over a query that does not select filename. Planned, not an error.
+    println!("keys that cannot cut their rows: {}", unusable.len());
+    for u in &unusable {
+        println!("  {u}");
+    }
+    assert!(
+        unusable
+            .iter()
+            .all(|u| u.contains("design_management_designs")),
+        "{unusable:#?}"
+    );
     assert!(planned >= 2 * 415);
 }
