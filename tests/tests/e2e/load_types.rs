@@ -336,6 +336,50 @@ async fn a_stalled_backfill_requested_again_finishes_the_chunks_it_misses() {
     );
 }
 
+/// A run cut by row location (no usable key) is never resumed: its chunks must all
+/// read the one snapshot of the run that reads them, and a later run reads another
+/// (rows updated in between would have moved). The next request starts over.
+#[tokio::test]
+async fn a_stalled_backfill_cut_by_row_location_starts_over() {
+    let tables = RESUME_TABLES
+        .replace("  events:", "  events_nokey:")
+        .replace("export_table: 'events'", "export_table: 'events_nokey'")
+        .replace(
+            "export_table_primary_key: id",
+            "export_table_primary_key: no_such_column",
+        );
+    let w = World::new("nokeyresume", RESUME_SETUP, &tables).await;
+    w.db.exec(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '1s'",
+        w.db.name
+    ))
+    .await;
+    w.db.exec("UPDATE ctl SET slow = true").await;
+    let r = w.run(backfill(&w, "first")).await;
+    match outcome(&r, "events_nokey") {
+        Outcome::Failed(m) => assert!(m.contains("statement timeout"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    assert!(w.duck_count("SELECT count(*) FROM ev.events_nokey_PGP_LOAD_first") > 0);
+    assert_eq!(
+        w.duck_count("SELECT count(*) FROM _pgp.runs WHERE run_id = 'first' AND state = 'planned'"),
+        1,
+        "a run that stalled on transient errors stays open"
+    );
+
+    w.db.exec("UPDATE ctl SET slow = false").await;
+    let r = w.run(backfill(&w, "second")).await;
+    assert_eq!(outcome(&r, "events_nokey"), &Outcome::Swapped, "{r:#?}");
+    let t = r.tables.iter().find(|t| t.table == "events_nokey").unwrap();
+    assert_eq!(t.resumed, None, "a run cut by row location resumed: {t:?}");
+    assert_eq!(t.chunks, 11, "1,001 row locations cut every 100");
+    assert_eq!(w.duck_count("SELECT count(*) FROM ev.events_nokey"), 1001);
+    assert_eq!(
+        w.duck_count("SELECT count(DISTINCT id) FROM ev.events_nokey"),
+        1000
+    );
+}
+
 #[tokio::test]
 async fn a_backfill_that_fails_for_good_leaves_the_target_and_the_next_one_starts_clean() {
     let w = resume_world("restart").await;
