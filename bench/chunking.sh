@@ -1,34 +1,21 @@
 #!/usr/bin/env bash
 # Chunking benchmark (issue: "chunk any table"). The bench table (bench/table.sh,
-# 2,000,000 rows, 13 columns) three times over, in one throwaway PostgreSQL:
+# 2,000,000 rows, 13 columns) as four tables, in one throwaway PostgreSQL:
 #   bench        keyed by its bigint primary key `id`          -- the reference
 #   bench_uuid   the same rows, primary key on the uuid `uid`
 #   bench_nokey  the same rows, no primary key and no index, chunked by `id`
+#   bench_ctid   bench_nokey again, its manifest key unusable (a column the query does
+#                not select): chunked by row location (ctid ranges, TID range scans)
 # each re-synced with `pgp tap --load-type backfill --chunk-rows $CHUNK` into a fresh
 # DuckDB (median of REPS runs), with `pgp plan` (the key splits alone) timed apart.
 # Reports seconds, ranges and ratios against the integer-keyed run, and psql \copy of
 # the table as the floor. ROWS, REPS, CHUNK and PGP_BIN override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/pgp-target}"
 ROWS=${ROWS:-2000000}
 REPS=${REPS:-3}
 CHUNK=${CHUNK:-250000}
-# PGP_BIN: an already built pgp (e.g. a debug build: the ratios between keys then
-# still compare like with like, the absolute times do not).
-if [ -n "${PGP_BIN:-}" ]; then
-  PGP=$PGP_BIN
-else
-  cargo build --release -q -p pgp-cli
-  PGP="$CARGO_TARGET_DIR/release/pgp"
-fi
-
-PG_EXTRA_OPTS="-c shared_buffers=1GB"
-. scripts/throwaway-pg.sh
-WORK=$(mktemp -d /tmp/pgp-bench-XXXXXX)
-trap '"${PG_AS[@]}" "$PG_BIN_DIR/pg_ctl" -D "$PG_TMP/data" -m fast stop >/dev/null 2>&1; rm -rf "$PG_TMP" "$WORK"' EXIT
-psql -q "$PG_URL_BASE/postgres" -c "CREATE DATABASE bench"
-DB="$PG_URL_BASE/bench"
+. bench/lib.sh
 . bench/table.sh
 bench_table "$WORK/bench.yaml"
 psql -q "$DB" <<SQL
@@ -38,25 +25,13 @@ CREATE TABLE bench_nokey AS SELECT * FROM bench;
 VACUUM ANALYZE bench_uuid;
 VACUUM ANALYZE bench_nokey;
 SQL
-for v in "bench_uuid uid" "bench_nokey id"; do
+for v in "bench_uuid uid bench_uuid" "bench_nokey id bench_nokey" "bench_ctid no_such_column bench_nokey"; do
   set -- $v
   sed -e "s/^  bench:/  $1:/" -e "s/export_table: bench/export_table: $1/" \
       -e "s/export_table_primary_key: id/export_table_primary_key: $2/" \
-      -e "s/FROM bench/FROM $1/" "$WORK/bench.yaml" > "$WORK/$1.yaml"
+      -e "s/FROM bench/FROM $3/" "$WORK/bench.yaml" > "$WORK/$1.yaml"
 done
 
-time_cmd() {
-  python3 - "$@" <<'PY'
-import resource, subprocess, sys, time
-t = time.monotonic()
-r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
-dt = time.monotonic() - t
-if r.returncode != 0:
-    sys.exit(f"command failed ({r.returncode}): {sys.argv[1:]}")
-print(f"{dt:.3f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
-PY
-}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 run_tap() { # manifest
   rm -rf "$WORK/objects" "$WORK/wh.duckdb"
@@ -73,10 +48,15 @@ ranges() { # manifest
   PGP_WAREHOUSE_URL="duckdb://$WORK/wh.duckdb" "$PGP" plan "$1" --load-type backfill \
     --chunk-rows "$CHUNK" --format json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)[0]["chunks"]))'
 }
+chunking() { # manifest: how the plan cut the table
+  rm -rf "$WORK/wh.duckdb"
+  PGP_WAREHOUSE_URL="duckdb://$WORK/wh.duckdb" "$PGP" plan "$1" --load-type backfill \
+    --chunk-rows "$CHUNK" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0].get("chunking", "-"))'
+}
 
 psql -q "$DB" -c "\\copy (SELECT * FROM bench) TO '$WORK/psql.tsv'" # warm the cache
 results=()
-for t in bench bench_uuid bench_nokey; do
+for t in bench bench_uuid bench_nokey bench_ctid; do
   m="$WORK/$t.yaml"; [ "$t" = bench ] && m="$WORK/bench.yaml"
   tap_t=(); plan_t=()
   for i in $(seq "$REPS"); do
@@ -84,6 +64,7 @@ for t in bench bench_uuid bench_nokey; do
     read -r s _ < <(run_plan "$m"); plan_t+=("$s")
   done
   results+=("$t $(printf '%s\n' "${tap_t[@]}" | median) $(printf '%s\n' "${plan_t[@]}" | median) $(ranges "$m")")
+  echo "$t: $(chunking "$m")"
 done
 psql_t=()
 for i in $(seq "$REPS"); do
@@ -97,7 +78,8 @@ res = [r.split() for r in sys.argv[5:]]
 ref = float(res[0][1])
 print(f"{rows:,} rows, --chunk-rows {chunk:,}; median of {reps} runs; psql \\copy of the table {p:.2f} s")
 print(f"{'table':<12} {'key':<28} {'ranges':>6} {'plan s':>7} {'tap s':>7} {'vs int key':>10} {'vs psql':>8}")
-keys = {"bench": "id bigint (primary key)", "bench_uuid": "uid uuid (primary key)", "bench_nokey": "id, no index"}
+keys = {"bench": "id bigint (primary key)", "bench_uuid": "uid uuid (primary key)",
+        "bench_nokey": "id, no index", "bench_ctid": "none usable: row locations"}
 for t, tap, plan, n in res:
     tap, plan = float(tap), float(plan)
     print(f"{t:<12} {keys[t]:<28} {n:>6} {plan:7.2f} {tap:7.2f} {tap/ref:9.2f}x {tap/p:7.2f}x")

@@ -9,34 +9,12 @@
 # and reports ratios against the reference and pgp's peak RSS. ROWS and REPS override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/pgp-target}"
 ROWS=${ROWS:-2000000}
 REPS=${REPS:-3}
-cargo build --release -q -p pgp-cli
-PGP="$CARGO_TARGET_DIR/release/pgp"
-
-PG_EXTRA_OPTS="-c shared_buffers=1GB"
-. scripts/throwaway-pg.sh
-WORK=$(mktemp -d /tmp/pgp-bench-XXXXXX)
-trap '"${PG_AS[@]}" "$PG_BIN_DIR/pg_ctl" -D "$PG_TMP/data" -m fast stop >/dev/null 2>&1; rm -rf "$PG_TMP" "$WORK"' EXIT
-psql -q "$PG_URL_BASE/postgres" -c "CREATE DATABASE bench"
-DB="$PG_URL_BASE/bench"
+. bench/lib.sh
 . bench/table.sh
 bench_table "$WORK/bench.yaml"
 
-# time_cmd LABEL CMD...: prints "seconds maxrss_kb" of CMD (a child of a fresh python).
-time_cmd() {
-  python3 - "$@" <<'PY'
-import resource, subprocess, sys, time
-t = time.monotonic()
-r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
-dt = time.monotonic() - t
-if r.returncode != 0:
-    sys.exit(f"command failed ({r.returncode}): {sys.argv[1:]}")
-print(f"{dt:.3f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
-PY
-}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 run_psql() { time_cmd psql -q "$DB" -c "\\copy (SELECT * FROM bench) TO '$WORK/psql.tsv'"; }
 # The same statement pgp sends (CSV, arrays as JSON): isolates pgp's own overhead.
