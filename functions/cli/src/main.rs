@@ -308,15 +308,19 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
         } => tap(run, true, true, compression, run_id).await,
         Command::Sql { query } => {
             let url = warehouse_url()?;
-            let Some(path) = url.strip_prefix("duckdb://") else {
+            let Some(rest) = url.strip_prefix("duckdb://") else {
                 anyhow::bail!(
                     "pgp sql queries the embedded DuckDB warehouse; PGP_WAREHOUSE_URL is {}",
                     pgp::warehouse::redact(&url)
                 );
             };
+            let (path, query_string) = rest.split_once('?').unwrap_or((rest, ""));
+            let settings = pgp::warehouse::DuckDbSettings::from_query(query_string)?;
             let c = duckdb::Connection::open_with_flags(
                 path,
-                duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?,
+                duckdb::Config::default()
+                    .access_mode(duckdb::AccessMode::ReadOnly)?
+                    .max_memory(&settings.memory_limit)?,
             )
             .with_context(|| format!("open {path} read-only"))?;
             // Every value in DuckDB's own text (timestamps, decimals, lists); a statement

@@ -99,9 +99,84 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// DuckDB's resources, set when the file is opened (`PGP_WAREHOUSE_URL` query
+/// parameters: `duckdb:///abs/file.duckdb?memory_limit=1GB&threads=4`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuckDbSettings {
+    /// DuckDB's buffer memory (`memory_limit`): past it, DuckDB spills to a temporary
+    /// directory beside the file. DuckDB's own default is 80 % of the machine's memory,
+    /// which it fills while loading a large table; pgp's loads stream each chunk in
+    /// once, and need far less.
+    pub memory_limit: String,
+    /// Worker threads (`threads`); `None` keeps DuckDB's default (one per core).
+    pub threads: Option<u32>,
+}
+
+impl Default for DuckDbSettings {
+    fn default() -> Self {
+        DuckDbSettings {
+            memory_limit: DEFAULT_MEMORY_LIMIT.into(),
+            threads: None,
+        }
+    }
+}
+
+/// Default of [`DuckDbSettings::memory_limit`].
+pub const DEFAULT_MEMORY_LIMIT: &str = "128MB";
+
+impl DuckDbSettings {
+    /// Settings from a URL query (`memory_limit=…&threads=…`); anything else is an
+    /// error naming it.
+    pub fn from_query(query: &str) -> Result<Self> {
+        let mut s = DuckDbSettings::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "memory_limit" if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') => {
+                    s.memory_limit = v.to_string()
+                }
+                "threads" => {
+                    s.threads = Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        Error::Config(format!("PGP_WAREHOUSE_URL: threads={v:?} is not a positive number"))
+                    })?)
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "PGP_WAREHOUSE_URL: unknown or malformed DuckDB setting {pair:?} (memory_limit=SIZE, threads=N)"
+                    )))
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    fn config(&self) -> Result<duckdb::Config> {
+        let cfg = duckdb::Config::default()
+            .max_memory(&self.memory_limit)
+            .map_err(db_err("memory_limit"))?
+            // Rows of a table have no order: DuckDB need not keep the file's.
+            .with("preserve_insertion_order", "false")
+            .map_err(db_err("preserve_insertion_order"))?;
+        match self.threads {
+            Some(n) => cfg.threads(i64::from(n)).map_err(db_err("threads")),
+            None => Ok(cfg),
+        }
+    }
+}
+
 impl DuckDb {
-    /// Open (or create) the database file; `store` is where staged objects are read.
+    /// Open (or create) the database file with default settings; `store` is where
+    /// staged objects are read.
     pub fn open(path: &Path, store: Arc<dyn ObjectStore>) -> Result<Self> {
+        Self::open_with(path, store, &DuckDbSettings::default())
+    }
+
+    /// Open (or create) the database file with `settings`.
+    pub fn open_with(
+        path: &Path,
+        store: Arc<dyn ObjectStore>,
+        settings: &DuckDbSettings,
+    ) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::warehouse(
@@ -111,7 +186,7 @@ impl DuckDb {
                 )
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| {
+        let conn = Connection::open_with_flags(path, settings.config()?).map_err(|e| {
             // Another process holding the file is the one failure that passes.
             Error::warehouse(format!("open {}", path.display()), e, ErrorKind::Busy)
         })?;
@@ -973,5 +1048,41 @@ mod tests {
             std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
         let wh = super::DuckDb::open(&dir.path().join("w.duckdb"), store.clone()).unwrap();
         crate::warehouse::conformance::run(&wh, store.as_ref()).await;
+    }
+
+    #[test]
+    fn settings_come_from_the_url_and_reach_duckdb() {
+        use super::DuckDbSettings;
+        assert_eq!(
+            DuckDbSettings::from_query("").unwrap(),
+            DuckDbSettings::default()
+        );
+        let s = DuckDbSettings::from_query("memory_limit=64MB&threads=1").unwrap();
+        assert_eq!((s.memory_limit.as_str(), s.threads), ("64MB", Some(1)));
+        for bad in ["threads=0", "threads=x", "memory_limit=1GB';", "color=red"] {
+            let e = DuckDbSettings::from_query(bad).unwrap_err().to_string();
+            assert!(e.contains("PGP_WAREHOUSE_URL"), "{bad}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn crate::storage::ObjectStore> =
+            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
+        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store, &s).unwrap();
+        let conn = wh.slot.try_lock().unwrap();
+        let got: (String, i64, bool) = conn
+            .conn
+            .query_row(
+                "SELECT current_setting('memory_limit'), current_setting('threads'), \
+                 current_setting('preserve_insertion_order')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(got.1, 1);
+        assert!(!got.2);
+        assert!(
+            got.0.starts_with("61.0 MiB") || got.0.starts_with("64.0 MB"),
+            "{}",
+            got.0
+        );
     }
 }

@@ -19,7 +19,7 @@
 
 mod duckdb;
 pub mod snowflake;
-pub use self::duckdb::DuckDb;
+pub use self::duckdb::{DuckDb, DuckDbSettings, DEFAULT_MEMORY_LIMIT};
 pub use self::snowflake::Snowflake;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -467,7 +467,9 @@ fn open_with(
     store: Arc<dyn crate::storage::ObjectStore>,
     read_only: bool,
 ) -> Result<Arc<dyn Warehouse>> {
-    if let Some(path) = url.strip_prefix("duckdb://") {
+    if let Some(rest) = url.strip_prefix("duckdb://") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let settings = DuckDbSettings::from_query(query)?;
         if !path.starts_with('/') {
             return Err(Error::Config(format!(
                 "PGP_WAREHOUSE_URL {url:?}: use duckdb:///absolute/path.duckdb"
@@ -477,7 +479,7 @@ fn open_with(
         return Ok(Arc::new(if read_only {
             DuckDb::open_read_only(path, store)?
         } else {
-            DuckDb::open(path, store)?
+            DuckDb::open_with(path, store, &settings)?
         }));
     }
     if url.starts_with("snowflake://") {
