@@ -135,11 +135,14 @@ pub const SNOWFLAKE_FILE_FORMAT: &str = "TYPE = CSV \
      TIMESTAMP_FORMAT = AUTO";
 
 /// DuckDB `read_csv` options equivalent to [`SNOWFLAKE_FILE_FORMAT`].
-pub fn duckdb_read_options(compression: Compression) -> String {
+/// `max_line` bounds a row's size: DuckDB allocates a read buffer that large (it must
+/// be at least the longest line), inside its memory limit; a longer row fails its load
+/// naming the limit, never loads altered.
+pub fn duckdb_read_options(compression: Compression, max_line: u64) -> String {
     format!(
         "delim = '\t', quote = '\"', escape = '\"', header = false, nullstr = '', \
          allow_quoted_nulls = false, auto_detect = false, \
-         max_line_size = 1073741824, compression = '{}'",
+         max_line_size = {max_line}, buffer_size = {max_line}, compression = '{}'",
         match compression {
             Compression::Gzip => "gzip",
             Compression::None => "none",

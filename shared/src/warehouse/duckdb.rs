@@ -68,6 +68,8 @@ pub struct DuckDb {
     path: PathBuf,
     slot: Arc<Mutex<Slot>>,
     store: Arc<dyn ObjectStore>,
+    /// The longest row a load reads ([`max_line`]).
+    max_line: u64,
 }
 
 impl std::fmt::Debug for DuckDb {
@@ -112,6 +114,38 @@ pub struct DuckDbSettings {
     pub threads: Option<u32>,
 }
 
+/// Bytes of a DuckDB size setting (`128MB`, `1GB`, `512MiB`, `1.5GB`), `None` when it
+/// does not parse.
+fn size_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        "TIB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+/// The longest row a load reads: an eighth of the memory limit (DuckDB holds the read
+/// buffer, a second one while it parses across a buffer's end, and the rows it builds
+/// at once: with a quarter, a 64 MB limit ran out of memory before the line-size
+/// check), at least 2 MB, at most 1 GB (PostgreSQL's own limit on a value).
+fn max_line(settings: &DuckDbSettings) -> u64 {
+    (size_bytes(&settings.memory_limit).unwrap_or(0) / 8).clamp(2_000_000, 1 << 30)
+}
+
 impl Default for DuckDbSettings {
     fn default() -> Self {
         DuckDbSettings {
@@ -132,7 +166,7 @@ impl DuckDbSettings {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
-                "memory_limit" if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') => {
+                "memory_limit" if size_bytes(v).is_some() => {
                     s.memory_limit = v.to_string()
                 }
                 "threads" => {
@@ -192,7 +226,7 @@ impl DuckDb {
         })?;
         conn.execute_batch(LEDGER)
             .map_err(db_err("create the load ledger"))?;
-        Ok(Self::with_conn(path, conn, store))
+        Ok(Self::with_conn(path, conn, store, settings))
     }
 
     /// Open an existing file read-only, or, when there is none, an empty in-memory
@@ -207,10 +241,20 @@ impl DuckDb {
             Connection::open_in_memory()
         }
         .map_err(|e| Error::warehouse(format!("open {}", path.display()), e, ErrorKind::Busy))?;
-        Ok(Self::with_conn(path, conn, store))
+        Ok(Self::with_conn(
+            path,
+            conn,
+            store,
+            &DuckDbSettings::default(),
+        ))
     }
 
-    fn with_conn(path: &Path, conn: Connection, store: Arc<dyn ObjectStore>) -> Self {
+    fn with_conn(
+        path: &Path,
+        conn: Connection,
+        store: Arc<dyn ObjectStore>,
+        settings: &DuckDbSettings,
+    ) -> Self {
         DuckDb {
             path: path.to_path_buf(),
             slot: Arc::new(Mutex::new(Slot {
@@ -218,6 +262,7 @@ impl DuckDb {
                 in_txn: false,
             })),
             store,
+            max_line: max_line(settings),
         }
     }
 
@@ -358,6 +403,7 @@ impl DuckDb {
         path: &Path,
         compression: Compression,
         load_id: &str,
+        max_line: u64,
     ) -> String {
         let fields: Vec<String> = (0..schema.columns.len()).map(|i| format!("c{i}")).collect();
         let mut targets: Vec<String> = schema.columns.iter().map(|c| c.name.quoted()).collect();
@@ -392,7 +438,7 @@ impl DuckDb {
             exprs.join(", "),
             sql_string(&path.to_string_lossy()),
             columns,
-            duckdb_read_options(compression)
+            duckdb_read_options(compression, max_line)
         )
     }
 }
@@ -709,6 +755,7 @@ impl Warehouse for DuckDb {
         Ok(Box::new(DuckTxn {
             guard,
             store: self.store.clone(),
+            max_line: self.max_line,
         }))
     }
 }
@@ -717,6 +764,7 @@ impl Warehouse for DuckDb {
 struct DuckTxn {
     guard: Option<OwnedMutexGuard<Slot>>,
     store: Arc<dyn ObjectStore>,
+    max_line: u64,
 }
 
 impl DuckTxn {
@@ -787,10 +835,37 @@ impl Transaction for DuckTxn {
                 p
             }
         };
-        let sql = DuckDb::load_sql(table, schema, run, &path, compression, load_id);
-        let e = db_err(format!("load {object} into {table}"));
+        let sql = DuckDb::load_sql(
+            table,
+            schema,
+            run,
+            &path,
+            compression,
+            load_id,
+            self.max_line,
+        );
+        let max_line = self.max_line;
+        let ctx = format!("load {object} into {table}");
         let n = self
-            .op(move |c| c.execute(&sql, []).map(|n| n as u64).map_err(e))
+            .op(move |c| {
+                c.execute(&sql, []).map(|n| n as u64).map_err(|err| {
+                    // A row longer than the read buffer shows as one of these; say what
+                    // to change.
+                    let m = err.to_string();
+                    let hint = if ["line size", "full read on this file", "Out of Memory"]
+                        .iter()
+                        .any(|s| m.contains(s))
+                    {
+                        format!(
+                            " (rows up to {max_line} bytes load within DuckDB's memory_limit; \
+                             raise it in PGP_WAREHOUSE_URL, e.g. ?memory_limit=1GB)"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    db_err(format!("{ctx}{hint}"))(err)
+                })
+            })
             .await;
         drop(download);
         n
@@ -1059,7 +1134,17 @@ mod tests {
         );
         let s = DuckDbSettings::from_query("memory_limit=64MB&threads=1").unwrap();
         assert_eq!((s.memory_limit.as_str(), s.threads), ("64MB", Some(1)));
-        for bad in ["threads=0", "threads=x", "memory_limit=1GB';", "color=red"] {
+        assert_eq!(super::size_bytes("128MB"), Some(128_000_000));
+        assert_eq!(super::size_bytes("1.5GiB"), Some(1_610_612_736));
+        assert_eq!(super::max_line(&s), 8_000_000);
+        assert_eq!(super::max_line(&DuckDbSettings::default()), 16_000_000);
+        for bad in [
+            "threads=0",
+            "threads=x",
+            "memory_limit=1GB';",
+            "memory_limit=lots",
+            "color=red",
+        ] {
             let e = DuckDbSettings::from_query(bad).unwrap_err().to_string();
             assert!(e.contains("PGP_WAREHOUSE_URL"), "{bad}: {e}");
         }

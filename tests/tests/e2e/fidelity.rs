@@ -516,3 +516,59 @@ async fn snowflake_bound_extraction_checks_json_digits_and_ends_every_record() {
         );
     }
 }
+
+/// DuckDB reads a staged row through a buffer as long as the longest row it accepts (a
+/// eighth of its memory limit, `PGP_WAREHOUSE_URL=duckdb:///f.duckdb?memory_limit=…`).
+/// A longer row fails its table with DuckDB's own error, and nothing becomes visible;
+/// with more memory the same row loads whole.
+#[tokio::test]
+async fn a_row_longer_than_the_read_buffer_fails_its_table_until_given_memory() {
+    let tables = "  long_row:
+    import_db: TEST_DB
+    export_schema: 'wide'
+    export_table: 'long_row'
+    export_table_primary_key: id
+    import_query: SELECT id, v FROM long_row
+";
+    let w = World::new(
+        "longrow",
+        "CREATE TABLE long_row (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO long_row VALUES (1, repeat('x', 20000000)), (2, 'short');",
+        tables,
+    )
+    .await;
+    let m = pgp::manifest::Manifest::from_file(&w.manifest).unwrap();
+    let run = |limit: &str| {
+        let limit = limit.to_string();
+        let (m, w) = (&m, &w);
+        async move {
+            let settings =
+                pgp::warehouse::DuckDbSettings::from_query(&format!("memory_limit={limit}"))
+                    .unwrap();
+            let mut p = w.pipeline();
+            p.warehouse = std::sync::Arc::new(
+                pgp::warehouse::DuckDb::open_with(&w.duckdb_path(), p.store.clone(), &settings)
+                    .unwrap(),
+            );
+            p.run(
+                m,
+                &w.options(LoadType::Scd, chrono::Utc::now()),
+                &pgp::run::Quiet,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = run("64MB").await;
+    match outcome(&r, "long_row") {
+        Outcome::Failed(why) => assert!(why.contains("8000000"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+    assert!(!w.duck_has_table("wide", "long_row"));
+    let r = run("256MB").await;
+    assert_eq!(outcome(&r, "long_row"), &Outcome::Swapped, "{r:#?}");
+    assert_eq!(
+        w.duck("SELECT length(v)::VARCHAR FROM wide.long_row ORDER BY id"),
+        vec![vec![Some("20000000".into())], vec![Some("5".into())]]
+    );
+}
