@@ -178,6 +178,15 @@ pub enum Error {
         loaded_rows: u64,
     },
 
+    /// The rows a load inserted differ from what PostgreSQL sent in a column's
+    /// measures ([`crate::profile`]): nothing of the table became visible.
+    #[error("table `{table}`, chunk {chunk}: the loaded rows differ from what postgres sent: {difference}")]
+    ProfileMismatch {
+        table: String,
+        chunk: String,
+        difference: String,
+    },
+
     /// A table cannot be loaded with the requested load type (e.g. no usable key).
     #[error("table `{table}`: {message}")]
     Unsupported { table: String, message: String },

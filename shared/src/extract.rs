@@ -4,10 +4,13 @@
 //! Rows are batched into ~1 MiB buffers; at most a few buffers are in flight between
 //! the PostgreSQL reader, the compressor and the object writer (bounded channels), so
 //! memory stays flat. The row count is PostgreSQL's own: one CopyData message per row.
+//! Each row also feeds the chunk's profile ([`crate::profile`]), stored with the object
+//! for the loader to compare with what the warehouse loaded.
 //! On any error the writer is aborted and no object appears.
 
 use crate::error::{Error, Result};
 use crate::format::Compression;
+use crate::profile::{disabled_for_bench, Profile, Profiler};
 use crate::source::{ChunkQuery, Source};
 use crate::storage::{Metadata, ObjectInfo, ObjectKey, ObjectStore};
 use bytes::{Bytes, BytesMut};
@@ -132,11 +135,16 @@ pub async fn extract_chunk(
     let read_loop = async move {
         let mut stream = src.copy_chunk(chunk).await?;
         let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut profiler =
+            (!disabled_for_bench()).then(|| Profiler::new(chunk.columns, chunk.record_end));
         let mut batch = BytesMut::with_capacity(BATCH + 64 * 1024);
         while let Some(item) = stream.next().await {
             let row = item?;
             rows += 1;
             bytes += row.len() as u64;
+            if let Some(p) = profiler.as_mut() {
+                p.add_record(&row);
+            }
             batch.extend_from_slice(&row);
             if batch.len() >= BATCH {
                 raw_tx.send(batch.split().freeze()).await.map_err(|_| {
@@ -160,7 +168,7 @@ pub async fn extract_chunk(
         }
         drop(raw_tx);
         progress(rows, bytes);
-        Ok::<(u64, u64), Error>((rows, bytes))
+        Ok::<(u64, u64, Option<Profile>), Error>((rows, bytes, profiler.and_then(Profiler::finish)))
     };
 
     let (read, (writer, written)) = tokio::join!(read_loop, write_loop);
@@ -180,15 +188,21 @@ pub async fn extract_chunk(
         (Err(e), _, _) => Err(e),
         (_, Err(e), _) => Err(e),
         (_, _, Err(e)) => Err(e),
-        (Ok((rows, bytes)), Ok(object_bytes), Ok(())) => Ok(Extracted {
-            rows,
-            bytes,
-            object_bytes,
-        }),
+        (Ok((rows, bytes, profile)), Ok(object_bytes), Ok(())) => Ok((
+            Extracted {
+                rows,
+                bytes,
+                object_bytes,
+            },
+            profile,
+        )),
     };
     match result {
-        Ok(x) => {
+        Ok((x, profile)) => {
             metadata.insert("rows".into(), x.rows.to_string());
+            if let Some(p) = profile {
+                metadata.insert(crate::profile::METADATA_KEY.into(), p.encode());
+            }
             let info = writer.finish(metadata).await?;
             Ok((x, info))
         }

@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod ops;
 pub mod params;
 pub mod plan;
+pub mod profile;
 pub mod protocol;
 pub mod query;
 pub mod queue;

@@ -2,10 +2,11 @@
 //! when its ledger is complete.
 //!
 //! Per event, whatever the run's size: one read of the run header, and a fixed number
-//! of statements (begin; is the chunk loaded; COPY; ledger row; commit; for a swap,
-//! the chunk's build ([`super::build`]); begin; ledger summary; rollback). The COPY,
-//! the count check and the ledger row commit together or not at all: a count that
-//! differs rolls the rows back before anything else sees them.
+//! of statements (begin; is the chunk loaded; COPY; profile; ledger row; commit; for a
+//! swap, the chunk's build ([`super::build`]); begin; ledger summary; rollback). The
+//! COPY, the count and profile checks and the ledger row commit together or not at
+//! all: a count or a column measure ([`crate::profile`]) that differs from what the
+//! extractor sent rolls the rows back before anything else sees them.
 //! Two loaders handling one object both commit (nothing can stop them in Snowflake);
 //! each stamps its rows with its own load id, and the publish takes one of them.
 
@@ -96,6 +97,24 @@ pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> 
                     })
                 }
             });
+            // The loaded rows' profile against the extractor's, in the same
+            // transaction: a difference rolls the rows back with the count's.
+            let checked = match (checked, &c.profile) {
+                (Ok(n), Some(sent)) if n > 0 => {
+                    match txn.profile(&h.load_table, &h.schema, &load_id).await {
+                        Ok(loaded) => match sent.difference(&loaded, &h.schema.columns) {
+                            None => Ok(n),
+                            Some(d) => Err(Error::ProfileMismatch {
+                                table: h.table.clone(),
+                                chunk: format!("{} ({})", c.chunk, c.key),
+                                difference: d.to_string(),
+                            }),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                (checked, _) => checked,
+            };
             let n = match checked {
                 Ok(n) => n,
                 Err(e) => {

@@ -287,6 +287,10 @@ pub struct ChunkObject {
     /// Set on the object an extractor leaves when the chunk cannot be extracted at all
     /// (a permanent error): the loader ends the run with this reason.
     pub failed: Option<String>,
+    /// What the extractor measured of the chunk's columns ([`crate::profile`]);
+    /// `None` for an object without one (written by an earlier pgp, or whose records
+    /// the extractor could not read as CSV): its chunk is checked by count only.
+    pub profile: Option<crate::profile::Profile>,
 }
 
 impl ChunkObject {
@@ -319,6 +323,8 @@ impl ChunkObject {
             run_id,
             table,
             failed,
+            profile: md(crate::profile::METADATA_KEY)
+                .and_then(|p| crate::profile::Profile::decode(&p)),
         }))
     }
 }

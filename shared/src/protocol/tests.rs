@@ -208,6 +208,14 @@ impl crate::warehouse::Transaction for SlipTxn {
             .copy_into(table, schema, run, object, compression, load_id)
             .await
     }
+    async fn profile(
+        &mut self,
+        table: &crate::ident::TableName,
+        schema: &crate::warehouse::TableSchema,
+        load_id: &str,
+    ) -> crate::Result<crate::profile::Profile> {
+        self.inner.profile(table, schema, load_id).await
+    }
     async fn columns(
         &mut self,
         t: &crate::ident::TableName,

@@ -19,6 +19,7 @@ use super::store::SimStore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
 use crate::ident::TableName;
+use crate::profile::{Profile, Profiler};
 use crate::storage::ObjectKey;
 use crate::types::ColumnType;
 use crate::warehouse::{
@@ -897,6 +898,62 @@ impl Transaction for SimTxn {
         drop(st);
         self.ops.push(Op::Insert { table: id, rows });
         Ok(n)
+    }
+
+    async fn profile(
+        &mut self,
+        table: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<Profile> {
+        if self
+            .stmt(&format!("profile {load_id} {table}"))
+            .await
+            .is_some()
+        {
+            return Err(transient());
+        }
+        let st = self.wh.state.lock().unwrap();
+        let t = st
+            .tables
+            .get(&name(table))
+            .ok_or_else(|| permanent(format!("{table} does not exist")))?;
+        let pos = |n: &str| t.columns.iter().position(|(c, _)| c == n);
+        let idx: Vec<usize> = schema
+            .columns
+            .iter()
+            .map(|c| {
+                let n = c.name.as_str().to_lowercase();
+                pos(&n).ok_or_else(|| permanent(format!("{table} has no column {n}")))
+            })
+            .collect::<Result<_>>()?;
+        let stamp = pos(LOAD_ID).ok_or_else(|| permanent(format!("{table} is not stamped")))?;
+        // The committed rows of the load and this transaction's own, as a statement in
+        // it sees them.
+        let committed = t
+            .stamped
+            .get(load_id)
+            .into_iter()
+            .flatten()
+            .map(|&i| &t.rows[i]);
+        let own = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Insert { table, rows } if *table == t.id => Some(rows.iter()),
+                _ => None,
+            })
+            .flatten();
+        let mut p = Profiler::new(&schema.columns, false);
+        for r in committed
+            .chain(own)
+            .filter(|r| r[stamp].as_deref() == Some(load_id))
+        {
+            for (i, &k) in idx.iter().enumerate() {
+                p.add_value(i, r[k].as_deref());
+            }
+        }
+        Ok(p.finish().unwrap_or_default())
     }
 
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {

@@ -10,12 +10,14 @@
 //! connection, and the next user rolls it back before anything else.
 
 use super::{
-    ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
-    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    profile_select, ActualColumn, ChosenLoad, Dialect, LedgerSummary, LoadRecord, RunMeta,
+    RunRecord, RunState, RunStatus, RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID,
+    TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
 use crate::ident::TableName;
+use crate::profile::{Measure, Profile};
 use crate::storage::{ObjectKey, ObjectStore};
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
@@ -869,6 +871,47 @@ impl Transaction for DuckTxn {
             .await;
         drop(download);
         n
+    }
+
+    async fn profile(
+        &mut self,
+        table: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<Profile> {
+        let measures = crate::profile::measures(&schema.columns);
+        let cols: Vec<(String, Measure)> = schema
+            .columns
+            .iter()
+            .map(|c| c.name.quoted())
+            .zip(measures.iter().copied())
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE \"{LOAD_ID}\" = ?",
+            profile_select(&cols, Dialect::DuckDb),
+            table.quoted()
+        );
+        let id = load_id.to_string();
+        let ctx = format!("profile the load {load_id} in {table}");
+        let n = cols.len() * 2;
+        let e = db_err(ctx.clone());
+        let values = self
+            .op(move |c| {
+                c.query_row(&sql, params![id], |r| {
+                    (0..n)
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect::<duckdb::Result<Vec<_>>>()
+                })
+                .map_err(e)
+            })
+            .await?;
+        crate::profile::from_aggregates(&measures, &values).ok_or_else(|| {
+            Error::warehouse(
+                ctx,
+                format!("unreadable aggregates {values:?}"),
+                ErrorKind::Permanent,
+            )
+        })
     }
 
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {

@@ -28,6 +28,7 @@ pub mod conformance;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
 use crate::ident::TableName;
+use crate::profile::{Measure, Profile};
 use crate::storage::ObjectKey;
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
@@ -333,6 +334,15 @@ pub trait Transaction: Send {
         compression: Compression,
         load_id: &str,
     ) -> Result<u64>;
+    /// The profile ([`crate::profile`]) of the rows that one load attempt stamped
+    /// `load_id` in `table`: per column of `schema`, its NULL count and its measure,
+    /// computed by the warehouse (one aggregate statement, one row back).
+    async fn profile(
+        &mut self,
+        table: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<Profile>;
     /// The columns of a table (as [`Warehouse::columns`], inside the transaction).
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// The marker of a table (as [`Warehouse::marker`], inside the transaction).
@@ -508,4 +518,53 @@ pub fn redact(url: &str) -> String {
         }
         Err(_) => "<unparsable warehouse url>".into(),
     }
+}
+
+/// The SQL dialect of a profile query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    DuckDb,
+    Snowflake,
+}
+
+/// The select list of a profile query over `columns` (already quoted for the dialect):
+/// per column its NULL count and its measure's aggregate, each as text, in the order
+/// [`crate::profile::from_aggregates`] reads them (a schema has at least one column).
+/// The functions, by dialect:
+/// - characters: DuckDB `length` counts code points (`strlen` would count bytes);
+///   Snowflake `LENGTH` counts UTF-8 characters as one
+///   (<https://docs.snowflake.com/en/sql-reference/functions/length>);
+/// - bytes of binary values: DuckDB `octet_length`; Snowflake `LENGTH` of a BINARY is
+///   its bytes (same page);
+/// - true values: `count_if` / `COUNT_IF`;
+/// - sums: `sum` of the column as loaded (HUGEINT or DECIMAL(38,s) in DuckDB,
+///   NUMBER(38,s) in Snowflake), read back at the column's scale. In Snowflake every
+///   summed value is cast to NUMBER(38,s) first: a no-op widening there (SUM of NUMBER
+///   is NUMBER(38,s) anyway), and it keeps the emulator (fakesnow), which wraps a bare
+///   numeric aggregate's argument in `TRY_CAST(… AS DOUBLE)`, exact.
+pub fn profile_select(columns: &[(String, Measure)], dialect: Dialect) -> String {
+    let text = match dialect {
+        Dialect::DuckDb => "VARCHAR",
+        Dialect::Snowflake => "TEXT",
+    };
+    let mut items = Vec::with_capacity(2 * columns.len());
+    for (c, m) in columns {
+        items.push(format!("CAST(count(*) - count({c}) AS {text})"));
+        let agg = match (m, dialect) {
+            (Measure::Nulls, _) => "NULL".to_string(),
+            (Measure::Chars, Dialect::DuckDb) => format!("sum(length({c}))"),
+            (Measure::Octets, Dialect::DuckDb) => format!("sum(octet_length({c}))"),
+            (Measure::Sum | Measure::Unscaled(_), Dialect::DuckDb) => format!("sum({c})"),
+            (Measure::Chars | Measure::Octets, Dialect::Snowflake) => {
+                format!("sum(CAST(length({c}) AS NUMBER(38,0)))")
+            }
+            (Measure::Sum, Dialect::Snowflake) => format!("sum(CAST({c} AS NUMBER(38,0)))"),
+            (Measure::Unscaled(s), Dialect::Snowflake) => {
+                format!("sum(CAST({c} AS NUMBER(38,{s})))")
+            }
+            (Measure::Trues, _) => format!("count_if({c})"),
+        };
+        items.push(format!("CAST({agg} AS {text})"));
+    }
+    items.join(", ")
 }

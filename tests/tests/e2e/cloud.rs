@@ -664,6 +664,11 @@ async fn the_services_load_into_snowflake() {
         ]]
     );
 
+    // fakesnow loads a quoted empty field as NULL, which the loader's profile check
+    // refuses (snowflake::the_emulators_empty_string_gap_is_refused_by_the_profile_check);
+    // the DuckDB runs above carry the empty string.
+    s.db.exec("UPDATE items SET txt = 'was empty' WHERE txt = ''")
+        .await;
     s.request(
         serde_json::json!({"manifest": "manifest.yaml", "load_type": "scd",
         "tables": ["items"], "run_id": "sf-items-1"}),
@@ -680,10 +685,9 @@ async fn the_services_load_into_snowflake() {
     let pg = s.pg(ITEMS_PG).await;
     assert_eq!(sf.len(), pg.len());
     for (sf, pg) in sf.iter().zip(&pg) {
-        // fakesnow reads a quoted empty field as NULL and a NULL timestamp as epoch 0
-        // (Snowflake keeps '' with EMPTY_FIELD_AS_NULL + FIELD_OPTIONALLY_ENCLOSED_BY):
-        // the emulator cannot prove those two, the DuckDB runs above do.
-        let fakesnow_gap = pg[1].as_deref() == Some("") || pg[3].is_none();
+        // fakesnow reads a NULL timestamp as epoch 0 in DATE_PART: the emulator
+        // cannot prove that one, the DuckDB runs above do.
+        let fakesnow_gap = pg[3].is_none();
         if !fakesnow_gap {
             assert_eq!(sf, pg);
         } else {

@@ -16,3 +16,4 @@ mod load_types;
 mod snowflake;
 mod tls;
 mod type_matrix;
+mod validation;

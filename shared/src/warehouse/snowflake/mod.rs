@@ -43,13 +43,14 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
-    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, RECORD_END, TASK_INSTANCE,
-    UPLOADED_AT,
+    profile_select, ActualColumn, ChosenLoad, Dialect, LedgerSummary, LoadRecord, RunMeta,
+    RunRecord, RunState, RunStatus, RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID,
+    RECORD_END, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
 use crate::ident::TableName;
+use crate::profile::{Measure, Profile};
 use crate::storage::ObjectKey;
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
@@ -387,6 +388,27 @@ fn insert_stamped_sql(
         to = full(cfg, to),
         from = full(cfg, from),
         stamp = q(LOAD_ID),
+    )
+}
+
+/// The profile query of one load attempt's rows (see [`super::profile_select`]).
+fn profile_sql(
+    cfg: &SnowflakeConfig,
+    table: &TableName,
+    schema: &TableSchema,
+    load_id: &str,
+) -> String {
+    let cols: Vec<(String, Measure)> = schema
+        .columns
+        .iter()
+        .map(|c| (q(c.name.as_str()), Measure::of(&c.ty)))
+        .collect();
+    format!(
+        "SELECT {} FROM {} WHERE {} = {}",
+        profile_select(&cols, Dialect::Snowflake),
+        full(cfg, table),
+        q(LOAD_ID),
+        lit(load_id)
     )
 }
 
@@ -1032,6 +1054,25 @@ impl Transaction for SfTxn {
         }
     }
 
+    async fn profile(
+        &mut self,
+        table: &TableName,
+        schema: &TableSchema,
+        load_id: &str,
+    ) -> Result<Profile> {
+        let measures = crate::profile::measures(&schema.columns);
+        let sql = profile_sql(&self.cfg, table, schema, load_id);
+        let r = self.q(&sql).await?;
+        let values = r.rows.first().cloned().unwrap_or_default();
+        crate::profile::from_aggregates(&measures, &values).ok_or_else(|| {
+            Error::warehouse(
+                format!("profile the load {load_id} in {table}"),
+                format!("unreadable aggregates {values:?}"),
+                ErrorKind::Permanent,
+            )
+        })
+    }
+
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
         let sql = columns_sql(&self.cfg, table);
         Ok(actual_columns(&self.q(&sql).await?))
@@ -1263,6 +1304,54 @@ mod tests {
         .unwrap();
         assert!(wh.record_end_marker());
         assert_eq!(wh.json_number_digits(), Some(38));
+    }
+
+    #[test]
+    fn profile_sql_measures_each_column_by_its_type() {
+        let schema = TableSchema {
+            columns: vec![
+                col("id", ColumnType::BigInt),
+                col("name", ColumnType::Text),
+                col("ok", ColumnType::Boolean),
+                col(
+                    "amount",
+                    ColumnType::Decimal {
+                        precision: 12,
+                        scale: 2,
+                    },
+                ),
+                col("raw", ColumnType::Bytes),
+                col("props", ColumnType::Json),
+            ],
+            task_instance: false,
+        };
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
+            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg =
+            config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW", &env, "gs://b").unwrap();
+        let t = TableName::new(
+            crate::ident::Ident::parse("schema", "gitlab_com").unwrap(),
+            crate::ident::Ident::parse("table", "users_pgp_load_r1").unwrap(),
+        );
+        assert_eq!(
+            profile_sql(&cfg, &t, &schema, "l'1"),
+            "SELECT CAST(count(*) - count(\"ID\") AS TEXT), \
+             CAST(sum(CAST(\"ID\" AS NUMBER(38,0))) AS TEXT), \
+             CAST(count(*) - count(\"NAME\") AS TEXT), \
+             CAST(sum(CAST(length(\"NAME\") AS NUMBER(38,0))) AS TEXT), \
+             CAST(count(*) - count(\"OK\") AS TEXT), CAST(count_if(\"OK\") AS TEXT), \
+             CAST(count(*) - count(\"AMOUNT\") AS TEXT), \
+             CAST(sum(CAST(\"AMOUNT\" AS NUMBER(38,2))) AS TEXT), \
+             CAST(count(*) - count(\"RAW\") AS TEXT), \
+             CAST(sum(CAST(length(\"RAW\") AS NUMBER(38,0))) AS TEXT), \
+             CAST(count(*) - count(\"PROPS\") AS TEXT), CAST(NULL AS TEXT) \
+             FROM \"RAW\".\"GITLAB_COM\".\"USERS_PGP_LOAD_R1\" WHERE \"_PGP_LOAD\" = 'l''1'"
+        );
     }
 
     #[test]
