@@ -191,9 +191,11 @@ pub struct Profile {
 /// The metadata key of an object's profile.
 pub const METADATA_KEY: &str = "profile";
 
-/// The most bytes an encoded profile takes: GCS allows 8 KiB of custom metadata per
-/// object in all, and the chunk's other keys take a few hundred bytes. Columns past
-/// the limit are not profiled.
+/// The most bytes an encoded profile takes: GCS allows 4 KiB per custom metadata
+/// value and 8 KiB of custom metadata per object in all
+/// (`MAX_CUSTOM_METADATA_FIELD_VALUE_BYTES`, `MAX_CUSTOM_METADATA_TOTAL_SIZE_BYTES` in
+/// <https://cloud.google.com/storage/docs/reference/rpc/google.storage.v1>); the chunk's
+/// other keys take a few hundred bytes. Columns past the limit are not profiled.
 pub const MAX_ENCODED: usize = 4096;
 
 impl Profile {
@@ -412,8 +414,23 @@ pub fn measures(columns: &[Column]) -> Vec<Measure> {
 }
 
 /// A warehouse's profile query result (per column: the NULL count, then the measure's
-/// aggregate, both as text) read into a profile.
-pub fn from_aggregates(measures: &[Measure], values: &[Option<String>]) -> Option<Profile> {
+/// aggregate, both as text) read into a profile; a result it cannot read fails as a
+/// permanent warehouse error of `context`.
+pub fn from_aggregates(
+    measures: &[Measure],
+    values: &[Option<String>],
+    context: &str,
+) -> crate::error::Result<Profile> {
+    read_aggregates(measures, values).ok_or_else(|| {
+        crate::error::Error::warehouse(
+            context,
+            format!("unreadable aggregates {values:?}"),
+            crate::error::ErrorKind::Permanent,
+        )
+    })
+}
+
+fn read_aggregates(measures: &[Measure], values: &[Option<String>]) -> Option<Profile> {
     if values.len() != 2 * measures.len() {
         return None;
     }
@@ -437,15 +454,7 @@ pub fn from_aggregates(measures: &[Measure], values: &[Option<String>]) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ident::Ident;
-
-    fn col(name: &str, ty: ColumnType) -> Column {
-        Column {
-            name: Ident::parse("column", name).unwrap(),
-            ty,
-            pg_type: String::new(),
-        }
-    }
+    use crate::warehouse::conformance::col;
 
     fn cols() -> Vec<Column> {
         vec![
@@ -604,7 +613,7 @@ mod tests {
         .iter()
         .map(|s| s.map(String::from))
         .collect();
-        let p = from_aggregates(&m, &v).unwrap();
+        let p = from_aggregates(&m, &v, "test").unwrap();
         assert_eq!(
             p.columns[1],
             ColumnProfile {
@@ -620,6 +629,9 @@ mod tests {
                 value: None
             }
         );
-        assert_eq!(from_aggregates(&m, &v[..3]), None);
+        assert!(from_aggregates(&m, &v[..3], "test")
+            .unwrap_err()
+            .to_string()
+            .contains("unreadable aggregates"));
     }
 }

@@ -905,13 +905,7 @@ impl Transaction for DuckTxn {
                 .map_err(e)
             })
             .await?;
-        crate::profile::from_aggregates(&measures, &values).ok_or_else(|| {
-            Error::warehouse(
-                ctx,
-                format!("unreadable aggregates {values:?}"),
-                ErrorKind::Permanent,
-            )
-        })
+        crate::profile::from_aggregates(&measures, &values, &ctx)
     }
 
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {

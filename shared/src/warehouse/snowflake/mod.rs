@@ -1064,13 +1064,11 @@ impl Transaction for SfTxn {
         let sql = profile_sql(&self.cfg, table, schema, load_id);
         let r = self.q(&sql).await?;
         let values = r.rows.first().cloned().unwrap_or_default();
-        crate::profile::from_aggregates(&measures, &values).ok_or_else(|| {
-            Error::warehouse(
-                format!("profile the load {load_id} in {table}"),
-                format!("unreadable aggregates {values:?}"),
-                ErrorKind::Permanent,
-            )
-        })
+        crate::profile::from_aggregates(
+            &measures,
+            &values,
+            &format!("profile the load {load_id} in {table}"),
+        )
     }
 
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {
@@ -1267,6 +1265,18 @@ mod tests {
     use super::*;
     use crate::warehouse::conformance::col;
 
+    /// A configuration with a password and a storage integration, for SQL rendering.
+    fn test_config() -> config::SnowflakeConfig {
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
+            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW", &env, "gs://b").unwrap()
+    }
+
     #[test]
     fn load_tables_end_with_a_not_null_record_end_column() {
         let schema = TableSchema {
@@ -1291,17 +1301,7 @@ mod tests {
             ["\"ID\" NUMBER(38,0)", "\"_UPLOADED_AT\" TIMESTAMP_TZ"],
             "targets have no pgp-internal columns"
         );
-        let env: std::collections::BTreeMap<String, String> = [
-            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
-            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let wh = Snowflake::new(
-            config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW", &env, "gs://b").unwrap(),
-        )
-        .unwrap();
+        let wh = Snowflake::new(test_config()).unwrap();
         assert!(wh.record_end_marker());
         assert_eq!(wh.json_number_digits(), Some(38));
     }
@@ -1325,15 +1325,7 @@ mod tests {
             ],
             task_instance: false,
         };
-        let env: std::collections::BTreeMap<String, String> = [
-            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
-            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let cfg =
-            config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW", &env, "gs://b").unwrap();
+        let cfg = test_config();
         let t = TableName::new(
             crate::ident::Ident::parse("schema", "gitlab_com").unwrap(),
             crate::ident::Ident::parse("table", "users_pgp_load_r1").unwrap(),
