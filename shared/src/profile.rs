@@ -408,20 +408,16 @@ pub fn disabled_for_bench() -> bool {
     *OFF.get_or_init(|| std::env::var("PGP_BENCH_NO_PROFILE").as_deref() == Ok("1"))
 }
 
-/// The measures of a table's columns.
-pub fn measures(columns: &[Column]) -> Vec<Measure> {
-    columns.iter().map(|c| Measure::of(&c.ty)).collect()
-}
-
 /// A warehouse's profile query result (per column: the NULL count, then the measure's
 /// aggregate, both as text) read into a profile; a result it cannot read fails as a
 /// permanent warehouse error of `context`.
 pub fn from_aggregates(
-    measures: &[Measure],
+    columns: &[Column],
     values: &[Option<String>],
     context: &str,
 ) -> crate::error::Result<Profile> {
-    read_aggregates(measures, values).ok_or_else(|| {
+    let measures: Vec<Measure> = columns.iter().map(|c| Measure::of(&c.ty)).collect();
+    read_aggregates(&measures, values).ok_or_else(|| {
         crate::error::Error::warehouse(
             context,
             format!("unreadable aggregates {values:?}"),
@@ -595,7 +591,7 @@ mod tests {
 
     #[test]
     fn warehouse_aggregates_read_back_at_the_columns_scale() {
-        let m = measures(&cols());
+        let m = cols();
         let v: Vec<Option<String>> = [
             Some("1"),
             Some("3"),

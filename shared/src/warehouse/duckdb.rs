@@ -17,7 +17,7 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
 use crate::ident::TableName;
-use crate::profile::{Measure, Profile};
+use crate::profile::Profile;
 use crate::storage::{ObjectKey, ObjectStore};
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
@@ -879,21 +879,14 @@ impl Transaction for DuckTxn {
         schema: &TableSchema,
         load_id: &str,
     ) -> Result<Profile> {
-        let measures = crate::profile::measures(&schema.columns);
-        let cols: Vec<(String, Measure)> = schema
-            .columns
-            .iter()
-            .map(|c| c.name.quoted())
-            .zip(measures.iter().copied())
-            .collect();
         let sql = format!(
             "SELECT {} FROM {} WHERE \"{LOAD_ID}\" = ?",
-            profile_select(&cols, Dialect::DuckDb),
+            profile_select(&schema.columns, |c| c.name.quoted(), Dialect::DuckDb),
             table.quoted()
         );
         let id = load_id.to_string();
         let ctx = format!("profile the load {load_id} in {table}");
-        let n = cols.len() * 2;
+        let n = schema.columns.len() * 2;
         let e = db_err(ctx.clone());
         let values = self
             .op(move |c| {
@@ -905,7 +898,7 @@ impl Transaction for DuckTxn {
                 .map_err(e)
             })
             .await?;
-        crate::profile::from_aggregates(&measures, &values, &ctx)
+        crate::profile::from_aggregates(&schema.columns, &values, &ctx)
     }
 
     async fn columns(&mut self, table: &TableName) -> Result<Option<Vec<ActualColumn>>> {

@@ -542,13 +542,20 @@ pub enum Dialect {
 ///   summed value is cast to NUMBER(38,s) first: a no-op widening there (SUM of NUMBER
 ///   is NUMBER(38,s) anyway), and it keeps the emulator (fakesnow), which wraps a bare
 ///   numeric aggregate's argument in `TRY_CAST(… AS DOUBLE)`, exact.
-pub fn profile_select(columns: &[(String, Measure)], dialect: Dialect) -> String {
+///
+/// `quote` names a column in the dialect.
+pub fn profile_select(
+    columns: &[Column],
+    quote: impl Fn(&Column) -> String,
+    dialect: Dialect,
+) -> String {
     let text = match dialect {
         Dialect::DuckDb => "VARCHAR",
         Dialect::Snowflake => "TEXT",
     };
     let mut items = Vec::with_capacity(2 * columns.len());
-    for (c, m) in columns {
+    for col in columns {
+        let (c, m) = (quote(col), Measure::of(&col.ty));
         items.push(format!("CAST(count(*) - count({c}) AS {text})"));
         let agg = match (m, dialect) {
             (Measure::Nulls, _) => "NULL".to_string(),

@@ -50,7 +50,7 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
 use crate::ident::TableName;
-use crate::profile::{Measure, Profile};
+use crate::profile::Profile;
 use crate::storage::ObjectKey;
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
@@ -398,14 +398,9 @@ fn profile_sql(
     schema: &TableSchema,
     load_id: &str,
 ) -> String {
-    let cols: Vec<(String, Measure)> = schema
-        .columns
-        .iter()
-        .map(|c| (q(c.name.as_str()), Measure::of(&c.ty)))
-        .collect();
     format!(
         "SELECT {} FROM {} WHERE {} = {}",
-        profile_select(&cols, Dialect::Snowflake),
+        profile_select(&schema.columns, |c| q(c.name.as_str()), Dialect::Snowflake),
         full(cfg, table),
         q(LOAD_ID),
         lit(load_id)
@@ -1060,12 +1055,11 @@ impl Transaction for SfTxn {
         schema: &TableSchema,
         load_id: &str,
     ) -> Result<Profile> {
-        let measures = crate::profile::measures(&schema.columns);
         let sql = profile_sql(&self.cfg, table, schema, load_id);
         let r = self.q(&sql).await?;
         let values = r.rows.first().cloned().unwrap_or_default();
         crate::profile::from_aggregates(
-            &measures,
+            &schema.columns,
             &values,
             &format!("profile the load {load_id} in {table}"),
         )
