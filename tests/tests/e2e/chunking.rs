@@ -340,8 +340,16 @@ async fn a_large_table_is_split_from_a_sample() {
         );
         assert_eq!(sizes.iter().sum::<i64>(), 1_200_000, "{}", p.table);
         assert!((10..=14).contains(&sizes.len()), "{}: {sizes:?}", p.table);
+        // A page sample (TABLESAMPLE SYSTEM) draws whole pages: on `big_v`, whose key
+        // follows the physical order, a 100,000-row range spans ~540 pages of which
+        // ~90 are drawn (a 200,000-row sample of 1,200,000), so its size varies by
+        // ~1/sqrt(90), about 10 % per range; 40 % is four of those. Row samples draw
+        // rows and are held to 25 %.
+        let tolerance = if p.table == "big_v" { 40_000 } else { 25_000 };
         assert!(
-            sizes.iter().all(|n| (75_000..=125_000).contains(n)),
+            sizes
+                .iter()
+                .all(|n| (100_000 - tolerance..=100_000 + tolerance).contains(n)),
             "{}: ranges far from 100,000 rows: {sizes:?}",
             p.table
         );
