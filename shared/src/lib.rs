@@ -12,7 +12,8 @@
 //!   only orchestration there is. The Cloud Run services run them one event at a time;
 //!   [`run`] runs them through an in-process queue for one machine (`pgp tap`);
 //!   [`sim`] runs them in a deterministic simulation with injected faults that checks
-//!   the protocol's guarantees ([`clock`] and [`queue`] are what it injects).
+//!   the protocol's guarantees ([`clock`] and [`queue`] are what it injects);
+//! - [`verify`] compares a published target with its source afterwards (`pgp verify`).
 
 pub mod clock;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod sim;
 pub mod source;
 pub mod storage;
 pub mod types;
+pub mod verify;
 pub mod warehouse;
 
 pub use error::{Error, Result};

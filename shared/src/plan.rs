@@ -304,7 +304,7 @@ async fn chunk(
 
 /// The query text with every non-window placeholder resolved, and the full-table
 /// query derived for incremental tables.
-fn full_query(spec: &TableSpec, kind: Kind, resolver: &Resolver) -> Result<String> {
+pub(crate) fn full_query(spec: &TableSpec, kind: Kind, resolver: &Resolver) -> Result<String> {
     let text = query::with_filtering(&spec.import_query, spec.additional_filtering.as_deref());
     let keep = |n: &str| WINDOW_RELATED.contains(&n);
     let resolved = resolver.resolve(&spec.name, &text, &keep)?;

@@ -74,6 +74,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Compare published targets with their source now, range by range over the key:
+    /// counts and per-column measures computed on both sides, narrowed down to the
+    /// differing keys. An SCD target is compared by its latest snapshot, an incremental
+    /// one by the latest version of each key. Exit 0: every target equals its source;
+    /// 1: some target differs; 2: some table could not be compared.
+    Verify {
+        /// The manifest (GitLab's postgres_pipeline format).
+        manifest: PathBuf,
+        /// Only this manifest table (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// A placeholder value, NAME=VALUE (repeatable).
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// A differing range with at most this many source rows is compared key by key.
+        #[arg(long, default_value_t = 256)]
+        leaf_rows: u64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Query what was loaded: one read-only SQL statement against the embedded DuckDB
     /// warehouse, printed as tab-separated text with a header (NULL prints as NULL).
     /// (A Snowflake warehouse is queried with Snowflake's own tools.)
@@ -345,6 +365,42 @@ async fn main_inner(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Verify {
+            manifest,
+            tables,
+            vars,
+            leaf_rows,
+            format,
+        } => {
+            let manifest = load_manifest(&manifest)?;
+            let params = RunParams {
+                vars: vars.into_iter().collect(),
+                ..RunParams::default()
+            }
+            .with_env_fallback(&ProcessEnv)?;
+            let opts = pgp::verify::VerifyOptions {
+                tables,
+                params,
+                leaf_rows: leaf_rows.max(1),
+                ..Default::default()
+            };
+            let p = pipeline(true).await?;
+            let connector = pgp::source::PgConnector { env: p.env.clone() };
+            let results = pgp::verify::verify(
+                &manifest,
+                &opts,
+                &connector,
+                p.env.as_ref(),
+                p.warehouse.as_ref(),
+            )
+            .await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                print_verification(&results);
+            }
+            Ok(pgp::verify::exit_code(&results))
+        }
         Command::Runs { since, format } => {
             let p = pipeline(true).await?;
             let runs = pgp::ops::runs(p.store.as_ref(), p.warehouse.as_ref(), since).await?;
@@ -460,6 +516,62 @@ async fn tap(
         print_summary(&report);
     }
     Ok(if report.failures() > 0 { 1 } else { 0 })
+}
+
+fn print_verification(results: &[pgp::verify::TableVerification]) {
+    use pgp::verify::Verdict;
+    for t in results {
+        let verdict = match t.verdict {
+            Verdict::Equal => "equal",
+            Verdict::Differs => "DIFFERS",
+            Verdict::Failed => "NOT COMPARED",
+        };
+        println!(
+            "{} ({}, {}): {verdict}; source {} rows, target {} rows; {} + {} statements, {:.1} s",
+            t.table,
+            t.target,
+            t.kind,
+            t.source_rows,
+            t.target_rows,
+            t.source_statements,
+            t.target_statements,
+            t.seconds
+        );
+        for note in [&t.reason, &t.key_note].into_iter().flatten() {
+            println!("  {note}");
+        }
+        if !t.unmeasured.is_empty() && t.verdict != Verdict::Failed {
+            println!("  compared by NULL count only: {}", t.unmeasured.join(", "));
+        }
+        for r in &t.ranges {
+            println!(
+                "  range {}: source {} rows, target {} rows{}",
+                r.range,
+                r.source_rows,
+                r.target_rows,
+                if r.columns.is_empty() {
+                    String::new()
+                } else {
+                    format!("; columns differ: {}", r.columns.join(", "))
+                }
+            );
+            if r.by_key {
+                for (what, keys) in [("missing", &r.missing), ("extra", &r.extra)] {
+                    if !keys.is_empty() {
+                        println!("    {what} keys: {}", keys.join(", "));
+                    }
+                }
+                for c in &r.changed {
+                    println!("    changed key {}: {}", c.key, c.columns.join(", "));
+                }
+            }
+            println!("    source: {}", r.source_sql.replace('\n', " "));
+            println!("    target: {}", r.target_sql.replace('\n', " "));
+        }
+        if t.truncated {
+            println!("  (more differs than shown: the comparison stopped at its budget)");
+        }
+    }
 }
 
 fn print_summary(r: &RunReport) {

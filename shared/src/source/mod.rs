@@ -71,6 +71,10 @@ pub trait Source: Send + Sync {
     fn shares_snapshot(&self) -> bool {
         false
     }
+    /// This source as a side of `pgp verify`, when it can be one (PostgreSQL).
+    fn reader(&self) -> Option<&dyn crate::verify::Reader> {
+        None
+    }
     /// The result columns of `query` (prepared, not run).
     async fn describe(&self, table: &str, query: &str) -> Result<Vec<Column>>;
     /// Where to cut the query's rows into ranges of `key` holding about

@@ -187,10 +187,41 @@ pub const EXACT_SPLIT_ROWS: u64 = 1_000_000;
 /// Above it, about this many sampled keys are sorted to find the splits.
 pub const SPLIT_SAMPLE_ROWS: u64 = 200_000;
 
+/// The source's side of `pgp verify`: statements run as simple queries, whose cells
+/// PostgreSQL sends as text (under the session settings above).
+#[async_trait]
+impl crate::verify::Reader for PgSource {
+    fn dialect(&self) -> crate::warehouse::Dialect {
+        crate::warehouse::Dialect::Postgres
+    }
+    fn relation(&self, table: &crate::ident::TableName) -> String {
+        table.quoted()
+    }
+    async fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| Error::source("verify: a comparison statement", e))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl Source for PgSource {
     fn name(&self) -> String {
         self.name.clone()
+    }
+    fn reader(&self) -> Option<&dyn crate::verify::Reader> {
+        Some(self)
     }
     fn shares_snapshot(&self) -> bool {
         self.snapshot.is_some()

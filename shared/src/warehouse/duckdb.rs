@@ -562,10 +562,45 @@ pub(crate) fn parse_table(s: &str) -> Result<TableName> {
     ))
 }
 
+/// The target's side of `pgp verify` (its statements cast every cell to VARCHAR).
+#[async_trait]
+impl crate::verify::Reader for DuckDb {
+    fn dialect(&self) -> Dialect {
+        Dialect::DuckDb
+    }
+    fn relation(&self, table: &TableName) -> String {
+        table.quoted()
+    }
+    async fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let sql = sql.to_string();
+        self.with(move |c| {
+            let e = db_err("verify: a comparison statement");
+            let mut st = c.prepare(&sql).map_err(&e)?;
+            let mut rows = st.query([]).map_err(&e)?;
+            let n = rows.as_ref().map_or(0, |s| s.column_count());
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(&e)? {
+                out.push(
+                    (0..n)
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect::<duckdb::Result<Vec<_>>>()
+                        .map_err(&e)?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Warehouse for DuckDb {
     fn url(&self) -> String {
         format!("duckdb://{}", self.path.display())
+    }
+
+    fn reader(&self) -> Option<&dyn crate::verify::Reader> {
+        Some(self)
     }
 
     async fn health(&self) -> Result<()> {

@@ -282,6 +282,11 @@ pub trait Warehouse: Send + Sync {
     fn fixed_list_depth(&self) -> bool {
         true
     }
+    /// This warehouse as a side of `pgp verify`, when it can be one (DuckDB,
+    /// Snowflake; the simulation's warehouse runs no SQL).
+    fn reader(&self) -> Option<&dyn crate::verify::Reader> {
+        None
+    }
     /// The columns of a table in order, `None` when the table does not exist.
     async fn columns(&self, table: &TableName) -> Result<Option<Vec<ActualColumn>>>;
     /// Create a table (and its schema) with these columns unless it exists; `stamped`
@@ -525,6 +530,19 @@ pub fn redact(url: &str) -> String {
 pub enum Dialect {
     DuckDb,
     Snowflake,
+    /// The source's side of `pgp verify` ([`crate::verify`]).
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect's name of the text type every aggregate is read back as.
+    pub fn text_type(self) -> &'static str {
+        match self {
+            Dialect::DuckDb => "VARCHAR",
+            Dialect::Snowflake => "TEXT",
+            Dialect::Postgres => "text",
+        }
+    }
 }
 
 /// The select list of a profile query over `columns` (already quoted for the dialect):
@@ -541,7 +559,10 @@ pub enum Dialect {
 ///   NUMBER(38,s) in Snowflake), read back at the column's scale. In Snowflake every
 ///   summed value is cast to NUMBER(38,s) first: a no-op widening there (SUM of NUMBER
 ///   is NUMBER(38,s) anyway), and it keeps the emulator (fakesnow), which wraps a bare
-///   numeric aggregate's argument in `TRY_CAST(… AS DOUBLE)`, exact.
+///   numeric aggregate's argument in `TRY_CAST(… AS DOUBLE)`, exact;
+/// - PostgreSQL (the source, for `pgp verify`): `length(concat(c))`, the characters of
+///   the type's output text (what was shipped), `octet_length` of bytea, `count(*)
+///   FILTER (WHERE c)`, and `sum` (bigint or numeric, exact).
 ///
 /// `quote` names a column in the dialect.
 pub fn profile_select(
@@ -549,10 +570,7 @@ pub fn profile_select(
     quote: impl Fn(&Column) -> String,
     dialect: Dialect,
 ) -> String {
-    let text = match dialect {
-        Dialect::DuckDb => "VARCHAR",
-        Dialect::Snowflake => "TEXT",
-    };
+    let text = dialect.text_type();
     let mut items = Vec::with_capacity(2 * columns.len());
     for col in columns {
         let (c, m) = (quote(col), Measure::of(&col.ty));
@@ -569,7 +587,14 @@ pub fn profile_select(
             (Measure::Unscaled(s), Dialect::Snowflake) => {
                 format!("sum(CAST({c} AS NUMBER(38,{s})))")
             }
+            (Measure::Trues, Dialect::Postgres) => format!("count(*) FILTER (WHERE {c})"),
             (Measure::Trues, _) => format!("count_if({c})"),
+            // The length of the type's output text, which is what was shipped:
+            // `concat` renders each argument with its type's output function, while a
+            // cast to text may not (`char(n)` loses its padding, `inet` gains a netmask).
+            (Measure::Chars, Dialect::Postgres) => format!("sum(length(concat({c})))"),
+            (Measure::Octets, Dialect::Postgres) => format!("sum(octet_length({c}))"),
+            (Measure::Sum | Measure::Unscaled(_), Dialect::Postgres) => format!("sum({c})"),
         };
         items.push(format!("CAST({agg} AS {text})"));
     }

@@ -17,3 +17,4 @@ mod snowflake;
 mod tls;
 mod type_matrix;
 mod validation;
+mod verify;

@@ -69,13 +69,13 @@ pub struct Snowflake {
 }
 
 /// `"NAME"`: upper-cased, quoted.
-fn q(name: &str) -> String {
+pub(crate) fn q(name: &str) -> String {
     format!("\"{}\"", name.to_uppercase())
 }
 
 /// A string literal: Snowflake reads backslash escapes inside quotes, so both `\` and
 /// `'` are escaped.
-fn lit(s: &str) -> String {
+pub(crate) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
@@ -644,10 +644,28 @@ impl Snowflake {
     }
 }
 
+/// The target's side of `pgp verify` (Snowflake sends every cell as text).
+#[async_trait]
+impl crate::verify::Reader for Snowflake {
+    fn dialect(&self) -> Dialect {
+        Dialect::Snowflake
+    }
+    fn relation(&self, table: &TableName) -> String {
+        self.table(table)
+    }
+    async fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        Ok(self.query(sql).await?.rows)
+    }
+}
+
 #[async_trait]
 impl Warehouse for Snowflake {
     fn url(&self) -> String {
         self.cfg.display()
+    }
+
+    fn reader(&self) -> Option<&dyn crate::verify::Reader> {
+        Some(self)
     }
 
     async fn health(&self) -> Result<()> {

@@ -1,0 +1,976 @@
+//! `pgp verify`: does a published target hold what its source holds now?
+//!
+//! Every load is checked before it becomes visible ([`crate::profile`]), but a target
+//! can drift from its source afterwards: rows deleted at the source (an incremental
+//! target keeps them forever), rows changed without touching the column a window
+//! reads (GitLab's background migrations do this), a window that was never loaded.
+//! `verify` compares the two where they live, with aggregates, and never pulls either
+//! table through pgp:
+//! 1. the source's keys are cut into ranges of about equal rows (ranks of the key in
+//!    the source: one sorted pass over the key column);
+//! 2. per range, each side computes its row count and the chunk profile's measures
+//!    (per column the NULL count and one exact integer, [`crate::profile::Measure`])
+//!    in one `GROUP BY` statement;
+//! 3. a range that differs is cut again (`fanout` ways, by the source's ranks) until
+//!    it holds at most `leaf_rows` source rows; there both sides give the measures
+//!    per key, which names the missing, extra and changed keys and the changed
+//!    columns. Each reported range carries the SQL to look at it on either side.
+//!
+//! Work is bounded: a differing table costs at most [`VerifyOptions::max_splits`]
+//! bisection steps (three statements each) and reports at most
+//! [`VerifyOptions::max_ranges`] ranges; the rest is flagged as truncated.
+//!
+//! What is compared, against the table's full query now (an incremental query
+//! without its window, as a backfill reads it):
+//! - an SCD target by its latest snapshot: the rows with its largest `_uploaded_at`
+//!   (every row of a run carries the run's);
+//! - an incremental target by the latest loaded version of each key
+//!   (`QUALIFY row_number() OVER (PARTITION BY key ORDER BY _uploaded_at DESC) = 1`).
+//!
+//! For a range to hold the same keys on both sides, both must order the key alike:
+//! integer keys compare as numbers; text keys byte by byte (`COLLATE "C"` in
+//! PostgreSQL, the default binary order of DuckDB and Snowflake); uuid keys as their
+//! lower-case text (PostgreSQL orders uuids by their bytes, which is the order of that
+//! text; DuckDB's UUID is compared as its text here). A table whose key is another
+//! type or an expression is compared as one range, without bisection.
+//!
+//! The source side runs in one `REPEATABLE READ` transaction, so every statement
+//! reads one snapshot. The target side is read as committed at each statement: run
+//! `verify` between loads, or a range may differ at one level and not the next.
+
+use crate::error::{Error, Result};
+use crate::ident::{Ident, TableName};
+use crate::manifest::{Manifest, PrimaryKey, TableSpec};
+use crate::params::{Env, Resolver, RunParams};
+use crate::profile::{from_aggregates, Measure, Profile};
+use crate::query::{self, Kind};
+use crate::source::{Connector, Source};
+use crate::types::{Column, ColumnType};
+use crate::warehouse::{
+    profile_select, schema_state, Dialect, SchemaState, Warehouse, UPLOADED_AT,
+};
+use async_trait::async_trait;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::Instant;
+
+/// Runs `verify`'s read-only statements on one side: PostgreSQL (the source), DuckDB
+/// or Snowflake (the target).
+#[async_trait]
+pub trait Reader: Send + Sync {
+    fn dialect(&self) -> Dialect;
+    /// A table as a `FROM` item.
+    fn relation(&self, table: &TableName) -> String;
+    /// Run one statement; every cell as text (NULL as `None`).
+    async fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>>;
+}
+
+/// Settings of a verification.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Only these manifest tables (all when empty).
+    pub tables: Vec<String>,
+    /// Values of the queries' non-window placeholders.
+    pub params: RunParams,
+    /// Ranges the whole key is first cut into.
+    pub top_ranges: u64,
+    /// Ranges a differing range is cut into.
+    pub fanout: u64,
+    /// A differing range with at most this many source rows is compared key by key.
+    pub leaf_rows: u64,
+    /// Most bisection steps per table.
+    pub max_splits: usize,
+    /// Most differing ranges reported per table.
+    pub max_ranges: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            tables: Vec::new(),
+            params: RunParams::default(),
+            top_ranges: 64,
+            fanout: 16,
+            leaf_rows: 256,
+            max_splits: 64,
+            max_ranges: 50,
+        }
+    }
+}
+
+/// A table's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every range holds the same rows with the same measures.
+    Equal,
+    /// The target differs (see `reason` and `ranges`).
+    Differs,
+    /// The comparison could not run (see `reason`).
+    Failed,
+}
+
+/// One table's comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableVerification {
+    /// The manifest key.
+    pub table: String,
+    /// `schema.table` in the warehouse.
+    pub target: String,
+    pub kind: Kind,
+    pub verdict: Verdict,
+    /// Why the target differs as a whole (missing, another schema) or why the
+    /// comparison could not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The key the ranges are over; `None`: compared as one range (`key_note` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_note: Option<String>,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    /// Columns measured by their NULL count only: another non-NULL value there is not
+    /// seen ([`Measure::of`] says why per type).
+    pub unmeasured: Vec<String>,
+    /// The differing ranges, in key order.
+    pub ranges: Vec<RangeDiff>,
+    /// More ranges differ than are reported, or bisection stopped at its budget.
+    pub truncated: bool,
+    /// Statements run on the source and on the target.
+    pub source_statements: u64,
+    pub target_statements: u64,
+    pub seconds: f64,
+}
+
+/// A key range where the target differs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RangeDiff {
+    /// `[lo, hi)` (`-inf`, `+inf` when open), `NULL keys`, or `whole table`.
+    pub range: String,
+    pub lo: Option<String>,
+    pub hi: Option<String>,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    /// Columns whose measures differ over the range.
+    pub columns: Vec<String>,
+    /// Whether the range was compared key by key (then `missing`, `extra` and
+    /// `changed` are complete; otherwise only the counts and columns are known).
+    pub by_key: bool,
+    /// Keys in the source and not in the target.
+    pub missing: Vec<String>,
+    /// Keys in the target and not in the source (a key the target holds twice is
+    /// listed once per extra copy).
+    pub extra: Vec<String>,
+    /// Keys on both sides whose values differ.
+    pub changed: Vec<ChangedKey>,
+    /// The statements that show the range's rows on each side.
+    pub source_sql: String,
+    pub target_sql: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangedKey {
+    pub key: String,
+    pub columns: Vec<String>,
+}
+
+/// The exit status of `pgp verify`: 1 when some table differs, else 2 when some
+/// table could not be compared, else 0 (every target equals its source).
+pub fn exit_code(results: &[TableVerification]) -> i32 {
+    if results.iter().any(|r| r.verdict == Verdict::Differs) {
+        1
+    } else if results.iter().any(|r| r.verdict == Verdict::Failed) {
+        2
+    } else {
+        0
+    }
+}
+
+/// Compare the selected tables of `manifest` with their targets in `wh`, reading the
+/// source through `sources`.
+pub async fn verify(
+    manifest: &Manifest,
+    opts: &VerifyOptions,
+    sources: &dyn Connector,
+    env: &dyn Env,
+    wh: &dyn Warehouse,
+) -> Result<Vec<TableVerification>> {
+    let unknown: Vec<&str> = opts
+        .tables
+        .iter()
+        .filter(|t| manifest.table(t).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Config(format!(
+            "--table {}: not in {}",
+            unknown.join(", "),
+            manifest.path.display()
+        )));
+    }
+    let target_reader = wh
+        .reader()
+        .ok_or_else(|| Error::Config(format!("{} cannot run verify's statements", wh.url())))?;
+    let src = sources.connect(&manifest.connection_info).await?;
+    let source_reader = src
+        .reader()
+        .ok_or_else(|| Error::Config(format!("{} cannot run verify's statements", src.name())))?;
+    let resolver = Resolver::new(&opts.params, env, None);
+    let mut out = Vec::new();
+    for spec in manifest
+        .tables
+        .iter()
+        .filter(|t| opts.tables.is_empty() || opts.tables.contains(&t.name))
+    {
+        let started = Instant::now();
+        let kind = query::classify(&spec.import_query);
+        let mut v = TableVerification {
+            table: spec.name.clone(),
+            target: spec.target.to_string(),
+            kind,
+            verdict: Verdict::Equal,
+            reason: None,
+            key: None,
+            key_note: None,
+            source_rows: 0,
+            target_rows: 0,
+            unmeasured: Vec::new(),
+            ranges: Vec::new(),
+            truncated: false,
+            source_statements: 0,
+            target_statements: 0,
+            seconds: 0.0,
+        };
+        let sides = Counters::default();
+        let r = verify_table(
+            spec,
+            kind,
+            opts,
+            &resolver,
+            src.as_ref(),
+            source_reader,
+            wh,
+            target_reader,
+            &sides,
+            &mut v,
+        )
+        .await;
+        // The snapshot transaction ends whatever happened (a no-op when none began).
+        let _ = source_reader.rows("ROLLBACK").await;
+        if let Err(e) = r {
+            v.verdict = Verdict::Failed;
+            v.reason = Some(e.to_string());
+        }
+        v.source_statements = sides.source.load(AtomicOrdering::Relaxed);
+        v.target_statements = sides.target.load(AtomicOrdering::Relaxed);
+        v.seconds = started.elapsed().as_secs_f64();
+        out.push(v);
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Counters {
+    source: AtomicU64,
+    target: AtomicU64,
+}
+
+/// How a key is ordered on both sides (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyOrder {
+    Int,
+    Text,
+    Uuid,
+}
+
+#[derive(Debug, Clone)]
+struct Key {
+    column: Ident,
+    order: KeyOrder,
+}
+
+impl Key {
+    /// Key values as the sides print them, in the key's order.
+    fn cmp(&self, a: &str, b: &str) -> Ordering {
+        match self.order {
+            KeyOrder::Int => match (a.parse::<i128>(), b.parse::<i128>()) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => a.cmp(b),
+            },
+            KeyOrder::Text | KeyOrder::Uuid => a.as_bytes().cmp(b.as_bytes()),
+        }
+    }
+}
+
+/// The key ranges are over: `export_table_primary_key` when it is one column of the
+/// query of a type both sides order alike; otherwise why not.
+fn key_of(spec: &TableSpec, columns: &[Column]) -> std::result::Result<Key, String> {
+    let name = match &spec.primary_key {
+        PrimaryKey::Column(k) => k,
+        PrimaryKey::Expression(e) => {
+            return Err(format!(
+                "export_table_primary_key `{e}` is an expression, not a column"
+            ))
+        }
+    };
+    let col = columns
+        .iter()
+        .find(|c| c.name.as_str().eq_ignore_ascii_case(name.as_str()))
+        .ok_or_else(|| format!("export_table_primary_key `{name}` is not a column of the query"))?;
+    let order = match col.ty {
+        ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt => KeyOrder::Int,
+        ColumnType::Text => KeyOrder::Text,
+        ColumnType::Uuid => KeyOrder::Uuid,
+        _ => {
+            return Err(format!(
+                "key `{}` is {}, which the warehouse may order differently",
+                col.name, col.pg_type
+            ))
+        }
+    };
+    Ok(Key {
+        column: col.name.clone(),
+        order,
+    })
+}
+
+/// A half-open range of keys, or the rows whose key is NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Range {
+    lo: Option<String>,
+    hi: Option<String>,
+    nulls: bool,
+}
+
+impl Range {
+    const ALL: Range = Range {
+        lo: None,
+        hi: None,
+        nulls: false,
+    };
+
+    fn label(&self) -> String {
+        if self.nulls {
+            return "NULL keys".into();
+        }
+        format!(
+            "[{}, {})",
+            self.lo.as_deref().unwrap_or("-inf"),
+            self.hi.as_deref().unwrap_or("+inf")
+        )
+    }
+}
+
+/// One side's count and measures over a range (or for one key).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Agg {
+    rows: u64,
+    profile: Profile,
+    /// Per hashed column ([`hashed`]), the sum of its values' hashes.
+    hashes: Vec<i128>,
+}
+
+/// Whether a column's values are also hashed. A character count does not see a
+/// text changed to another of the same length ('7' to 'x'), which the load check can
+/// live with (it compares bytes just shipped) but a comparison of two stores must
+/// not. Each value's text is hashed with MD5, which all three engines compute over
+/// the same UTF-8 bytes, and the first 32 bits of the digest are summed as an
+/// integer. Only for values whose text is the same on both sides: text, and uuid
+/// (lower-case in all three). Floats, times and JSON print differently per engine;
+/// bytea's hex is upper-case in DuckDB.
+fn hashed(c: &Column) -> bool {
+    matches!(c.ty, ColumnType::Text | ColumnType::Uuid)
+}
+
+/// The hash of a non-NULL value of column `c` (quoted) as an integer below 2^32.
+fn hash_expr(dialect: Dialect, c: &str, ty: &ColumnType) -> String {
+    match dialect {
+        // The value's output text (`concat`: see profile_select), as UTF-8 bytes
+        // whatever the database's encoding.
+        Dialect::Postgres => {
+            format!("('x' || substr(md5(convert_to(concat({c}), 'UTF8')), 1, 8))::bit(32)::bigint")
+        }
+        Dialect::DuckDb => {
+            let text = if *ty == ColumnType::Uuid {
+                format!("CAST({c} AS VARCHAR)")
+            } else {
+                c.to_string()
+            };
+            format!("CAST('0x' || substr(md5({text}), 1, 8) AS BIGINT)")
+        }
+        // Snowflake reads hex with TO_NUMBER(…, 'XXXXXXXX'), which the emulator does
+        // not implement; the digits' places are summed instead (POSITION … IN is
+        // standard SQL in all three).
+        Dialect::Snowflake => (0..8)
+            .map(|i| {
+                format!(
+                    "(POSITION(SUBSTR(MD5({c}), {}, 1) IN '0123456789abcdef') - 1) * {}",
+                    i + 1,
+                    1u64 << (4 * (7 - i))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + "),
+    }
+}
+
+/// One side of the comparison: where its rows are and how its SQL is written.
+struct Side<'a> {
+    reader: &'a dyn Reader,
+    /// The rows compared, as a `FROM` item.
+    from: String,
+    columns: &'a [Column],
+    key: Option<&'a Key>,
+    what: &'static str,
+    statements: &'a AtomicU64,
+}
+
+impl Side<'_> {
+    fn dialect(&self) -> Dialect {
+        self.reader.dialect()
+    }
+
+    fn quote(&self, name: &Ident) -> String {
+        quote(self.dialect(), name)
+    }
+
+    fn lit(&self, v: &str) -> String {
+        match self.dialect() {
+            Dialect::Snowflake => crate::warehouse::snowflake::lit(v),
+            Dialect::DuckDb | Dialect::Postgres => format!("'{}'", v.replace('\'', "''")),
+        }
+    }
+
+    fn key(&self) -> &Key {
+        self.key.expect("a keyed comparison")
+    }
+
+    /// The key column.
+    fn key_ref(&self) -> String {
+        self.quote(&self.key().column)
+    }
+
+    /// The key as compared and ordered.
+    fn key_cmp(&self) -> String {
+        let k = self.key_ref();
+        match (self.key().order, self.dialect()) {
+            (KeyOrder::Text, Dialect::Postgres) => format!("({k} COLLATE \"C\")"),
+            (KeyOrder::Uuid, Dialect::DuckDb) => format!("CAST({k} AS VARCHAR)"),
+            _ => k,
+        }
+    }
+
+    /// A key value as a literal (an integer key's value is checked to be one).
+    fn bound(&self, v: &str) -> Result<String> {
+        match self.key().order {
+            KeyOrder::Int => v
+                .parse::<i128>()
+                .map(|n| n.to_string())
+                .map_err(|_| Error::Config(format!("key value {v:?} is not an integer"))),
+            KeyOrder::Text | KeyOrder::Uuid => Ok(self.lit(v)),
+        }
+    }
+
+    fn condition(&self, r: &Range) -> Result<String> {
+        if r.nulls {
+            return Ok(format!("{} IS NULL", self.key_ref()));
+        }
+        let k = self.key_cmp();
+        let mut parts = Vec::new();
+        if let Some(lo) = &r.lo {
+            parts.push(format!("{k} >= {}", self.bound(lo)?));
+        }
+        if let Some(hi) = &r.hi {
+            parts.push(format!("{k} < {}", self.bound(hi)?));
+        }
+        if parts.is_empty() {
+            parts.push(format!("{} IS NOT NULL", self.key_ref()));
+        }
+        Ok(parts.join(" AND "))
+    }
+
+    /// The profile's measures, then the sum of the hashes of each hashed column.
+    fn measures(&self) -> String {
+        let mut items = profile_select(self.columns, |c| self.quote(&c.name), self.dialect());
+        for c in self.columns.iter().filter(|c| hashed(c)) {
+            let q = self.quote(&c.name);
+            let h = hash_expr(self.dialect(), &q, &c.ty);
+            // NUMBER(38,0): see profile_select (the emulator's SUM casts to DOUBLE).
+            let sum_type = match self.dialect() {
+                Dialect::Snowflake => "NUMBER(38,0)",
+                Dialect::DuckDb | Dialect::Postgres => "BIGINT",
+            };
+            items.push_str(&format!(
+                ", CAST(sum(CAST(CASE WHEN {q} IS NOT NULL THEN {h} END AS {sum_type})) AS {})",
+                self.text()
+            ));
+        }
+        items
+    }
+
+    fn text(&self) -> &'static str {
+        self.dialect().text_type()
+    }
+
+    async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        self.statements.fetch_add(1, AtomicOrdering::Relaxed);
+        tracing::debug!(side = self.what, %sql, "verify");
+        self.reader.rows(sql).await
+    }
+
+    fn agg(&self, row: &[Option<String>], from: usize) -> Result<Agg> {
+        let ctx = format!("verify: read the {} side's aggregates", self.what);
+        let rows = row
+            .get(from)
+            .and_then(|v| v.as_deref())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| Error::Config(format!("{ctx}: unreadable row count {row:?}")))?;
+        let n = 2 * self.columns.len();
+        let measures = row.get(from + 1..from + 1 + n).unwrap_or_default();
+        let hashes = row
+            .get(from + 1 + n..)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| Measure::Sum.read(v.as_deref()))
+            .collect::<Option<Vec<i128>>>()
+            .ok_or_else(|| Error::Config(format!("{ctx}: unreadable hash sums {row:?}")))?;
+        Ok(Agg {
+            rows,
+            profile: from_aggregates(self.columns, measures, &ctx)?,
+            hashes,
+        })
+    }
+
+    /// The whole table's count and measures.
+    async fn whole(&self) -> Result<Agg> {
+        let sql = format!(
+            "SELECT CAST(count(*) AS {}), {} FROM {}",
+            self.text(),
+            self.measures(),
+            self.from
+        );
+        let rows = self.run(&sql).await?;
+        self.agg(rows.first().map(Vec::as_slice).unwrap_or_default(), 0)
+    }
+
+    /// Count and measures per bucket of `r` cut at `bounds` (bucket `i` holds the keys
+    /// from `bounds[i-1]` to `bounds[i]`); with `nulls`, `r` is the whole table and
+    /// bucket -1 holds the rows with a NULL key.
+    async fn buckets(
+        &self,
+        r: &Range,
+        bounds: &[String],
+        nulls: bool,
+    ) -> Result<BTreeMap<i64, Agg>> {
+        let k = self.key_cmp();
+        let mut case = String::from("CASE");
+        if nulls {
+            case.push_str(&format!(" WHEN {} IS NULL THEN -1", self.key_ref()));
+        }
+        for (i, b) in bounds.iter().enumerate() {
+            case.push_str(&format!(" WHEN {k} < {} THEN {i}", self.bound(b)?));
+        }
+        case.push_str(&format!(" ELSE {} END", bounds.len()));
+        let filter = if nulls {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.condition(r)?)
+        };
+        let sql = format!(
+            "SELECT CAST({case} AS {t}), CAST(count(*) AS {t}), {} FROM {}{filter} GROUP BY 1",
+            self.measures(),
+            self.from,
+            t = self.text()
+        );
+        let mut out = BTreeMap::new();
+        for row in self.run(&sql).await? {
+            let b = row
+                .first()
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| Error::Config(format!("verify: unreadable bucket in {row:?}")))?;
+            out.insert(b, self.agg(&row, 1)?);
+        }
+        Ok(out)
+    }
+
+    /// Where to cut `r` into `n` ranges of about equal rows: every `ceil(rows / n)`-th
+    /// key by rank (the source's side only).
+    async fn splits(&self, r: &Range, n: u64) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT CAST(pgp_k AS {t}) FROM (SELECT {k} AS pgp_k, row_number() OVER (ORDER BY {kc}) AS pgp_rn, \
+             count(*) OVER () AS pgp_n FROM {from} WHERE {cond}) AS pgp_s \
+             WHERE pgp_rn > 1 AND (pgp_rn - 1) % ((pgp_n + {n} - 1) / {n}) = 0 ORDER BY pgp_rn",
+            t = self.text(),
+            k = self.key_ref(),
+            kc = self.key_cmp(),
+            from = self.from,
+            cond = self.condition(r)?,
+        );
+        let mut out: Vec<String> = Vec::new();
+        for row in self.run(&sql).await? {
+            let Some(Some(v)) = row.into_iter().next() else {
+                continue;
+            };
+            // Equal keys (a key that is not unique) give one bound; a bound at the
+            // range's own start would make an empty range.
+            if out.last() != Some(&v) && r.lo.as_ref() != Some(&v) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Count and measures per key in `r`; `None` when more than `cap` keys.
+    async fn per_key(&self, r: &Range, cap: u64) -> Result<Option<BTreeMap<String, Agg>>> {
+        let k = self.key_ref();
+        let sql = format!(
+            "SELECT CAST({k} AS {t}), CAST(count(*) AS {t}), {} FROM {} WHERE {} GROUP BY {k} LIMIT {}",
+            self.measures(),
+            self.from,
+            self.condition(r)?,
+            cap + 1,
+            t = self.text(),
+        );
+        let rows = self.run(&sql).await?;
+        if rows.len() as u64 > cap {
+            return Ok(None);
+        }
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let key = row
+                .first()
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "NULL".into());
+            out.insert(key, self.agg(&row, 1)?);
+        }
+        Ok(Some(out))
+    }
+
+    /// The statement that shows a range's rows.
+    fn inspect(&self, r: Option<&Range>) -> Result<String> {
+        Ok(match r {
+            None => format!("SELECT * FROM {}", self.from),
+            Some(r) => format!(
+                "SELECT * FROM {} WHERE {} ORDER BY {}",
+                self.from,
+                self.condition(r)?,
+                self.key_cmp()
+            ),
+        })
+    }
+}
+
+/// A column name as the dialect writes it (Snowflake folds pgp's names to upper case).
+fn quote(dialect: Dialect, name: &Ident) -> String {
+    match dialect {
+        Dialect::Snowflake => crate::warehouse::snowflake::q(name.as_str()),
+        Dialect::DuckDb | Dialect::Postgres => name.quoted(),
+    }
+}
+
+/// The target's rows that stand for the source now: the latest snapshot of an SCD
+/// target, the latest version of each key of an incremental one.
+fn target_rows(
+    reader: &dyn Reader,
+    target: &TableName,
+    kind: Kind,
+    key: Option<&Key>,
+) -> Result<String> {
+    let rel = reader.relation(target);
+    let at = quote(
+        reader.dialect(),
+        &Ident::parse("column", UPLOADED_AT).expect("a valid identifier"),
+    );
+    Ok(match (kind, key) {
+        (Kind::Scd, _) => format!(
+            "(SELECT * FROM {rel} WHERE {at} = (SELECT max({at}) FROM {rel})) AS pgp_t"
+        ),
+        (Kind::Incremental, Some(k)) => format!(
+            "(SELECT * FROM {rel} QUALIFY row_number() OVER (PARTITION BY {} ORDER BY {at} DESC) = 1) AS pgp_t",
+            quote(reader.dialect(), &k.column)
+        ),
+        (Kind::Incremental, None) => {
+            return Err(Error::Config(
+                "an incremental target is compared by the latest version of each key, and this table has no usable key".into(),
+            ))
+        }
+    })
+}
+
+/// The columns whose measures differ.
+fn differing(a: &Agg, b: &Agg, columns: &[Column]) -> Vec<String> {
+    let hashed_index: Vec<Option<usize>> = columns
+        .iter()
+        .scan(0, |n, c| {
+            Some(hashed(c).then(|| {
+                *n += 1;
+                *n - 1
+            }))
+        })
+        .collect();
+    columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let (x, y) = (a.profile.columns.get(*i), b.profile.columns.get(*i));
+            let measures = match (x, y) {
+                (Some(x), Some(y)) => {
+                    x.nulls != y.nulls
+                        || (x.value.is_some() && y.value.is_some() && x.value != y.value)
+                }
+                _ => x != y,
+            };
+            let hash = hashed_index[*i].is_some_and(|h| a.hashes.get(h) != b.hashes.get(h));
+            measures || hash
+        })
+        .map(|(_, c)| c.name.as_str().to_string())
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn verify_table(
+    spec: &TableSpec,
+    kind: Kind,
+    opts: &VerifyOptions,
+    resolver: &Resolver<'_>,
+    src: &dyn Source,
+    source_reader: &dyn Reader,
+    wh: &dyn Warehouse,
+    target_reader: &dyn Reader,
+    counters: &Counters,
+    v: &mut TableVerification,
+) -> Result<()> {
+    let query = crate::plan::full_query(spec, kind, resolver)?;
+    let columns = src.describe(&spec.name, &query).await?;
+    v.unmeasured = columns
+        .iter()
+        .filter(|c| Measure::of(&c.ty) == Measure::Nulls)
+        .map(|c| c.name.as_str().to_string())
+        .collect();
+    let actual = wh.columns(&spec.target).await?;
+    match schema_state(wh, &columns, actual.as_deref()) {
+        SchemaState::Same => {}
+        SchemaState::Missing => {
+            v.verdict = Verdict::Differs;
+            v.reason = Some(format!("target {} does not exist", spec.target));
+            return Ok(());
+        }
+        SchemaState::Changed(d) => {
+            v.verdict = Verdict::Differs;
+            v.reason = Some(format!("target {} has another schema: {d}", spec.target));
+            return Ok(());
+        }
+    }
+    let key = match key_of(spec, &columns) {
+        Ok(k) => {
+            v.key = Some(k.column.as_str().to_string());
+            Some(k)
+        }
+        Err(why) => {
+            v.key_note = Some(format!("compared as one range: {why}"));
+            None
+        }
+    };
+    let source = Side {
+        reader: source_reader,
+        from: format!("(\n{}\n) AS pgp_src", query::strip_terminator(&query)),
+        columns: &columns,
+        key: key.as_ref(),
+        what: "source",
+        statements: &counters.source,
+    };
+    let target = Side {
+        reader: target_reader,
+        from: target_rows(target_reader, &spec.target, kind, key.as_ref())?,
+        columns: &columns,
+        key: key.as_ref(),
+        what: "target",
+        statements: &counters.target,
+    };
+    source
+        .run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+
+    if key.is_none() {
+        let (s, t) = (source.whole().await?, target.whole().await?);
+        v.source_rows = s.rows;
+        v.target_rows = t.rows;
+        if s != t {
+            v.verdict = Verdict::Differs;
+            v.ranges.push(RangeDiff {
+                range: "whole table".into(),
+                lo: None,
+                hi: None,
+                source_rows: s.rows,
+                target_rows: t.rows,
+                columns: differing(&s, &t, &columns),
+                by_key: false,
+                missing: Vec::new(),
+                extra: Vec::new(),
+                changed: Vec::new(),
+                source_sql: source.inspect(None)?,
+                target_sql: target.inspect(None)?,
+            });
+        }
+        return Ok(());
+    }
+    let key = key.as_ref().expect("checked above");
+
+    // The first level: the whole key in `top_ranges`, NULL keys apart.
+    let bounds = source.splits(&Range::ALL, opts.top_ranges).await?;
+    let (s, t) = (
+        source.buckets(&Range::ALL, &bounds, true).await?,
+        target.buckets(&Range::ALL, &bounds, true).await?,
+    );
+    v.source_rows = s.values().map(|a| a.rows).sum();
+    v.target_rows = t.values().map(|a| a.rows).sum();
+    let mut pending: VecDeque<(Range, Agg, Agg)> = VecDeque::new();
+    queue_differing(&Range::ALL, &bounds, true, &s, &t, &mut pending);
+
+    let cap = opts.leaf_rows.saturating_mul(4).max(opts.leaf_rows);
+    let mut splits = 0usize;
+    while let Some((r, s, t)) = pending.pop_front() {
+        if v.ranges.len() >= opts.max_ranges {
+            v.truncated = true;
+            break;
+        }
+        let small = r.nulls || s.rows == 0 || t.rows == 0 || s.rows <= opts.leaf_rows;
+        if !small && splits < opts.max_splits {
+            let bounds = source.splits(&r, opts.fanout).await?;
+            if !bounds.is_empty() {
+                splits += 1;
+                let (ss, ts) = (
+                    source.buckets(&r, &bounds, false).await?,
+                    target.buckets(&r, &bounds, false).await?,
+                );
+                queue_differing(&r, &bounds, false, &ss, &ts, &mut pending);
+                continue;
+            }
+        }
+        if !small {
+            v.truncated = true;
+        }
+        let mut d = RangeDiff {
+            range: r.label(),
+            lo: r.lo.clone(),
+            hi: r.hi.clone(),
+            source_rows: s.rows,
+            target_rows: t.rows,
+            columns: differing(&s, &t, &columns),
+            by_key: false,
+            missing: Vec::new(),
+            extra: Vec::new(),
+            changed: Vec::new(),
+            source_sql: source.inspect(Some(&r))?,
+            target_sql: target.inspect(Some(&r))?,
+        };
+        if small && s.rows.max(t.rows) <= cap {
+            let sk = source.per_key(&r, cap).await?;
+            let tk = target.per_key(&r, cap).await?;
+            if let (Some(sk), Some(tk)) = (sk, tk) {
+                compare_keys(&sk, &tk, &columns, &mut d);
+            }
+        }
+        let sort = |v: &mut Vec<String>| v.sort_by(|a, b| key.cmp(a, b));
+        sort(&mut d.missing);
+        sort(&mut d.extra);
+        d.changed.sort_by(|a, b| key.cmp(&a.key, &b.key));
+        v.ranges.push(d);
+    }
+    if !v.ranges.is_empty() || v.truncated {
+        v.verdict = Verdict::Differs;
+    }
+    v.ranges.sort_by(|a, b| match (&a.lo, &b.lo) {
+        _ if a.range == b.range => Ordering::Equal,
+        (None, None) => a.hi.is_some().cmp(&b.hi.is_some()),
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) => key.cmp(x, y),
+    });
+    Ok(())
+}
+
+/// Queue the buckets of `r` (cut at `bounds`) whose sides differ.
+fn queue_differing(
+    r: &Range,
+    bounds: &[String],
+    nulls: bool,
+    s: &BTreeMap<i64, Agg>,
+    t: &BTreeMap<i64, Agg>,
+    out: &mut VecDeque<(Range, Agg, Agg)>,
+) {
+    let first = if nulls { -1 } else { 0 };
+    for b in first..=bounds.len() as i64 {
+        let (sa, ta) = (s.get(&b).cloned(), t.get(&b).cloned());
+        if sa == ta {
+            continue;
+        }
+        let sub = if b == -1 {
+            Range {
+                lo: None,
+                hi: None,
+                nulls: true,
+            }
+        } else {
+            let i = b as usize;
+            Range {
+                lo: if i == 0 {
+                    r.lo.clone()
+                } else {
+                    Some(bounds[i - 1].clone())
+                },
+                hi: if i == bounds.len() {
+                    r.hi.clone()
+                } else {
+                    Some(bounds[i].clone())
+                },
+                nulls: false,
+            }
+        };
+        out.push_back((sub, sa.unwrap_or_default(), ta.unwrap_or_default()));
+    }
+}
+
+/// Name the missing, extra and changed keys of a range compared key by key.
+fn compare_keys(
+    s: &BTreeMap<String, Agg>,
+    t: &BTreeMap<String, Agg>,
+    columns: &[Column],
+    d: &mut RangeDiff,
+) {
+    d.by_key = true;
+    for (k, sa) in s {
+        match t.get(k) {
+            None => d.missing.push(k.clone()),
+            // Copies of a key: the measures of unequal copies do not compare.
+            Some(ta) if ta.rows != sa.rows => {
+                for _ in sa.rows..ta.rows {
+                    d.extra.push(k.clone());
+                }
+                for _ in ta.rows..sa.rows {
+                    d.missing.push(k.clone());
+                }
+            }
+            Some(ta) => {
+                let cols = differing(sa, ta, columns);
+                if !cols.is_empty() {
+                    d.changed.push(ChangedKey {
+                        key: k.clone(),
+                        columns: cols,
+                    });
+                }
+            }
+        }
+    }
+    for (k, ta) in t {
+        if !s.contains_key(k) {
+            for _ in 0..ta.rows {
+                d.extra.push(k.clone());
+            }
+        }
+    }
+}
