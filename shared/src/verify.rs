@@ -31,7 +31,9 @@
 //! integer keys compare as numbers; text keys byte by byte (`COLLATE "C"` in
 //! PostgreSQL, the default binary order of DuckDB and Snowflake); uuid keys as their
 //! lower-case text (PostgreSQL orders uuids by their bytes, which is the order of that
-//! text; DuckDB's UUID is compared as its text here). A table whose key is another
+//! text, as is DuckDB's UUID order; Snowflake holds the text). The e2e test
+//! `text_and_uuid_keys_are_ranged_alike_on_both_sides` fails when an order differs
+//! (it did without `COLLATE "C"`, against a linguistic collation). A table whose key is another
 //! type or an expression is compared as one range, without bisection.
 //!
 //! The source side runs in one `REPEATABLE READ` transaction, so every statement
@@ -132,7 +134,8 @@ pub struct TableVerification {
     pub source_rows: u64,
     pub target_rows: u64,
     /// Columns measured by their NULL count only: another non-NULL value there is not
-    /// seen ([`Measure::of`] says why per type).
+    /// seen (floats, times of day, JSON, arrays, wide decimals; [`Measure::of`] and
+    /// `Extra` say why).
     pub unmeasured: Vec<String>,
     /// The differing ranges, in key order.
     pub ranges: Vec<RangeDiff>,
@@ -368,51 +371,89 @@ impl Range {
 struct Agg {
     rows: u64,
     profile: Profile,
-    /// Per hashed column ([`hashed`]), the sum of its values' hashes.
-    hashes: Vec<i128>,
+    /// Per column with an [`Extra`] measure, in column order, its sum.
+    extras: Vec<i128>,
 }
 
-/// Whether a column's values are also hashed. A character count does not see a
-/// text changed to another of the same length ('7' to 'x'), which the load check can
-/// live with (it compares bytes just shipped) but a comparison of two stores must
-/// not. Each value's text is hashed with MD5, which all three engines compute over
-/// the same UTF-8 bytes, and the first 32 bits of the digest are summed as an
-/// integer. Only for values whose text is the same on both sides: text, and uuid
-/// (lower-case in all three). Floats, times and JSON print differently per engine;
-/// bytea's hex is upper-case in DuckDB.
-fn hashed(c: &Column) -> bool {
-    matches!(c.ty, ColumnType::Text | ColumnType::Uuid)
+/// What `verify` measures of a column beyond the load check's [`Measure`]: both sides
+/// are SQL here, so values can be measured by what the engines compute alike, where
+/// the extractor (which measures the text it ships, without a calendar) cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    /// The sum of the first 32 bits of each value's MD5, as an integer. A character
+    /// count does not see a text changed to another of the same length ('7' to 'x'),
+    /// which the load check can live with (it compares the bytes just shipped) but a
+    /// comparison of two stores cannot. All three engines hash the same UTF-8 bytes.
+    /// Only for values whose text is the same on both sides: text, and uuid
+    /// (lower-case in all three). Floats and JSON print differently per engine, and
+    /// bytea's hex is upper-case in DuckDB.
+    Hash,
+    /// The sum of microseconds since 1970-01-01 00:00 UTC (a timestamp without time
+    /// zone read as UTC), of finite values: PostgreSQL's `±infinity` are left out on
+    /// both sides (Snowflake has none: pgp refuses them there).
+    Micros,
+    /// The sum of days since 1970-01-01, of finite values.
+    Days,
 }
 
-/// The hash of a non-NULL value of column `c` (quoted) as an integer below 2^32.
-fn hash_expr(dialect: Dialect, c: &str, ty: &ColumnType) -> String {
-    match dialect {
-        // The value's output text (`concat`: see profile_select), as UTF-8 bytes
-        // whatever the database's encoding.
-        Dialect::Postgres => {
-            format!("('x' || substr(md5(convert_to(concat({c}), 'UTF8')), 1, 8))::bit(32)::bigint")
+impl Extra {
+    fn of(c: &Column) -> Option<Extra> {
+        match c.ty {
+            ColumnType::Text | ColumnType::Uuid => Some(Extra::Hash),
+            ColumnType::Timestamp | ColumnType::TimestampTz => Some(Extra::Micros),
+            ColumnType::Date => Some(Extra::Days),
+            _ => None,
         }
-        Dialect::DuckDb => {
-            let text = if *ty == ColumnType::Uuid {
-                format!("CAST({c} AS VARCHAR)")
-            } else {
-                c.to_string()
-            };
-            format!("CAST('0x' || substr(md5({text}), 1, 8) AS BIGINT)")
+    }
+
+    /// The measure of a non-NULL value of column `c` (quoted, of type `ty`) as an
+    /// integer (NULL for a value left out).
+    fn expr(self, dialect: Dialect, c: &str, ty: &ColumnType) -> String {
+        match (self, dialect) {
+            // The value's output text (`concat`: see profile_select), as UTF-8 bytes
+            // whatever the database's encoding.
+            (Extra::Hash, Dialect::Postgres) => {
+                format!("('x' || substr(md5(convert_to(concat({c}), 'UTF8')), 1, 8))::bit(32)::bigint")
+            }
+            (Extra::Hash, Dialect::DuckDb) => {
+                let text = if *ty == ColumnType::Uuid {
+                    format!("CAST({c} AS VARCHAR)")
+                } else {
+                    c.to_string()
+                };
+                format!("CAST('0x' || substr(md5({text}), 1, 8) AS BIGINT)")
+            }
+            // Snowflake reads hex with TO_NUMBER(…, 'XXXXXXXX'), which the emulator
+            // does not implement; the digits' places are summed instead (POSITION … IN
+            // is standard SQL).
+            (Extra::Hash, Dialect::Snowflake) => (0..8)
+                .map(|i| {
+                    format!(
+                        "(POSITION(SUBSTR(MD5({c}), {}, 1) IN '0123456789abcdef') - 1) * {}",
+                        i + 1,
+                        1u64 << (4 * (7 - i))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" + "),
+            // Whole seconds, then the microseconds of the second: exact also where
+            // `extract` returns a double (before PostgreSQL 14).
+            (Extra::Micros, Dialect::Postgres) => format!(
+                "CASE WHEN isfinite({c}) THEN extract(epoch FROM date_trunc('second', {c}))::bigint * 1000000 \
+                 + extract(microseconds FROM {c})::bigint % 1000000 END"
+            ),
+            (Extra::Micros, Dialect::DuckDb) => {
+                format!("CASE WHEN isfinite({c}) THEN epoch_us({c}) END")
+            }
+            (Extra::Micros, Dialect::Snowflake) => format!("DATE_PART(epoch_microsecond, {c})"),
+            (Extra::Days, Dialect::Postgres) => {
+                format!("CASE WHEN isfinite({c}) THEN {c} - DATE '1970-01-01' END")
+            }
+            (Extra::Days, Dialect::DuckDb) => {
+                format!("CASE WHEN isfinite({c}) THEN date_diff('day', DATE '1970-01-01', {c}) END")
+            }
+            (Extra::Days, Dialect::Snowflake) => format!("DATEDIFF(day, DATE '1970-01-01', {c})"),
         }
-        // Snowflake reads hex with TO_NUMBER(…, 'XXXXXXXX'), which the emulator does
-        // not implement; the digits' places are summed instead (POSITION … IN is
-        // standard SQL in all three).
-        Dialect::Snowflake => (0..8)
-            .map(|i| {
-                format!(
-                    "(POSITION(SUBSTR(MD5({c}), {}, 1) IN '0123456789abcdef') - 1) * {}",
-                    i + 1,
-                    1u64 << (4 * (7 - i))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" + "),
     }
 }
 
@@ -457,7 +498,6 @@ impl Side<'_> {
         let k = self.key_ref();
         match (self.key().order, self.dialect()) {
             (KeyOrder::Text, Dialect::Postgres) => format!("({k} COLLATE \"C\")"),
-            (KeyOrder::Uuid, Dialect::DuckDb) => format!("CAST({k} AS VARCHAR)"),
             _ => k,
         }
     }
@@ -491,12 +531,12 @@ impl Side<'_> {
         Ok(parts.join(" AND "))
     }
 
-    /// The profile's measures, then the sum of the hashes of each hashed column.
+    /// The profile's measures, then the sum of each [`Extra`] measure.
     fn measures(&self) -> String {
         let mut items = profile_select(self.columns, |c| self.quote(&c.name), self.dialect());
-        for c in self.columns.iter().filter(|c| hashed(c)) {
+        for (c, extra) in self.columns.iter().filter_map(|c| Some((c, Extra::of(c)?))) {
             let q = self.quote(&c.name);
-            let h = hash_expr(self.dialect(), &q, &c.ty);
+            let h = extra.expr(self.dialect(), &q, &c.ty);
             // NUMBER(38,0): see profile_select (the emulator's SUM casts to DOUBLE).
             let sum_type = match self.dialect() {
                 Dialect::Snowflake => "NUMBER(38,0)",
@@ -529,17 +569,17 @@ impl Side<'_> {
             .ok_or_else(|| Error::Config(format!("{ctx}: unreadable row count {row:?}")))?;
         let n = 2 * self.columns.len();
         let measures = row.get(from + 1..from + 1 + n).unwrap_or_default();
-        let hashes = row
+        let extras = row
             .get(from + 1 + n..)
             .unwrap_or_default()
             .iter()
             .map(|v| Measure::Sum.read(v.as_deref()))
             .collect::<Option<Vec<i128>>>()
-            .ok_or_else(|| Error::Config(format!("{ctx}: unreadable hash sums {row:?}")))?;
+            .ok_or_else(|| Error::Config(format!("{ctx}: unreadable sums {row:?}")))?;
         Ok(Agg {
             rows,
             profile: from_aggregates(self.columns, measures, &ctx)?,
-            hashes,
+            extras,
         })
     }
 
@@ -555,15 +595,7 @@ impl Side<'_> {
         self.agg(rows.first().map(Vec::as_slice).unwrap_or_default(), 0)
     }
 
-    /// Count and measures per bucket of `r` cut at `bounds` (bucket `i` holds the keys
-    /// from `bounds[i-1]` to `bounds[i]`); with `nulls`, `r` is the whole table and
-    /// bucket -1 holds the rows with a NULL key.
-    async fn buckets(
-        &self,
-        r: &Range,
-        bounds: &[String],
-        nulls: bool,
-    ) -> Result<BTreeMap<i64, Agg>> {
+    fn buckets_sql(&self, r: &Range, bounds: &[String], nulls: bool) -> Result<String> {
         let k = self.key_cmp();
         let mut case = String::from("CASE");
         if nulls {
@@ -578,12 +610,24 @@ impl Side<'_> {
         } else {
             format!(" WHERE {}", self.condition(r)?)
         };
-        let sql = format!(
+        Ok(format!(
             "SELECT CAST({case} AS {t}), CAST(count(*) AS {t}), {} FROM {}{filter} GROUP BY 1",
             self.measures(),
             self.from,
             t = self.text()
-        );
+        ))
+    }
+
+    /// Count and measures per bucket of `r` cut at `bounds` (bucket `i` holds the keys
+    /// from `bounds[i-1]` to `bounds[i]`); with `nulls`, `r` is the whole table and
+    /// bucket -1 holds the rows with a NULL key.
+    async fn buckets(
+        &self,
+        r: &Range,
+        bounds: &[String],
+        nulls: bool,
+    ) -> Result<BTreeMap<i64, Agg>> {
+        let sql = self.buckets_sql(r, bounds, nulls)?;
         let mut out = BTreeMap::new();
         for row in self.run(&sql).await? {
             let b = row
@@ -703,10 +747,10 @@ fn target_rows(
 
 /// The columns whose measures differ.
 fn differing(a: &Agg, b: &Agg, columns: &[Column]) -> Vec<String> {
-    let hashed_index: Vec<Option<usize>> = columns
+    let extra_index: Vec<Option<usize>> = columns
         .iter()
         .scan(0, |n, c| {
-            Some(hashed(c).then(|| {
+            Some(Extra::of(c).map(|_| {
                 *n += 1;
                 *n - 1
             }))
@@ -724,8 +768,8 @@ fn differing(a: &Agg, b: &Agg, columns: &[Column]) -> Vec<String> {
                 }
                 _ => x != y,
             };
-            let hash = hashed_index[*i].is_some_and(|h| a.hashes.get(h) != b.hashes.get(h));
-            measures || hash
+            let extra = extra_index[*i].is_some_and(|h| a.extras.get(h) != b.extras.get(h));
+            measures || extra
         })
         .map(|(_, c)| c.name.as_str().to_string())
         .collect()
@@ -748,7 +792,7 @@ async fn verify_table(
     let columns = src.describe(&spec.name, &query).await?;
     v.unmeasured = columns
         .iter()
-        .filter(|c| Measure::of(&c.ty) == Measure::Nulls)
+        .filter(|c| Measure::of(&c.ty) == Measure::Nulls && Extra::of(c).is_none())
         .map(|c| c.name.as_str().to_string())
         .collect();
     let actual = wh.columns(&spec.target).await?;
@@ -972,5 +1016,232 @@ fn compare_keys(
                 d.extra.push(k.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::warehouse::conformance::col;
+
+    /// A side whose statements are only written here, never run.
+    struct Written(Dialect);
+
+    #[async_trait]
+    impl Reader for Written {
+        fn dialect(&self) -> Dialect {
+            self.0
+        }
+        fn relation(&self, t: &TableName) -> String {
+            format!("\"DB\".{}", t.quoted().to_uppercase())
+        }
+        async fn rows(&self, _: &str) -> Result<Vec<Vec<Option<String>>>> {
+            unreachable!("statements are only written in these tests")
+        }
+    }
+
+    fn target() -> TableName {
+        TableName::new(
+            Ident::parse("schema", "gitlab_com").unwrap(),
+            Ident::parse("table", "labels").unwrap(),
+        )
+    }
+
+    /// Snowflake's statements, pinned: the latest version of each key, the bucket of
+    /// each key in binary text order with backslashes and quotes escaped as
+    /// Snowflake reads literals, every sum cast to NUMBER(38,s), and the MD5 digits
+    /// summed by place.
+    #[test]
+    fn snowflake_statements_are_pinned() {
+        let columns = vec![
+            col("name", ColumnType::Text),
+            col(
+                "amount",
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+        ];
+        let key = Key {
+            column: Ident::parse("key", "name").unwrap(),
+            order: KeyOrder::Text,
+        };
+        let reader = Written(Dialect::Snowflake);
+        let counter = AtomicU64::new(0);
+        let side = Side {
+            reader: &reader,
+            from: target_rows(&reader, &target(), Kind::Incremental, Some(&key)).unwrap(),
+            columns: &columns,
+            key: Some(&key),
+            what: "target",
+            statements: &counter,
+        };
+        let hash: Vec<String> = (0..8)
+            .map(|i| {
+                format!(
+                    "(POSITION(SUBSTR(MD5(\"NAME\"), {}, 1) IN '0123456789abcdef') - 1) * {}",
+                    i + 1,
+                    16u64.pow(7 - i)
+                )
+            })
+            .collect();
+        let r = Range {
+            lo: Some("a'b".into()),
+            hi: Some("c\\d".into()),
+            nulls: false,
+        };
+        assert_eq!(
+            side.buckets_sql(&r, &["b".into()], false).unwrap(),
+            format!(
+                "SELECT CAST(CASE WHEN \"NAME\" < 'b' THEN 0 ELSE 1 END AS TEXT), CAST(count(*) AS TEXT), \
+                 CAST(count(*) - count(\"NAME\") AS TEXT), CAST(sum(CAST(length(\"NAME\") AS NUMBER(38,0))) AS TEXT), \
+                 CAST(count(*) - count(\"AMOUNT\") AS TEXT), CAST(sum(CAST(\"AMOUNT\" AS NUMBER(38,2))) AS TEXT), \
+                 CAST(sum(CAST(CASE WHEN \"NAME\" IS NOT NULL THEN {} END AS NUMBER(38,0))) AS TEXT) \
+                 FROM (SELECT * FROM \"DB\".\"GITLAB_COM\".\"LABELS\" QUALIFY row_number() OVER (PARTITION BY \"NAME\" ORDER BY \"_UPLOADED_AT\" DESC) = 1) AS pgp_t \
+                 WHERE \"NAME\" >= 'a''b' AND \"NAME\" < 'c\\\\d' GROUP BY 1",
+                hash.join(" + ")
+            )
+        );
+        assert_eq!(
+            target_rows(&reader, &target(), Kind::Scd, Some(&key)).unwrap(),
+            "(SELECT * FROM \"DB\".\"GITLAB_COM\".\"LABELS\" WHERE \"_UPLOADED_AT\" = (SELECT max(\"_UPLOADED_AT\") FROM \"DB\".\"GITLAB_COM\".\"LABELS\")) AS pgp_t"
+        );
+        assert!(target_rows(&reader, &target(), Kind::Incremental, None).is_err());
+    }
+
+    /// The source side orders text keys byte by byte and refuses an integer bound
+    /// that is not one (a bound is spliced into SQL).
+    #[test]
+    fn source_keys_are_ordered_as_bytes_and_bounds_checked() {
+        let columns = vec![col("id", ColumnType::BigInt)];
+        let reader = Written(Dialect::Postgres);
+        let counter = AtomicU64::new(0);
+        let text = Key {
+            column: Ident::parse("key", "id").unwrap(),
+            order: KeyOrder::Text,
+        };
+        let side = Side {
+            reader: &reader,
+            from: "(\nSELECT 1\n) AS pgp_src".into(),
+            columns: &columns,
+            key: Some(&text),
+            what: "source",
+            statements: &counter,
+        };
+        assert_eq!(
+            side.condition(&Range {
+                lo: Some("x".into()),
+                hi: None,
+                nulls: false
+            })
+            .unwrap(),
+            "(\"id\" COLLATE \"C\") >= 'x'"
+        );
+        let int = Key {
+            column: Ident::parse("key", "id").unwrap(),
+            order: KeyOrder::Int,
+        };
+        let side = Side {
+            key: Some(&int),
+            ..side
+        };
+        assert!(side.bound("1; DROP TABLE t").is_err());
+        assert_eq!(side.bound("-42").unwrap(), "-42");
+        assert_eq!(int.cmp("9", "10"), Ordering::Less);
+        assert_eq!(text.cmp("9", "10"), Ordering::Greater);
+    }
+
+    fn agg(rows: u64, nulls: u64, value: i128, hash: i128) -> Agg {
+        Agg {
+            rows,
+            profile: Profile {
+                columns: vec![crate::profile::ColumnProfile {
+                    nulls,
+                    value: Some(value),
+                }],
+            },
+            extras: vec![hash],
+        }
+    }
+
+    /// Key by key: a key only in the source is missing, only in the target extra (once
+    /// per copy), a key held twice is extra once, and equal counts with other measures
+    /// or hashes are a change of that column.
+    #[test]
+    fn keys_are_classified_missing_extra_and_changed() {
+        let columns = vec![col("name", ColumnType::Text)];
+        let s: BTreeMap<String, Agg> = [
+            ("1".into(), agg(1, 0, 5, 10)),
+            ("2".into(), agg(1, 0, 5, 10)),
+            ("3".into(), agg(1, 0, 5, 10)),
+            ("4".into(), agg(1, 0, 5, 10)),
+        ]
+        .into();
+        let t: BTreeMap<String, Agg> = [
+            ("2".into(), agg(1, 0, 5, 10)),
+            ("3".into(), agg(2, 0, 10, 20)),
+            ("4".into(), agg(1, 0, 5, 11)),
+            ("5".into(), agg(2, 0, 5, 10)),
+        ]
+        .into();
+        let mut d = RangeDiff {
+            range: String::new(),
+            lo: None,
+            hi: None,
+            source_rows: 4,
+            target_rows: 6,
+            columns: Vec::new(),
+            by_key: false,
+            missing: Vec::new(),
+            extra: Vec::new(),
+            changed: Vec::new(),
+            source_sql: String::new(),
+            target_sql: String::new(),
+        };
+        compare_keys(&s, &t, &columns, &mut d);
+        assert!(d.by_key);
+        assert_eq!(d.missing, vec!["1"]);
+        assert_eq!(d.extra, vec!["3", "5", "5"]);
+        assert_eq!(d.changed.len(), 1);
+        assert_eq!(d.changed[0].key, "4");
+        assert_eq!(d.changed[0].columns, vec!["name"]);
+    }
+
+    /// Buckets queue only where the sides differ, with the bounds of their place and
+    /// the range's own ends outside; bucket -1 is the NULL keys.
+    #[test]
+    fn differing_buckets_become_ranges() {
+        let bounds = vec!["10".to_string(), "20".to_string()];
+        let same = agg(3, 0, 1, 1);
+        let s: BTreeMap<i64, Agg> = [
+            (-1, same.clone()),
+            (0, same.clone()),
+            (1, same.clone()),
+            (2, same.clone()),
+        ]
+        .into();
+        let t: BTreeMap<i64, Agg> =
+            [(0, same.clone()), (1, agg(3, 1, 1, 1)), (2, same.clone())].into();
+        let r = Range {
+            lo: Some("5".into()),
+            hi: Some("30".into()),
+            nulls: false,
+        };
+        let mut out = VecDeque::new();
+        queue_differing(&r, &bounds, true, &s, &t, &mut out);
+        let got: Vec<(String, u64, u64)> = out
+            .iter()
+            .map(|(r, s, t)| (r.label(), s.rows, t.rows))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("NULL keys".into(), 3, 0), ("[10, 20)".into(), 3, 3)]
+        );
+        let t: BTreeMap<i64, Agg> = [(0, same.clone()), (1, same.clone())].into();
+        let mut out = VecDeque::new();
+        queue_differing(&r, &bounds, false, &s, &t, &mut out);
+        let got: Vec<String> = out.iter().map(|(r, _, _)| r.label()).collect();
+        assert_eq!(got, vec!["[20, 30)"]);
     }
 }

@@ -112,6 +112,26 @@ impl World {
     }
 }
 
+/// `pgp verify` of some manifest tables against the World's DuckDB (`leaf_rows`: see
+/// [`pgp::verify::VerifyOptions`]).
+pub async fn verify_tables(
+    w: &World,
+    tables: &[&str],
+    leaf_rows: u64,
+) -> Vec<pgp::verify::TableVerification> {
+    let m = Manifest::from_file(&w.manifest).unwrap();
+    let p = w.pipeline();
+    let opts = pgp::verify::VerifyOptions {
+        tables: tables.iter().map(|t| t.to_string()).collect(),
+        leaf_rows,
+        ..Default::default()
+    };
+    let connector = pgp::source::PgConnector { env: p.env.clone() };
+    pgp::verify::verify(&m, &opts, &connector, p.env.as_ref(), p.warehouse.as_ref())
+        .await
+        .unwrap()
+}
+
 pub fn outcome<'a>(r: &'a RunReport, table: &str) -> &'a Outcome {
     &r.tables
         .iter()

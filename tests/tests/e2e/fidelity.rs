@@ -174,6 +174,10 @@ async fn every_value_arrives_exactly_as_postgres_holds_it() {
         w.duck_count("SELECT count(*) FROM fidelity_schema.fidelity WHERE _task_instance = 'dag.task.2024-01-01'"),
         n.parse::<i64>().unwrap()
     );
+
+    // `pgp verify` measures every value the same way on both sides: no difference.
+    let v = verify_tables(&w, &["fidelity"], 256).await.remove(0);
+    assert_eq!(v.verdict, pgp::verify::Verdict::Equal, "{v:#?}");
 }
 
 /// A value that begins with U+FEFF (the byte order mark) keeps it, also when it is the
@@ -313,6 +317,16 @@ async fn infinite_bc_and_far_dates_and_timestamps_arrive_in_duckdb() {
         assert_eq!(pg[0][1].as_deref(), Some("infinity"), "{col}");
         assert_eq!(pg[1][1].as_deref(), Some("-infinity"), "{col}");
     }
+    // `pgp verify` sums the finite ones alike on both sides, and sees one moved by a
+    // microsecond (a BC one).
+    let v = verify_tables(&w, &["far"], 256).await.remove(0);
+    assert_eq!(v.verdict, pgp::verify::Verdict::Equal, "{v:#?}");
+    w.db.exec("UPDATE far SET ts = ts + interval '1 microsecond' WHERE id = 4")
+        .await;
+    let v = verify_tables(&w, &["far"], 256).await.remove(0);
+    assert_eq!(v.ranges.len(), 1, "{v:#?}");
+    assert_eq!(v.ranges[0].changed[0].key, "4");
+    assert_eq!(v.ranges[0].changed[0].columns, vec!["ts"]);
 }
 
 /// A list has one depth per column; PostgreSQL lets any array column hold values of

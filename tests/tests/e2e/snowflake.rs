@@ -61,6 +61,32 @@ async fn tap_output(
     (out.status.success(), text)
 }
 
+/// `pgp verify MANIFEST --format json` with exactly `env`: its exit code, its JSON
+/// and all its output (panics when the output shows the source password).
+async fn verify_output(
+    manifest: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut cmd = std::process::Command::new(service_binary("pgp"));
+    cmd.arg("verify")
+        .arg(manifest)
+        .args(["--format", "json"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(pgp_e2e::PASSWORD), "password in output");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), json, text)
+}
+
 /// The environment of `pgp tap` staging through the GCS emulator into fakesnow at
 /// `url` (which reads the staged objects from the emulator's data folder).
 fn tap_env(url: &str, emu: &Emulators) -> BTreeMap<String, String> {
@@ -246,6 +272,53 @@ async fn pgp_tap_loads_through_gcs_into_snowflake() {
     tap(&manifest, &e, &["--load-type", "scd"]).await;
     assert_eq!(q(counts).await, "4000|4000|7|7|2");
     assert_eq!(q(tables).await, "NOTES");
+
+    // `pgp verify` with Snowflake's SQL: the latest snapshot equals the source...
+    let (code, json, text) = verify_output(&manifest, &e).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(json[0]["target_rows"], 2000, "{json}");
+    // ...until the source changes behind it: a row deleted, a text changed to another
+    // of the same length (only the hash of the text sees it), a digit changed.
+    db.exec(
+        "DELETE FROM notes WHERE id = 1500;
+         UPDATE notes SET body = 'row 7x7' WHERE id = 777;
+         UPDATE notes SET amount = amount + 0.001 WHERE id = 3;",
+    )
+    .await;
+    let (code, json, text) = verify_output(&manifest, &e).await;
+    assert_eq!(code, Some(1), "{text}");
+    let ranges = json[0]["ranges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{json}"));
+    let keys = |field: &str| -> Vec<String> {
+        ranges
+            .iter()
+            .flat_map(|r| r[field].as_array().unwrap().clone())
+            .map(|k| match k {
+                serde_json::Value::String(s) => s,
+                o => format!("{}={}", o["key"].as_str().unwrap(), o["columns"]),
+            })
+            .collect()
+    };
+    assert_eq!(keys("extra"), vec!["1500"], "{json}");
+    assert!(keys("missing").is_empty(), "{json}");
+    let mut changed = keys("changed");
+    changed.sort();
+    assert_eq!(changed, vec!["3=[\"amount\"]", "777=[\"body\"]"], "{json}");
+    let cfg = SnowflakeConfig::from_url(&url, &e, &format!("gs://{BUCKET}")).unwrap();
+    let mut c = Client::new(cfg).unwrap();
+    for r in ranges {
+        let sql = format!(
+            "SELECT COUNT(*) FROM ({})",
+            r["target_sql"].as_str().unwrap()
+        );
+        let n = c.query(&sql).await.unwrap();
+        assert_eq!(
+            n.scalar().map(str::to_string),
+            Some(r["target_rows"].to_string()),
+            "{sql}"
+        );
+    }
 }
 
 /// What the local Snowflake endpoint saw, in order.
