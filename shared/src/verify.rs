@@ -156,7 +156,9 @@ pub struct RangeDiff {
     pub hi: Option<String>,
     pub source_rows: u64,
     pub target_rows: u64,
-    /// Columns whose measures differ over the range.
+    /// Columns whose measures differ over the range (`text of a|b` when only the
+    /// hash of the texts of a row's columns together does); for a range compared key
+    /// by key with changed keys, the columns that changed.
     pub columns: Vec<String>,
     /// Whether the range was compared key by key (then `missing`, `extra` and
     /// `changed` are complete; otherwise only the counts and columns are known).
@@ -410,32 +412,7 @@ impl Extra {
     /// integer (NULL for a value left out).
     fn expr(self, dialect: Dialect, c: &str, ty: &ColumnType) -> String {
         match (self, dialect) {
-            // The value's output text (`concat`: see profile_select), as UTF-8 bytes
-            // whatever the database's encoding.
-            (Extra::Hash, Dialect::Postgres) => {
-                format!("('x' || substr(md5(convert_to(concat({c}), 'UTF8')), 1, 8))::bit(32)::bigint")
-            }
-            (Extra::Hash, Dialect::DuckDb) => {
-                let text = if *ty == ColumnType::Uuid {
-                    format!("CAST({c} AS VARCHAR)")
-                } else {
-                    c.to_string()
-                };
-                format!("CAST('0x' || substr(md5({text}), 1, 8) AS BIGINT)")
-            }
-            // Snowflake reads hex with TO_NUMBER(…, 'XXXXXXXX'), which the emulator
-            // does not implement; the digits' places are summed instead (POSITION … IN
-            // is standard SQL).
-            (Extra::Hash, Dialect::Snowflake) => (0..8)
-                .map(|i| {
-                    format!(
-                        "(POSITION(SUBSTR(MD5({c}), {}, 1) IN '0123456789abcdef') - 1) * {}",
-                        i + 1,
-                        1u64 << (4 * (7 - i))
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" + "),
+            (Extra::Hash, _) => md5_int(dialect, &value_text(dialect, c, ty)),
             // Whole seconds, then the microseconds of the second: exact also where
             // `extract` returns a double (before PostgreSQL 14).
             (Extra::Micros, Dialect::Postgres) => format!(
@@ -455,6 +432,100 @@ impl Extra {
             (Extra::Days, Dialect::Snowflake) => format!("DATEDIFF(day, DATE '1970-01-01', {c})"),
         }
     }
+}
+
+/// The text of a value of column `c` (quoted) as the dialect renders it: PostgreSQL's
+/// output text (`concat`: see profile_select; NULL gives ''), DuckDB's VARCHAR.
+fn value_text(dialect: Dialect, c: &str, ty: &ColumnType) -> String {
+    match dialect {
+        Dialect::Postgres => format!("concat({c})"),
+        Dialect::DuckDb if *ty == ColumnType::Uuid => format!("CAST({c} AS VARCHAR)"),
+        Dialect::DuckDb | Dialect::Snowflake => c.to_string(),
+    }
+}
+
+/// The texts of `columns` (quoted, with their types) in one text, separated by the
+/// unit separator (U+001F), NULL as '' (the NULL counts tell those apart).
+fn row_text(dialect: Dialect, columns: &[(String, &ColumnType)]) -> String {
+    match dialect {
+        Dialect::Postgres | Dialect::DuckDb => format!(
+            "concat({})",
+            columns
+                .iter()
+                .map(|(c, ty)| value_text(dialect, c, ty))
+                .collect::<Vec<_>>()
+                .join(", chr(31), ")
+        ),
+        // CONCAT and || are NULL when an argument is.
+        Dialect::Snowflake => columns
+            .iter()
+            .map(|(c, _)| format!("COALESCE({c}, '')"))
+            .collect::<Vec<_>>()
+            .join(" || CHR(31) || "),
+    }
+}
+
+/// The first 32 bits of the MD5 of `text`'s UTF-8 bytes, as an integer.
+fn md5_int(dialect: Dialect, text: &str) -> String {
+    match dialect {
+        // UTF-8 bytes whatever the database's encoding.
+        Dialect::Postgres => {
+            format!("('x' || substr(md5(convert_to({text}, 'UTF8')), 1, 8))::bit(32)::bigint")
+        }
+        Dialect::DuckDb => format!("CAST('0x' || substr(md5({text}), 1, 8) AS BIGINT)"),
+        // Snowflake reads hex with TO_NUMBER(…, 'XXXXXXXX'), which the emulator does
+        // not implement; the digits' places are summed instead (POSITION … IN is
+        // standard SQL).
+        Dialect::Snowflake => (0..8)
+            .map(|i| {
+                format!(
+                    "(POSITION(SUBSTR(MD5({text}), {}, 1) IN '0123456789abcdef') - 1) * {}",
+                    i + 1,
+                    1u64 << (4 * (7 - i))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + "),
+    }
+}
+
+/// How finely a statement measures [`Extra::Hash`] columns: over ranges, one MD5 of
+/// each row's hashed texts together (detection: one hash per row instead of one per
+/// column, which measured 1.9 s against 4 x 1.4 s on the bench table's four text
+/// columns); per key, one per column (which column changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grain {
+    Ranges,
+    Keys,
+}
+
+/// One extra sum a statement reads back, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    /// The row hash of these hashed columns (indexes into the columns).
+    Rows(Vec<usize>),
+    /// The [`Extra`] measure of one column.
+    Column(usize, Extra),
+}
+
+fn slots(columns: &[Column], grain: Grain) -> Vec<Slot> {
+    let mut out = Vec::new();
+    if grain == Grain::Ranges {
+        let hashed: Vec<usize> = (0..columns.len())
+            .filter(|&i| Extra::of(&columns[i]) == Some(Extra::Hash))
+            .collect();
+        if !hashed.is_empty() {
+            out.push(Slot::Rows(hashed));
+        }
+    }
+    for (i, c) in columns.iter().enumerate() {
+        match Extra::of(c) {
+            Some(Extra::Hash) if grain == Grain::Ranges => {}
+            Some(e) => out.push(Slot::Column(i, e)),
+            None => {}
+        }
+    }
+    out
 }
 
 /// One side of the comparison: where its rows are and how its SQL is written.
@@ -531,19 +602,35 @@ impl Side<'_> {
         Ok(parts.join(" AND "))
     }
 
-    /// The profile's measures, then the sum of each [`Extra`] measure.
-    fn measures(&self) -> String {
-        let mut items = profile_select(self.columns, |c| self.quote(&c.name), self.dialect());
-        for (c, extra) in self.columns.iter().filter_map(|c| Some((c, Extra::of(c)?))) {
-            let q = self.quote(&c.name);
-            let h = extra.expr(self.dialect(), &q, &c.ty);
-            // NUMBER(38,0): see profile_select (the emulator's SUM casts to DOUBLE).
-            let sum_type = match self.dialect() {
-                Dialect::Snowflake => "NUMBER(38,0)",
-                Dialect::DuckDb | Dialect::Postgres => "BIGINT",
+    /// The profile's measures, then the sum of each [`Slot`] of `grain`.
+    fn measures(&self, grain: Grain) -> String {
+        let d = self.dialect();
+        let mut items = profile_select(self.columns, |c| self.quote(&c.name), d);
+        // NUMBER(38,0): see profile_select (the emulator's SUM casts to DOUBLE).
+        let sum_type = match d {
+            Dialect::Snowflake => "NUMBER(38,0)",
+            Dialect::DuckDb | Dialect::Postgres => "BIGINT",
+        };
+        for slot in slots(self.columns, grain) {
+            let value = match slot {
+                Slot::Rows(cols) => {
+                    let cols: Vec<(String, &ColumnType)> = cols
+                        .iter()
+                        .map(|&i| (self.quote(&self.columns[i].name), &self.columns[i].ty))
+                        .collect();
+                    md5_int(d, &row_text(d, &cols))
+                }
+                Slot::Column(i, extra) => {
+                    let c = &self.columns[i];
+                    let q = self.quote(&c.name);
+                    format!(
+                        "CASE WHEN {q} IS NOT NULL THEN {} END",
+                        extra.expr(d, &q, &c.ty)
+                    )
+                }
             };
             items.push_str(&format!(
-                ", CAST(sum(CAST(CASE WHEN {q} IS NOT NULL THEN {h} END AS {sum_type})) AS {})",
+                ", CAST(sum(CAST({value} AS {sum_type})) AS {})",
                 self.text()
             ));
         }
@@ -556,8 +643,15 @@ impl Side<'_> {
 
     async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         self.statements.fetch_add(1, AtomicOrdering::Relaxed);
-        tracing::debug!(side = self.what, %sql, "verify");
-        self.reader.rows(sql).await
+        let started = Instant::now();
+        let rows = self.reader.rows(sql).await;
+        tracing::debug!(
+            side = self.what,
+            seconds = started.elapsed().as_secs_f64(),
+            %sql,
+            "verify statement"
+        );
+        rows
     }
 
     fn agg(&self, row: &[Option<String>], from: usize) -> Result<Agg> {
@@ -588,7 +682,7 @@ impl Side<'_> {
         let sql = format!(
             "SELECT CAST(count(*) AS {}), {} FROM {}",
             self.text(),
-            self.measures(),
+            self.measures(Grain::Ranges),
             self.from
         );
         let rows = self.run(&sql).await?;
@@ -612,7 +706,7 @@ impl Side<'_> {
         };
         Ok(format!(
             "SELECT CAST({case} AS {t}), CAST(count(*) AS {t}), {} FROM {}{filter} GROUP BY 1",
-            self.measures(),
+            self.measures(Grain::Ranges),
             self.from,
             t = self.text()
         ))
@@ -672,7 +766,7 @@ impl Side<'_> {
         let k = self.key_ref();
         let sql = format!(
             "SELECT CAST({k} AS {t}), CAST(count(*) AS {t}), {} FROM {} WHERE {} GROUP BY {k} LIMIT {}",
-            self.measures(),
+            self.measures(Grain::Keys),
             self.from,
             self.condition(r)?,
             cap + 1,
@@ -745,34 +839,44 @@ fn target_rows(
     })
 }
 
-/// The columns whose measures differ.
-fn differing(a: &Agg, b: &Agg, columns: &[Column]) -> Vec<String> {
-    let extra_index: Vec<Option<usize>> = columns
-        .iter()
-        .scan(0, |n, c| {
-            Some(Extra::of(c).map(|_| {
-                *n += 1;
-                *n - 1
-            }))
-        })
-        .collect();
-    columns
+/// The columns whose measures differ (a row hash that differs names its columns
+/// together: which of them changed is known per key).
+fn differing(a: &Agg, b: &Agg, columns: &[Column], grain: Grain) -> Vec<String> {
+    let mut out: Vec<String> = columns
         .iter()
         .enumerate()
         .filter(|(i, _)| {
             let (x, y) = (a.profile.columns.get(*i), b.profile.columns.get(*i));
-            let measures = match (x, y) {
+            match (x, y) {
                 (Some(x), Some(y)) => {
                     x.nulls != y.nulls
                         || (x.value.is_some() && y.value.is_some() && x.value != y.value)
                 }
                 _ => x != y,
-            };
-            let extra = extra_index[*i].is_some_and(|h| a.extras.get(h) != b.extras.get(h));
-            measures || extra
+            }
         })
         .map(|(_, c)| c.name.as_str().to_string())
-        .collect()
+        .collect();
+    for (n, slot) in slots(columns, grain).into_iter().enumerate() {
+        if a.extras.get(n) == b.extras.get(n) {
+            continue;
+        }
+        let name = match slot {
+            Slot::Column(i, _) => columns[i].name.as_str().to_string(),
+            Slot::Rows(cols) if cols.len() == 1 => columns[cols[0]].name.as_str().to_string(),
+            Slot::Rows(cols) => format!(
+                "text of {}",
+                cols.iter()
+                    .map(|&i| columns[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            ),
+        };
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -838,9 +942,16 @@ async fn verify_table(
     source
         .run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
+    // The planner cannot estimate how many buckets a CASE makes and plans every row a
+    // group: a sort of the whole table (spilled to disk) and one aggregating process.
+    // Without sorts it hashes the 64 groups, partially in each parallel worker; the
+    // bench table's first statement went from 9.2 s to 4.3 s. JIT compiling a
+    // statement that runs once cost another 1.1 s.
+    source.run("SET LOCAL enable_sort = off").await?;
+    source.run("SET LOCAL jit = off").await?;
 
     if key.is_none() {
-        let (s, t) = (source.whole().await?, target.whole().await?);
+        let (s, t) = futures::try_join!(source.whole(), target.whole())?;
         v.source_rows = s.rows;
         v.target_rows = t.rows;
         if s != t {
@@ -851,7 +962,7 @@ async fn verify_table(
                 hi: None,
                 source_rows: s.rows,
                 target_rows: t.rows,
-                columns: differing(&s, &t, &columns),
+                columns: differing(&s, &t, &columns, Grain::Ranges),
                 by_key: false,
                 missing: Vec::new(),
                 extra: Vec::new(),
@@ -866,10 +977,11 @@ async fn verify_table(
 
     // The first level: the whole key in `top_ranges`, NULL keys apart.
     let bounds = source.splits(&Range::ALL, opts.top_ranges).await?;
-    let (s, t) = (
-        source.buckets(&Range::ALL, &bounds, true).await?,
-        target.buckets(&Range::ALL, &bounds, true).await?,
-    );
+    // Both sides at once: the source's and the target's engines work in parallel.
+    let (s, t) = futures::try_join!(
+        source.buckets(&Range::ALL, &bounds, true),
+        target.buckets(&Range::ALL, &bounds, true),
+    )?;
     v.source_rows = s.values().map(|a| a.rows).sum();
     v.target_rows = t.values().map(|a| a.rows).sum();
     let mut pending: VecDeque<(Range, Agg, Agg)> = VecDeque::new();
@@ -887,10 +999,10 @@ async fn verify_table(
             let bounds = source.splits(&r, opts.fanout).await?;
             if !bounds.is_empty() {
                 splits += 1;
-                let (ss, ts) = (
-                    source.buckets(&r, &bounds, false).await?,
-                    target.buckets(&r, &bounds, false).await?,
-                );
+                let (ss, ts) = futures::try_join!(
+                    source.buckets(&r, &bounds, false),
+                    target.buckets(&r, &bounds, false),
+                )?;
                 queue_differing(&r, &bounds, false, &ss, &ts, &mut pending);
                 continue;
             }
@@ -904,7 +1016,7 @@ async fn verify_table(
             hi: r.hi.clone(),
             source_rows: s.rows,
             target_rows: t.rows,
-            columns: differing(&s, &t, &columns),
+            columns: differing(&s, &t, &columns, Grain::Ranges),
             by_key: false,
             missing: Vec::new(),
             extra: Vec::new(),
@@ -913,10 +1025,16 @@ async fn verify_table(
             target_sql: target.inspect(Some(&r))?,
         };
         if small && s.rows.max(t.rows) <= cap {
-            let sk = source.per_key(&r, cap).await?;
-            let tk = target.per_key(&r, cap).await?;
+            let (sk, tk) = futures::try_join!(source.per_key(&r, cap), target.per_key(&r, cap))?;
             if let (Some(sk), Some(tk)) = (sk, tk) {
                 compare_keys(&sk, &tk, &columns, &mut d);
+                if !d.changed.is_empty() {
+                    d.columns = columns
+                        .iter()
+                        .map(|c| c.name.as_str().to_string())
+                        .filter(|n| d.changed.iter().any(|k| k.columns.contains(n)))
+                        .collect();
+                }
             }
         }
         let sort = |v: &mut Vec<String>| v.sort_by(|a, b| key.cmp(a, b));
@@ -1000,7 +1118,7 @@ fn compare_keys(
                 }
             }
             Some(ta) => {
-                let cols = differing(sa, ta, columns);
+                let cols = differing(sa, ta, columns, Grain::Keys);
                 if !cols.is_empty() {
                     d.changed.push(ChangedKey {
                         key: k.clone(),
@@ -1049,8 +1167,8 @@ mod tests {
 
     /// Snowflake's statements, pinned: the latest version of each key, the bucket of
     /// each key in binary text order with backslashes and quotes escaped as
-    /// Snowflake reads literals, every sum cast to NUMBER(38,s), and the MD5 digits
-    /// summed by place.
+    /// Snowflake reads literals, every sum cast to NUMBER(38,s), and the MD5 of each
+    /// row's texts (NULL as '', unit separators between) summed by its digits' places.
     #[test]
     fn snowflake_statements_are_pinned() {
         let columns = vec![
@@ -1062,6 +1180,7 @@ mod tests {
                     scale: 2,
                 },
             ),
+            col("note", ColumnType::Text),
         ];
         let key = Key {
             column: Ident::parse("key", "name").unwrap(),
@@ -1080,7 +1199,7 @@ mod tests {
         let hash: Vec<String> = (0..8)
             .map(|i| {
                 format!(
-                    "(POSITION(SUBSTR(MD5(\"NAME\"), {}, 1) IN '0123456789abcdef') - 1) * {}",
+                    "(POSITION(SUBSTR(MD5(COALESCE(\"NAME\", '') || CHR(31) || COALESCE(\"NOTE\", '')), {}, 1) IN '0123456789abcdef') - 1) * {}",
                     i + 1,
                     16u64.pow(7 - i)
                 )
@@ -1097,7 +1216,8 @@ mod tests {
                 "SELECT CAST(CASE WHEN \"NAME\" < 'b' THEN 0 ELSE 1 END AS TEXT), CAST(count(*) AS TEXT), \
                  CAST(count(*) - count(\"NAME\") AS TEXT), CAST(sum(CAST(length(\"NAME\") AS NUMBER(38,0))) AS TEXT), \
                  CAST(count(*) - count(\"AMOUNT\") AS TEXT), CAST(sum(CAST(\"AMOUNT\" AS NUMBER(38,2))) AS TEXT), \
-                 CAST(sum(CAST(CASE WHEN \"NAME\" IS NOT NULL THEN {} END AS NUMBER(38,0))) AS TEXT) \
+                 CAST(count(*) - count(\"NOTE\") AS TEXT), CAST(sum(CAST(length(\"NOTE\") AS NUMBER(38,0))) AS TEXT), \
+                 CAST(sum(CAST({} AS NUMBER(38,0))) AS TEXT) \
                  FROM (SELECT * FROM \"DB\".\"GITLAB_COM\".\"LABELS\" QUALIFY row_number() OVER (PARTITION BY \"NAME\" ORDER BY \"_UPLOADED_AT\" DESC) = 1) AS pgp_t \
                  WHERE \"NAME\" >= 'a''b' AND \"NAME\" < 'c\\\\d' GROUP BY 1",
                 hash.join(" + ")
