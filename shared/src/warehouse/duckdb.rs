@@ -234,8 +234,19 @@ impl DuckDb {
     /// Open an existing file read-only, or, when there is none, an empty in-memory
     /// database (every target then reads as missing). Creates nothing on disk.
     pub fn open_read_only(path: &Path, store: Arc<dyn ObjectStore>) -> Result<Self> {
+        Self::open_read_only_with(path, store, &DuckDbSettings::default())
+    }
+
+    /// As [`DuckDb::open_read_only`], within `settings`' memory and threads (what
+    /// `pgp verify` aggregates is bounded by them, as a load is).
+    pub fn open_read_only_with(
+        path: &Path,
+        store: Arc<dyn ObjectStore>,
+        settings: &DuckDbSettings,
+    ) -> Result<Self> {
         let conn = if path.exists() {
-            let cfg = duckdb::Config::default()
+            let cfg = settings
+                .config()?
                 .access_mode(duckdb::AccessMode::ReadOnly)
                 .map_err(db_err("read-only config"))?;
             Connection::open_with_flags(path, cfg)
@@ -243,12 +254,7 @@ impl DuckDb {
             Connection::open_in_memory()
         }
         .map_err(|e| Error::warehouse(format!("open {}", path.display()), e, ErrorKind::Busy))?;
-        Ok(Self::with_conn(
-            path,
-            conn,
-            store,
-            &DuckDbSettings::default(),
-        ))
+        Ok(Self::with_conn(path, conn, store, settings))
     }
 
     fn with_conn(

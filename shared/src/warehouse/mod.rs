@@ -492,7 +492,7 @@ fn open_with(
         }
         let path = std::path::Path::new(path);
         return Ok(Arc::new(if read_only {
-            DuckDb::open_read_only(path, store)?
+            DuckDb::open_read_only_with(path, store, &settings)?
         } else {
             DuckDb::open_with(path, store, &settings)?
         }));
