@@ -318,3 +318,125 @@ async fn pgp_verify_exits_0_1_2_and_prints_json() {
     let (code, _, text) = run(wrong);
     assert_eq!(code, Some(2), "{text}");
 }
+
+/// A source whose first range statement is preceded by a change committed on
+/// another connection: the change lands after verify's snapshot was taken.
+struct Meddling {
+    inner: Box<dyn pgp::source::Source>,
+    change: std::sync::Mutex<Option<String>>,
+    other: std::sync::Arc<tokio_postgres::Client>,
+}
+
+#[async_trait::async_trait]
+impl pgp::verify::Reader for Meddling {
+    fn dialect(&self) -> pgp::warehouse::Dialect {
+        self.inner.reader().unwrap().dialect()
+    }
+    fn relation(&self, t: &pgp::ident::TableName) -> String {
+        self.inner.reader().unwrap().relation(t)
+    }
+    async fn rows(&self, sql: &str) -> pgp::Result<Vec<Vec<Option<String>>>> {
+        if sql.contains("CASE") {
+            let change = self.change.lock().unwrap().take();
+            if let Some(c) = change {
+                self.other.batch_execute(&c).await.unwrap();
+            }
+        }
+        self.inner.reader().unwrap().rows(sql).await
+    }
+}
+
+#[async_trait::async_trait]
+impl pgp::source::Source for Meddling {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn reader(&self) -> Option<&dyn pgp::verify::Reader> {
+        Some(self)
+    }
+    async fn describe(&self, t: &str, q: &str) -> pgp::Result<Vec<pgp::types::Column>> {
+        self.inner.describe(t, q).await
+    }
+    async fn key_splits(
+        &self,
+        t: &str,
+        q: &str,
+        k: &pgp::query::ChunkKey,
+        n: u64,
+    ) -> pgp::Result<pgp::query::KeySplits> {
+        self.inner.key_splits(t, q, k, n).await
+    }
+    async fn mean_row_bytes(&self, t: &str, q: &str) -> pgp::Result<Option<f64>> {
+        self.inner.mean_row_bytes(t, q).await
+    }
+    async fn copy_chunk(
+        &self,
+        c: &pgp::source::ChunkQuery<'_>,
+    ) -> pgp::Result<futures::stream::BoxStream<'static, pgp::Result<bytes::Bytes>>> {
+        self.inner.copy_chunk(c).await
+    }
+}
+
+struct MeddlingConnector {
+    pg: pgp::source::PgConnector,
+    change: String,
+    other: std::sync::Arc<tokio_postgres::Client>,
+}
+
+#[async_trait::async_trait]
+impl pgp::source::Connector for MeddlingConnector {
+    async fn connect(
+        &self,
+        info: &pgp::manifest::ConnectionInfo,
+    ) -> pgp::Result<Box<dyn pgp::source::Source>> {
+        Ok(Box::new(Meddling {
+            inner: self.pg.connect(info).await?,
+            change: std::sync::Mutex::new(Some(self.change.clone())),
+            other: self.other.clone(),
+        }))
+    }
+}
+
+/// Every statement on the source reads one snapshot: a row deleted (on another
+/// connection) after the ranges were cut and before they are measured is not seen
+/// half way, where the cut would count it and the measure would not. Without verify's
+/// `REPEATABLE READ` transaction this run reports the row as extra.
+#[tokio::test]
+async fn the_source_is_compared_in_one_snapshot() {
+    let w = World::new("verify_snapshot", ITEMS, ITEMS_TABLES).await;
+    let r = w.run_type(LoadType::Scd).await;
+    assert_eq!(outcome(&r, "labels"), &Outcome::Swapped, "{r:#?}");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={}",
+            w.db.env()["TEST_DB_PORT"],
+            w.db.env()["TEST_DB_NAME"]
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let m = pgp::manifest::Manifest::from_file(&w.manifest).unwrap();
+    let p = w.pipeline();
+    let connector = MeddlingConnector {
+        pg: pgp::source::PgConnector { env: p.env.clone() },
+        change: "DELETE FROM labels WHERE name = 'Z'".into(),
+        other: std::sync::Arc::new(client),
+    };
+    let opts = pgp::verify::VerifyOptions {
+        tables: vec!["labels".into()],
+        ..Default::default()
+    };
+    let v = pgp::verify::verify(&m, &opts, &connector, p.env.as_ref(), p.warehouse.as_ref())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(v.verdict, Verdict::Equal, "{v:#?}");
+    // The change was made: the next verify sees it.
+    let v = verify(&w, "labels").await;
+    assert_eq!(
+        v.ranges.iter().flat_map(|r| &r.extra).collect::<Vec<_>>(),
+        vec!["Z"]
+    );
+}
