@@ -430,3 +430,74 @@ async fn test_load_samples_new_tables_into_a_scratch_table_only() {
     let r = w.run(o).await;
     assert!(matches!(outcome(&r, "users"), Outcome::Skipped(_)));
 }
+
+/// `pgp tap` stages local files uncompressed unless asked (the embedded warehouse
+/// reads them in place), and gzip when asked; both load the same rows.
+#[tokio::test]
+async fn local_staging_defaults_to_uncompressed_objects() {
+    let w = world("localstage").await;
+    let tap = |extra: &[&str]| {
+        let out = std::process::Command::new(pgp_e2e::cloud::service_binary("pgp"))
+            .arg("tap")
+            .arg(&w.manifest)
+            .args([
+                "--load-type",
+                "scd",
+                "--keep-objects",
+                "--table",
+                "settings",
+            ])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(
+                "PGP_WAREHOUSE_URL",
+                format!("duckdb://{}", w.duckdb_path().display()),
+            )
+            .env(
+                "PGP_STORAGE_URL",
+                format!("file://{}", w.store_path().display()),
+            )
+            .env("PGP_LOG", "warn")
+            .envs(w.db.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let objects = || {
+        let mut names: Vec<String> = walk(&w.store_path())
+            .into_iter()
+            .filter(|n| n.contains(".tsv"))
+            .collect();
+        names.sort();
+        names
+    };
+    tap(&["--run-id", "plain"]);
+    let plain = objects();
+    assert!(
+        !plain.is_empty() && plain.iter().all(|n| n.ends_with(".tsv")),
+        "{plain:?}"
+    );
+    tap(&["--run-id", "zipped", "--compression", "gzip"]);
+    let zipped: Vec<String> = objects()
+        .into_iter()
+        .filter(|n| n.contains("zipped"))
+        .collect();
+    assert!(
+        !zipped.is_empty() && zipped.iter().all(|n| n.ends_with(".tsv.gz")),
+        "{zipped:?}"
+    );
+    assert_eq!(
+        w.duck_count("SELECT count(*) FROM gitlab_com.application_settings"),
+        6
+    );
+    assert_eq!(
+        w.duck_count("SELECT count(*) FROM gitlab_com.application_settings WHERE value = ''"),
+        2
+    );
+}
