@@ -148,7 +148,7 @@ pub struct TableVerification {
 }
 
 /// A key range where the target differs.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RangeDiff {
     /// `[lo, hi)` (`-inf`, `+inf` when open), `NULL keys`, or `whole table`.
     pub range: String,
@@ -175,7 +175,7 @@ pub struct RangeDiff {
     pub target_sql: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ChangedKey {
     pub key: String,
     pub columns: Vec<String>,
@@ -956,20 +956,7 @@ async fn verify_table(
         v.target_rows = t.rows;
         if s != t {
             v.verdict = Verdict::Differs;
-            v.ranges.push(RangeDiff {
-                range: "whole table".into(),
-                lo: None,
-                hi: None,
-                source_rows: s.rows,
-                target_rows: t.rows,
-                columns: differing(&s, &t, &columns, Grain::Ranges),
-                by_key: false,
-                missing: Vec::new(),
-                extra: Vec::new(),
-                changed: Vec::new(),
-                source_sql: source.inspect(None)?,
-                target_sql: target.inspect(None)?,
-            });
+            v.ranges.push(range_diff(None, &s, &t, &source, &target)?);
         }
         return Ok(());
     }
@@ -1010,20 +997,7 @@ async fn verify_table(
         if !small {
             v.truncated = true;
         }
-        let mut d = RangeDiff {
-            range: r.label(),
-            lo: r.lo.clone(),
-            hi: r.hi.clone(),
-            source_rows: s.rows,
-            target_rows: t.rows,
-            columns: differing(&s, &t, &columns, Grain::Ranges),
-            by_key: false,
-            missing: Vec::new(),
-            extra: Vec::new(),
-            changed: Vec::new(),
-            source_sql: source.inspect(Some(&r))?,
-            target_sql: target.inspect(Some(&r))?,
-        };
+        let mut d = range_diff(Some(&r), &s, &t, &source, &target)?;
         if small && s.rows.max(t.rows) <= cap {
             let (sk, tk) = futures::try_join!(source.per_key(&r, cap), target.per_key(&r, cap))?;
             if let (Some(sk), Some(tk)) = (sk, tk) {
@@ -1054,6 +1028,28 @@ async fn verify_table(
         (Some(x), Some(y)) => key.cmp(x, y),
     });
     Ok(())
+}
+
+/// A differing range (`None`: the whole table) as its counts, the columns whose
+/// measures differ, and the SQL that shows it; its keys are not compared yet.
+fn range_diff(
+    r: Option<&Range>,
+    s: &Agg,
+    t: &Agg,
+    source: &Side<'_>,
+    target: &Side<'_>,
+) -> Result<RangeDiff> {
+    Ok(RangeDiff {
+        range: r.map_or_else(|| "whole table".into(), Range::label),
+        lo: r.and_then(|r| r.lo.clone()),
+        hi: r.and_then(|r| r.hi.clone()),
+        source_rows: s.rows,
+        target_rows: t.rows,
+        columns: differing(s, t, source.columns, Grain::Ranges),
+        source_sql: source.inspect(r)?,
+        target_sql: target.inspect(r)?,
+        ..RangeDiff::default()
+    })
 }
 
 /// Queue the buckets of `r` (cut at `bounds`) whose sides differ.
@@ -1305,20 +1301,7 @@ mod tests {
             ("5".into(), agg(2, 0, 5, 10)),
         ]
         .into();
-        let mut d = RangeDiff {
-            range: String::new(),
-            lo: None,
-            hi: None,
-            source_rows: 4,
-            target_rows: 6,
-            columns: Vec::new(),
-            by_key: false,
-            missing: Vec::new(),
-            extra: Vec::new(),
-            changed: Vec::new(),
-            source_sql: String::new(),
-            target_sql: String::new(),
-        };
+        let mut d = RangeDiff::default();
         compare_keys(&s, &t, &columns, &mut d);
         assert!(d.by_key);
         assert_eq!(d.missing, vec!["1"]);

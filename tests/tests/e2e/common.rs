@@ -67,6 +67,42 @@ impl World {
         self.run(self.options(load_type, Utc::now())).await
     }
 
+    /// The `pgp` command with `args`, its warehouse and store this World's, the
+    /// source from `source_env` (normally `self.db.env()`), nothing else in its
+    /// environment: its output, stdout and stderr together (never with the password).
+    pub fn pgp(
+        &self,
+        args: &[&str],
+        source_env: std::collections::BTreeMap<String, String>,
+    ) -> (std::process::Output, String) {
+        let out = std::process::Command::new(pgp_e2e::cloud::service_binary("pgp"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(
+                "PGP_WAREHOUSE_URL",
+                format!("duckdb://{}", self.duckdb_path().display()),
+            )
+            .env(
+                "PGP_STORAGE_URL",
+                format!("file://{}", self.store_path().display()),
+            )
+            .env("PGP_LOG", "warn")
+            .envs(source_env)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains(pgp_e2e::PASSWORD),
+            "password in output: {text}"
+        );
+        (out, text)
+    }
+
     /// Rows of a DuckDB query, every value cast to text by the query itself.
     pub fn duck(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         let c = duckdb::Connection::open(self.duckdb_path()).unwrap();

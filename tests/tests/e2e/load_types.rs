@@ -437,37 +437,12 @@ async fn test_load_samples_new_tables_into_a_scratch_table_only() {
 async fn local_staging_defaults_to_uncompressed_objects() {
     let w = world("localstage").await;
     let tap = |extra: &[&str]| {
-        let out = std::process::Command::new(pgp_e2e::cloud::service_binary("pgp"))
-            .arg("tap")
-            .arg(&w.manifest)
-            .args([
-                "--load-type",
-                "scd",
-                "--keep-objects",
-                "--table",
-                "settings",
-            ])
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env(
-                "PGP_WAREHOUSE_URL",
-                format!("duckdb://{}", w.duckdb_path().display()),
-            )
-            .env(
-                "PGP_STORAGE_URL",
-                format!("file://{}", w.store_path().display()),
-            )
-            .env("PGP_LOG", "warn")
-            .envs(w.db.env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let manifest = w.manifest.to_str().unwrap();
+        let mut args = vec!["tap", manifest, "--load-type", "scd", "--keep-objects"];
+        args.extend(["--table", "settings"]);
+        args.extend(extra);
+        let (out, text) = w.pgp(&args, w.db.env());
+        assert!(out.status.success(), "{text}");
     };
     let objects = || {
         let mut names: Vec<String> = walk(&w.store_path())

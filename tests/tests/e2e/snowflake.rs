@@ -41,23 +41,10 @@ async fn tap_output(
     env: &BTreeMap<String, String>,
     args: &[&str],
 ) -> (bool, String) {
-    let mut cmd = std::process::Command::new(service_binary("pgp"));
-    cmd.arg("tap")
-        .arg(manifest)
-        .args(args)
-        .arg("--keep-objects")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains(pgp_e2e::PASSWORD), "password in output");
+    let mut all = vec!["tap".to_string(), manifest.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.push("--keep-objects".into());
+    let (out, text) = pgp_output(all, env).await;
     (out.status.success(), text)
 }
 
@@ -67,10 +54,26 @@ async fn verify_output(
     manifest: &std::path::Path,
     env: &BTreeMap<String, String>,
 ) -> (Option<i32>, serde_json::Value, String) {
+    let args = [
+        "verify",
+        &manifest.display().to_string(),
+        "--format",
+        "json",
+    ]
+    .map(String::from);
+    let (out, text) = pgp_output(args.to_vec(), env).await;
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), json, text)
+}
+
+/// `pgp ARGS…` with exactly `env`: its output, and stdout and stderr together (panics
+/// when they show the source password).
+async fn pgp_output(
+    args: Vec<String>,
+    env: &BTreeMap<String, String>,
+) -> (std::process::Output, String) {
     let mut cmd = std::process::Command::new(service_binary("pgp"));
-    cmd.arg("verify")
-        .arg(manifest)
-        .args(["--format", "json"])
+    cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env);
@@ -83,8 +86,7 @@ async fn verify_output(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains(pgp_e2e::PASSWORD), "password in output");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code(), json, text)
+    (out, text)
 }
 
 /// The environment of `pgp tap` staging through the GCS emulator into fakesnow at

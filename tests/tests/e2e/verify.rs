@@ -266,35 +266,13 @@ async fn pgp_verify_exits_0_1_2_and_prints_json() {
     let w = World::new("verify_cli", ITEMS, ITEMS_TABLES).await;
     let r = w.run_type(LoadType::Scd).await;
     assert_eq!(outcome(&r, "labels"), &Outcome::Swapped, "{r:#?}");
-    let run = |env: Vec<(String, String)>| {
-        let out = std::process::Command::new(pgp_e2e::cloud::service_binary("pgp"))
-            .args(["verify", w.manifest.to_str().unwrap(), "--table", "labels"])
-            .args(["--format", "json"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env(
-                "PGP_WAREHOUSE_URL",
-                format!("duckdb://{}", w.duckdb_path().display()),
-            )
-            .env(
-                "PGP_STORAGE_URL",
-                format!("file://{}", w.store_path().display()),
-            )
-            .envs(env)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !text.contains(pgp_e2e::PASSWORD),
-            "password in output: {text}"
-        );
+    let manifest = w.manifest.to_str().unwrap();
+    let args = ["verify", manifest, "--table", "labels", "--format", "json"];
+    let run = |env: std::collections::BTreeMap<String, String>| {
+        let (out, text) = w.pgp(&args, env);
         (out.status.code(), out.stdout, text)
     };
-    let env: Vec<(String, String)> = w.db.env().into_iter().collect();
+    let env = w.db.env();
     let (code, _, text) = run(env.clone());
     assert_eq!(code, Some(0), "{text}");
 
@@ -305,7 +283,7 @@ async fn pgp_verify_exits_0_1_2_and_prints_json() {
     assert_eq!(json[0]["verdict"], "differs", "{json}");
     assert_eq!(json[0]["ranges"][0]["extra"][0], "Z", "{json}");
 
-    let wrong: Vec<(String, String)> = env
+    let wrong = env
         .into_iter()
         .map(|(k, v)| {
             if k.ends_with("_NAME") {
