@@ -158,7 +158,7 @@ pub struct RangeDiff {
     pub target_rows: u64,
     /// Columns whose measures differ over the range (`text of a|b` when only the
     /// hash of the texts of a row's columns together does); for a range compared key
-    /// by key with changed keys, the columns that changed.
+    /// by key, the columns of its changed keys.
     pub columns: Vec<String>,
     /// Whether the range was compared key by key (then `missing`, `extra` and
     /// `changed` are complete; otherwise only the counts and columns are known).
@@ -1002,13 +1002,13 @@ async fn verify_table(
             let (sk, tk) = futures::try_join!(source.per_key(&r, cap), target.per_key(&r, cap))?;
             if let (Some(sk), Some(tk)) = (sk, tk) {
                 compare_keys(&sk, &tk, &columns, &mut d);
-                if !d.changed.is_empty() {
-                    d.columns = columns
-                        .iter()
-                        .map(|c| c.name.as_str().to_string())
-                        .filter(|n| d.changed.iter().any(|k| k.columns.contains(n)))
-                        .collect();
-                }
+                // What changed in the rows on both sides (a missing or extra row moves
+                // every column's measures, which says nothing more).
+                d.columns = columns
+                    .iter()
+                    .map(|c| c.name.as_str().to_string())
+                    .filter(|n| d.changed.iter().any(|k| k.columns.contains(n)))
+                    .collect();
             }
         }
         let sort = |v: &mut Vec<String>| v.sort_by(|a, b| key.cmp(a, b));
