@@ -551,7 +551,7 @@ impl Side<'_> {
     fn lit(&self, v: &str) -> String {
         match self.dialect() {
             Dialect::Snowflake => crate::warehouse::snowflake::lit(v),
-            Dialect::DuckDb | Dialect::Postgres => format!("'{}'", v.replace('\'', "''")),
+            Dialect::DuckDb | Dialect::Postgres => crate::warehouse::duckdb::sql_string(v),
         }
     }
 

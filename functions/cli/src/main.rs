@@ -500,11 +500,7 @@ async fn tap(
     }
     // `extract` plans against the warehouse read-only and only writes objects.
     let p = pipeline(extract_only).await?;
-    opts.compression = compression.unwrap_or(if p.store.url().starts_with("file://") {
-        Compression::None
-    } else {
-        Compression::Gzip
-    });
+    opts.compression = compression.unwrap_or_else(|| Compression::default_for(&p.store.url()));
     if extract_only {
         // Make sure the store exists (created if local) even though planning was read-only.
         let endpoint = std::env::var("PGP_GCS_ENDPOINT")

@@ -80,7 +80,9 @@ impl std::fmt::Debug for DuckDb {
     }
 }
 
-fn sql_string(s: &str) -> String {
+/// A standard SQL string literal (quotes doubled, backslashes literal): DuckDB's, and
+/// PostgreSQL's under pgp's session (`standard_conforming_strings`).
+pub(crate) fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

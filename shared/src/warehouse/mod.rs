@@ -17,7 +17,7 @@
 //!   publish can take exactly one attempt per chunk even when two loaders loaded the
 //!   same object concurrently.
 
-mod duckdb;
+pub(crate) mod duckdb;
 pub mod snowflake;
 pub use self::duckdb::{DuckDb, DuckDbSettings, DEFAULT_MEMORY_LIMIT};
 pub use self::snowflake::Snowflake;

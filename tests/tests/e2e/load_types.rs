@@ -86,24 +86,6 @@ async fn scd_creates_on_first_run_then_appends_a_snapshot_each_run() {
     assert!(objects.is_empty(), "{objects:?}");
 }
 
-fn walk(p: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') {
-                continue;
-            }
-            if e.path().is_dir() {
-                out.extend(walk(&e.path()));
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_retry_with_the_same_run_id_does_not_duplicate_rows() {
     let w = world("retry").await;
@@ -447,6 +429,7 @@ async fn local_staging_defaults_to_uncompressed_objects() {
     let objects = || {
         let mut names: Vec<String> = walk(&w.store_path())
             .into_iter()
+            .map(|p| p.display().to_string())
             .filter(|n| n.contains(".tsv"))
             .collect();
         names.sort();

@@ -277,17 +277,3 @@ async fn a_dropped_row_replaced_by_a_duplicate_is_refused() {
     )
     .await;
 }
-
-/// Files under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
