@@ -216,7 +216,8 @@ async fn settle_stalled(wh: &dyn Warehouse, s: &RunStatus, apply: bool) -> Resul
         if now.state == RunState::Claimed
             && txn.marker(&r.target).await?.as_deref() == Some(marker(&r.run_id).as_str())
         {
-            let built = crate::protocol::build::build_table(&r.target, &r.run_id)?;
+            let built =
+                crate::protocol::build::swap_source(wh, &r.target, &r.run_id, &r.load_table)?;
             let rows = txn.ledger_summary(&built, &r.run_id).await?.rows;
             txn.update_run(&r.target, &r.run_id, &RunUpdate::Published { rows })
                 .await?;

@@ -11,6 +11,10 @@
 //! build on. Every statement moves one chunk's rows, which the
 //! planner's chunk sizing bounds as it bounds the chunk's `COPY`.
 //!
+//! A warehouse that runs one transaction at a time ([`Warehouse::serial`], DuckDB)
+//! builds nothing: its load table holds one load per chunk and is swapped in itself
+//! ([`swap_source`]).
+//!
 //! Exactly once, with Snowflake's guarantees and no more: the build table belongs to the
 //! run ([`build_table`]); one chunk's rows and its row in the build ledger (the load
 //! ledger, keyed by the build table, naming the load it copied) commit in one
@@ -23,7 +27,7 @@ use super::publish::ensure_run;
 use super::{Parts, RunHeader};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
-use crate::warehouse::{LedgerSummary, LoadRecord, RunState};
+use crate::warehouse::{LedgerSummary, LoadRecord, RunState, Warehouse};
 
 /// Chunks one build builds at most. A loader event runs at most two builds (after its
 /// load, and in the publish when it loaded the last chunk), so its work is one chunk's
@@ -35,6 +39,22 @@ pub const BUILD_BUDGET: usize = 3;
 /// The table a swap builds and swaps in: `<target>_PGP_SWAP_<run>`.
 pub fn build_table(target: &TableName, run_id: &str) -> Result<TableName> {
     target.with_suffix(&format!("_PGP_SWAP_{}", crate::plan::stage_suffix(run_id)))
+}
+
+/// The table a swap swaps in: the run's build table, or, on a warehouse whose loads
+/// are one per chunk ([`Warehouse::serial`]), the run's load table itself (nothing is
+/// built: the data is written once).
+pub fn swap_source(
+    wh: &dyn Warehouse,
+    target: &TableName,
+    run_id: &str,
+    load_table: &TableName,
+) -> Result<TableName> {
+    if wh.serial() {
+        Ok(load_table.clone())
+    } else {
+        build_table(target, run_id)
+    }
 }
 
 /// Where a build stands after an event's share of it.

@@ -141,8 +141,8 @@ pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> 
 
     // A swap builds its table as chunks arrive (a few chunks per event, one bounded
     // statement each), so that the publish does not copy the whole run at once
-    // (module `build`).
-    if matches!(h.mode, Mode::Swap | Mode::Test) {
+    // (module `build`); a serial warehouse swaps its load table in and builds nothing.
+    if matches!(h.mode, Mode::Swap | Mode::Test) && !wh.serial() {
         if let Err(e) = build(parts, &h, BUILD_BUDGET).await {
             return fail_chunk(parts, &h, e).await;
         }

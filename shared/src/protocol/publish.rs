@@ -12,7 +12,8 @@
 //! 1. the run's build table (`<target>_PGP_SWAP_<run>`) holds one chosen load per
 //!    chunk, built chunk by chunk as loads arrive and at most [`BUILD_BUDGET`] chunks
 //!    per publishing event (module [`super::build`]); while chunks are missing the
-//!    event answers busy and its redelivery goes on;
+//!    event answers busy and its redelivery goes on. On a serial warehouse (DuckDB)
+//!    the load table holds one load per chunk already and is swapped in itself;
 //! 2. once complete, check the built table's rows against the build ledger;
 //! 3. claim the swap under the target's lock (`claimed`, with a fresh claim id and the
 //!    warehouse's time), once every chunk is built. A claim whose swap already happened
@@ -36,7 +37,7 @@
 //! next event of the run (or the next request for the target) takes it over or retires
 //! it.
 
-use super::build::{build, build_table, not_built, Build, BUILD_BUDGET};
+use super::build::{build, build_table, not_built, swap_source, Build, BUILD_BUDGET};
 use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
@@ -151,6 +152,7 @@ fn final_state(r: &RunRecord) -> Option<Finished> {
 /// busy; a stale one never swapped and never will: abandoned.
 /// Returns the swap tables of resolved claims, to drop after commit.
 async fn settle_other_claims(
+    wh: &dyn crate::warehouse::Warehouse,
     txn: &mut Box<dyn Transaction>,
     h: &RunHeader,
 ) -> Result<Vec<TableName>> {
@@ -167,7 +169,7 @@ async fn settle_other_claims(
                 other.run_id, h.target
             )));
         }
-        let other_build = build_table(&h.target, &other.run_id)?;
+        let other_build = swap_source(wh, &h.target, &other.run_id, &other.load_table)?;
         let update = if swapped {
             let s = txn.ledger_summary(&other_build, &other.run_id).await?;
             RunUpdate::Published { rows: s.rows }
@@ -230,7 +232,7 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         if let Some(f) = final_state(&run) {
             return Ok(AppendEnd::Done(f));
         }
-        leftovers = settle_other_claims(&mut txn, h).await?;
+        leftovers = settle_other_claims(wh, &mut txn, h).await?;
         let actual = txn.columns(&h.target).await?;
         match schema_state(wh, &h.schema.columns, actual.as_deref()) {
             SchemaState::Same => {}
@@ -324,10 +326,16 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
     if let Some(f) = run_state(parts, h).await?.as_ref().and_then(final_state) {
         return Ok(f);
     }
-    let b = build_table(&h.target, &h.run_id)?;
+    let b = swap_source(wh, &h.target, &h.run_id, &h.load_table)?;
 
-    // 1. Build what is left, a bounded share per event (module `build`).
-    if let Build::Progress(built) = build(parts, h, BUILD_BUDGET).await? {
+    // 1. Build what is left, a bounded share per event (module `build`). A serial
+    // warehouse builds nothing: its load table, one load per chunk, is swapped in.
+    let progress = if wh.serial() {
+        Build::Progress(read_summary(parts, &h.load_table, &h.run_id).await?)
+    } else {
+        build(parts, h, BUILD_BUDGET).await?
+    };
+    if let Build::Progress(built) = progress {
         if built.chunks < h.chunks as u64 {
             let loaded = read_summary(parts, &h.load_table, &h.run_id).await?;
             if loaded.chunks < h.chunks as u64 {
@@ -403,7 +411,7 @@ async fn publish_swap(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         } else if built.chunks != h.chunks as u64 {
             return Err(not_built(h, &built));
         }
-        leftovers.extend(settle_other_claims(&mut txn, h).await?);
+        leftovers.extend(settle_other_claims(wh, &mut txn, h).await?);
         txn.update_run(&h.target, &h.run_id, &RunUpdate::Claim(attempt.clone()))
             .await?;
         Ok(Claim::Held(built.rows))

@@ -6,8 +6,8 @@
 //! one object must simply be a second attempt).
 
 use super::{
-    schema_state, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, SchemaState, TableSchema,
-    Warehouse, LOAD_ID,
+    schema_state, ActualColumn, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, SchemaState,
+    TableSchema, Warehouse, LOAD_ID,
 };
 use crate::format::Compression;
 use crate::ident::{Ident, TableName};
@@ -544,6 +544,38 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         wh.marker(&other).await.unwrap().as_deref(),
         Some("pgp run run4")
     );
+
+    // a serial warehouse swaps a load table in itself: its stamp column goes, its
+    // rows stay
+    if wh.serial() {
+        let stamped = TableName::new(schema.clone(), Ident::parse("t", "stamped").unwrap());
+        let stamped_load = stamped.with_suffix("_PGP_LOAD_run5").unwrap();
+        wh.create_table(&stamped_load, &ts, true).await.unwrap();
+        assert_eq!(
+            self::load(wh, &stamped_load, &ts, &run1, &k2, 0, "s1").await,
+            1
+        );
+        let names = |cols: Option<Vec<ActualColumn>>| {
+            cols.unwrap()
+                .into_iter()
+                .map(|c| c.name.to_lowercase())
+                .collect::<Vec<_>>()
+        };
+        assert!(names(wh.columns(&stamped_load).await.unwrap()).contains(&LOAD_ID.to_string()));
+        wh.swap_in(&stamped_load, &stamped, "pgp run run5")
+            .await
+            .unwrap();
+        assert_eq!(
+            names(wh.columns(&stamped).await.unwrap()),
+            names(wh.columns(&target).await.unwrap())
+        );
+        assert_eq!(wh.row_count(&stamped).await.unwrap(), 1);
+        assert_eq!(
+            wh.marker(&stamped).await.unwrap().as_deref(),
+            Some("pgp run run5")
+        );
+        wh.drop_table(&stamped).await.unwrap();
+    }
 
     // a finished run's ledger can be trimmed; the run's row stays
     assert_eq!(wh.trim_ledger(&load_table, "run1").await.unwrap(), 3);

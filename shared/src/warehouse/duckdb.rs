@@ -650,12 +650,25 @@ impl Warehouse for DuckDb {
         self.with(move |c| c.execute_batch(&sql).map_err(e)).await
     }
 
+    /// One transaction at a time: the connection is held from `begin` to the end.
+    fn serial(&self) -> bool {
+        true
+    }
+
     async fn swap_in(&self, from: &TableName, to: &TableName, marker: &str) -> Result<()> {
         let (from, to, marker) = (from.clone(), to.clone(), marker.to_string());
         let e = db_err(format!("swap {from} into {to}"));
         self.with(move |c| {
             // DuckDB's transactions cover DDL: readers see the old or the new table.
             let tx = c.transaction().map_err(&e)?;
+            // A load table swapped in itself (see `serial`) loses its stamp first (a
+            // new catalog entry: the comment comes after). DuckDB drops a column
+            // without rewriting the others.
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} DROP COLUMN IF EXISTS \"{LOAD_ID}\"",
+                from.quoted()
+            ))
+            .map_err(&e)?;
             tx.execute_batch(&format!(
                 "COMMENT ON TABLE {} IS {}",
                 from.quoted(),

@@ -297,6 +297,16 @@ pub trait Warehouse: Send + Sync {
         schema: &TableSchema,
         stamped: bool,
     ) -> Result<()>;
+    /// Whether this warehouse runs one transaction at a time, from `begin` to its end
+    /// (DuckDB: one connection, one writing process). A load's check that its chunk is
+    /// not loaded yet and its `COPY` then commit before anyone else looks, so a load
+    /// table holds exactly one load per chunk. Such a table is what a swap needs: it is
+    /// swapped in itself, its stamp column dropped by [`Warehouse::swap_in`], instead of
+    /// being copied chunk by chunk into a build table (module `protocol::build`), and
+    /// the data is written once, not twice.
+    fn serial(&self) -> bool {
+        false
+    }
     /// Make `target` lockable by [`Transaction::lock`] (idempotent DDL, run before the
     /// transaction that locks it).
     async fn prepare_lock(&self, target: &TableName) -> Result<()>;
@@ -305,7 +315,8 @@ pub trait Warehouse: Send + Sync {
     /// Put `from` in place of `to` in one step readers cannot see half of (Snowflake's
     /// `SWAP WITH`; a rename when `to` is missing), first marking `from` with `marker`
     /// (a table comment) so that the new `to` carries it. Afterwards `from` holds the
-    /// old table, if there was one.
+    /// old table, if there was one. On a [`Warehouse::serial`] warehouse `from` may be
+    /// a load table: its stamp column ([`LOAD_ID`]) is dropped in the same step.
     async fn swap_in(&self, from: &TableName, to: &TableName, marker: &str) -> Result<()>;
     /// The marker (comment) of a table; `None` when absent or the table is missing.
     async fn marker(&self, table: &TableName) -> Result<Option<String>>;
