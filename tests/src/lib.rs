@@ -404,3 +404,21 @@ pub fn fixtures_dir() -> Option<PathBuf> {
         .join("gitlab");
     p.is_dir().then_some(p)
 }
+
+/// The files below `dir`, recursively, leaving out hidden ones (the local store's
+/// metadata folder and its temporary files); none when `dir` does not exist.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,7 +1,7 @@
 //! The `pgp` binary end to end: exit codes, summaries, `plan --format json`, and the
 //! messages of a malformed manifest. Runs the real binary against the test server.
 
-use pgp_e2e::{write_manifest, Pg, PASSWORD};
+use pgp_e2e::{walk, write_manifest, Pg, PASSWORD};
 use std::process::Command;
 
 const TABLES: &str = "  settings:
@@ -352,20 +352,4 @@ async fn runs_and_gc_report_and_tidy_settled_runs() {
     // and a second pass finds nothing left
     let (_, out, _) = pgp(dir.path(), &env, &[&PAST[..], &["--apply"]].concat());
     assert!(out.contains("0 runs done"), "{out}");
-}
-
-/// Every file below `dir` (none if it does not exist).
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

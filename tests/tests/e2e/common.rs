@@ -180,20 +180,4 @@ pub fn rows(r: &RunReport, table: &str) -> u64 {
     r.tables.iter().find(|t| t.table == table).unwrap().rows
 }
 
-/// The files below `dir`, recursively, leaving out hidden ones (the local store's
-/// metadata folder and its temporary files); none when `dir` does not exist.
-pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
+pub use pgp_e2e::walk;
