@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::Compression;
-use crate::profile::{disabled_for_bench, Profile, Profiler};
+use crate::profile::{disabled_for_bench, Profiler};
 use crate::source::{ChunkQuery, Source};
 use crate::storage::{Metadata, ObjectInfo, ObjectKey, ObjectStore};
 use bytes::{Bytes, BytesMut};
@@ -30,6 +30,8 @@ pub struct Extracted {
     pub bytes: u64,
     /// Bytes of the staged object.
     pub object_bytes: u64,
+    /// Bytes of the longest row PostgreSQL sent (with its line end).
+    pub longest_row: u64,
 }
 
 /// Called after each batch with the running (rows, uncompressed bytes) of the chunk.
@@ -72,7 +74,8 @@ pub struct Destination<'a> {
     /// The object's deterministic name (a retry overwrites it).
     pub key: &'a ObjectKey,
     pub compression: Compression,
-    /// Stored with the object, plus `rows`.
+    /// Stored with the object, plus `rows` and the longest row's bytes
+    /// ([`crate::protocol::record::LONGEST_ROW_KEY`]).
     pub metadata: Metadata,
 }
 
@@ -134,7 +137,7 @@ pub async fn extract_chunk(
 
     let read_loop = async move {
         let mut stream = src.copy_chunk(chunk).await?;
-        let (mut rows, mut bytes) = (0u64, 0u64);
+        let (mut rows, mut bytes, mut longest) = (0u64, 0u64, 0u64);
         let mut profiler =
             (!disabled_for_bench()).then(|| Profiler::new(chunk.columns, chunk.record_end));
         let mut batch = BytesMut::with_capacity(BATCH + 64 * 1024);
@@ -142,6 +145,7 @@ pub async fn extract_chunk(
             let row = item?;
             rows += 1;
             bytes += row.len() as u64;
+            longest = longest.max(row.len() as u64);
             if let Some(p) = profiler.as_mut() {
                 p.add_record(&row);
             }
@@ -168,7 +172,8 @@ pub async fn extract_chunk(
         }
         drop(raw_tx);
         progress(rows, bytes);
-        Ok::<(u64, u64, Option<Profile>), Error>((rows, bytes, profiler.and_then(Profiler::finish)))
+        let profile = profiler.and_then(Profiler::finish);
+        Ok::<_, Error>((rows, bytes, longest, profile))
     };
 
     let (read, (writer, written)) = tokio::join!(read_loop, write_loop);
@@ -188,11 +193,12 @@ pub async fn extract_chunk(
         (Err(e), _, _) => Err(e),
         (_, Err(e), _) => Err(e),
         (_, _, Err(e)) => Err(e),
-        (Ok((rows, bytes, profile)), Ok(object_bytes), Ok(())) => Ok((
+        (Ok((rows, bytes, longest_row, profile)), Ok(object_bytes), Ok(())) => Ok((
             Extracted {
                 rows,
                 bytes,
                 object_bytes,
+                longest_row,
             },
             profile,
         )),
@@ -200,6 +206,10 @@ pub async fn extract_chunk(
     match result {
         Ok((x, profile)) => {
             metadata.insert("rows".into(), x.rows.to_string());
+            metadata.insert(
+                crate::protocol::record::LONGEST_ROW_KEY.into(),
+                x.longest_row.to_string(),
+            );
             if let Some(p) = profile {
                 metadata.insert(crate::profile::METADATA_KEY.into(), p.encode());
             }

@@ -17,7 +17,7 @@ use super::Parts;
 use crate::error::{Error, Result};
 use crate::plan::Mode;
 use crate::storage::ObjectInfo;
-use crate::warehouse::{LoadRecord, RunState};
+use crate::warehouse::{LoadRecord, RunState, Staged};
 
 /// What a loader did with an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +79,11 @@ pub async fn load_step(parts: &Parts, info: &ObjectInfo) -> Result<LoadOutcome> 
                     &h.load_table,
                     &h.schema,
                     &h.meta,
-                    &c.key,
-                    h.compression,
+                    Staged {
+                        key: &c.key,
+                        compression: h.compression,
+                        longest_row: c.longest_row,
+                    },
                     &load_id,
                 )
                 .await

@@ -291,6 +291,9 @@ pub struct ChunkObject {
     /// `None` for an object without one (written by an earlier pgp, or whose records
     /// the extractor could not read as CSV): its chunk is checked by count only.
     pub profile: Option<crate::profile::Profile>,
+    /// Bytes of its longest record ([`crate::warehouse::Staged::longest_row`]); `None`
+    /// for an object written by an earlier pgp.
+    pub longest_row: Option<u64>,
 }
 
 impl ChunkObject {
@@ -314,6 +317,9 @@ impl ChunkObject {
             target: table.clone(),
             message: format!("object {name}: metadata `{what}` is not a number"),
         };
+        let longest_row = md(LONGEST_ROW_KEY)
+            .map(|v| v.parse().map_err(|_| bad(LONGEST_ROW_KEY)))
+            .transpose()?;
         Ok(Some(ChunkObject {
             key: info.key.clone(),
             chunk: chunk.parse().map_err(|_| bad("chunk"))?,
@@ -325,12 +331,16 @@ impl ChunkObject {
             failed,
             profile: md(crate::profile::METADATA_KEY)
                 .and_then(|p| crate::profile::Profile::decode(&p)),
+            longest_row,
         }))
     }
 }
 
-/// The metadata an extraction stores with a chunk's object (`rows` is added when the
-/// object is complete).
+/// The object metadata that holds the bytes of a chunk's longest record.
+pub const LONGEST_ROW_KEY: &str = "longest_row";
+
+/// The metadata an extraction stores with a chunk's object (`rows` and
+/// [`LONGEST_ROW_KEY`] are added when the object is complete).
 pub fn chunk_metadata(h: &RunHeader, task: &ChunkTask, attempt: &str) -> Metadata {
     let mut md = Metadata::new();
     md.insert("run_id".into(), h.run_id.clone());

@@ -200,12 +200,11 @@ impl crate::warehouse::Transaction for SlipTxn {
         table: &crate::ident::TableName,
         schema: &crate::warehouse::TableSchema,
         run: &crate::warehouse::RunMeta,
-        object: &crate::storage::ObjectKey,
-        compression: crate::format::Compression,
+        staged: crate::warehouse::Staged<'_>,
         load_id: &str,
     ) -> crate::Result<u64> {
         self.inner
-            .copy_into(table, schema, run, object, compression, load_id)
+            .copy_into(table, schema, run, staged, load_id)
             .await
     }
     async fn profile(
@@ -284,8 +283,7 @@ impl crate::warehouse::Transaction for SlipTxn {
                     from,
                     &ts,
                     &meta,
-                    &object,
-                    crate::format::Compression::None,
+                    crate::warehouse::Staged::new(&object, crate::format::Compression::None),
                     &r.load_id,
                 )
                 .await?;
@@ -578,8 +576,7 @@ async fn load_chunk_0(
             &h.load_table,
             &h.schema,
             &h.meta,
-            &object.key,
-            h.compression,
+            crate::warehouse::Staged::new(&object.key, h.compression),
             load_id,
         )
         .await
@@ -658,8 +655,7 @@ async fn a_publish_refuses_a_load_table_whose_total_differs_from_the_ledger() {
         &h.load_table,
         &h.schema,
         &h.meta,
-        &object.key,
-        h.compression,
+        crate::warehouse::Staged::new(&object.key, h.compression),
         "aaaa",
     )
     .await

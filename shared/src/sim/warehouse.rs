@@ -26,11 +26,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::Compression;
 use crate::ident::TableName;
 use crate::profile::{Profile, Profiler};
-use crate::storage::ObjectKey;
 use crate::types::ColumnType;
 use crate::warehouse::{
     ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
-    RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    RunUpdate, Staged, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -869,10 +868,14 @@ impl Transaction for SimTxn {
         table: &TableName,
         schema: &TableSchema,
         run: &RunMeta,
-        object: &ObjectKey,
-        compression: Compression,
+        staged: Staged<'_>,
         load_id: &str,
     ) -> Result<u64> {
+        let Staged {
+            key: object,
+            compression,
+            ..
+        } = staged;
         self.wh.state.lock().unwrap().copies += 1;
         if self
             .stmt(&format!("copy {object} -> {table}"))

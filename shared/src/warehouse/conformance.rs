@@ -7,7 +7,7 @@
 
 use super::{
     schema_state, ActualColumn, LoadRecord, RunMeta, RunRecord, RunState, RunUpdate, SchemaState,
-    TableSchema, Warehouse, LOAD_ID,
+    Staged, TableSchema, Warehouse, LOAD_ID,
 };
 use crate::format::Compression;
 use crate::ident::{Ident, TableName};
@@ -100,7 +100,13 @@ async fn load(
 ) -> u64 {
     let mut txn = wh.begin().await.unwrap();
     let n = txn
-        .copy_into(table, ts, run, object, Compression::Gzip, load_id)
+        .copy_into(
+            table,
+            ts,
+            run,
+            Staged::new(object, Compression::Gzip),
+            load_id,
+        )
         .await
         .unwrap();
     txn.record_load(&LoadRecord {
@@ -228,7 +234,13 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     let sent = sent.finish().expect("the staged records are CSV");
     let mut txn = wh.begin().await.unwrap();
     let n = txn
-        .copy_into(&load_table, &ts, &run1, &kp, Compression::Gzip, "p1")
+        .copy_into(
+            &load_table,
+            &ts,
+            &run1,
+            Staged::new(&kp, Compression::Gzip),
+            "p1",
+        )
         .await
         .unwrap();
     assert_eq!(n, 3);
@@ -266,7 +278,13 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     // a rolled-back load leaves neither rows nor a ledger row
     let mut txn = wh.begin().await.unwrap();
     let n = txn
-        .copy_into(&load_table, &ts, &run1, &k2, Compression::Gzip, "b1")
+        .copy_into(
+            &load_table,
+            &ts,
+            &run1,
+            Staged::new(&k2, Compression::Gzip),
+            "b1",
+        )
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -290,9 +308,15 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     // a transaction dropped half-way is rolled back before the next one starts
     {
         let mut txn = wh.begin().await.unwrap();
-        txn.copy_into(&load_table, &ts, &run1, &k2, Compression::Gzip, "b2")
-            .await
-            .unwrap();
+        txn.copy_into(
+            &load_table,
+            &ts,
+            &run1,
+            Staged::new(&k2, Compression::Gzip),
+            "b2",
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(wh.row_count(&load_table).await.unwrap(), 2);
 
@@ -412,7 +436,13 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
     };
     let mut txn = wh.begin().await.unwrap();
     let failed = txn
-        .copy_into(&load_table, &ts, &run2, &bad, Compression::Gzip, "x1")
+        .copy_into(
+            &load_table,
+            &ts,
+            &run2,
+            Staged::new(&bad, Compression::Gzip),
+            "x1",
+        )
         .await;
     assert!(failed.is_err());
     let _ = txn.rollback().await;
@@ -434,7 +464,13 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         .unwrap();
     let mut txn = wh.begin().await.unwrap();
     let failed = txn
-        .copy_into(&load_table, &ts, &run2, &short, Compression::Gzip, "x2")
+        .copy_into(
+            &load_table,
+            &ts,
+            &run2,
+            Staged::new(&short, Compression::Gzip),
+            "x2",
+        )
         .await;
     assert!(failed.is_err(), "a short record loaded: {failed:?}");
     let _ = txn.rollback().await;

@@ -11,14 +11,14 @@
 
 use super::{
     profile_select, ActualColumn, ChosenLoad, Dialect, LedgerSummary, LoadRecord, RunMeta,
-    RunRecord, RunState, RunStatus, RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID,
-    TASK_INSTANCE, UPLOADED_AT,
+    RunRecord, RunState, RunStatus, RunUpdate, Staged, TableSchema, Transaction, Warehouse,
+    LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{duckdb_read_options, Compression};
 use crate::ident::TableName;
 use crate::profile::Profile;
-use crate::storage::{ObjectKey, ObjectStore};
+use crate::storage::ObjectStore;
 use crate::types::{Column, ColumnType};
 use async_trait::async_trait;
 use duckdb::{params, Connection, OptionalExt};
@@ -50,6 +50,9 @@ fn db_err(ctx: impl Into<String>) -> impl Fn(duckdb::Error) -> Error {
 struct Slot {
     conn: Connection,
     in_txn: bool,
+    /// DuckDB's `memory_limit` in bytes now: the configured one, or more once a chunk's
+    /// long row raised it ([`load_budget`]).
+    memory_limit: u64,
 }
 
 impl Slot {
@@ -70,7 +73,7 @@ pub struct DuckDb {
     path: PathBuf,
     slot: Arc<Mutex<Slot>>,
     store: Arc<dyn ObjectStore>,
-    /// The longest row a load reads ([`max_line`]).
+    /// The longest row a load reads with the default buffer ([`max_line`]).
     max_line: u64,
 }
 
@@ -112,7 +115,9 @@ pub struct DuckDbSettings {
     /// DuckDB's buffer memory (`memory_limit`): past it, DuckDB spills to a temporary
     /// directory beside the file. DuckDB's own default is 80 % of the machine's memory,
     /// which it fills while loading a large table; pgp's loads stream each chunk in
-    /// once, and need far less.
+    /// once, and need far less. A load reads rows up to an eighth of it ([`max_line`]);
+    /// a chunk whose longest row is longer raises the limit to eight times that row
+    /// ([`load_budget`]) for the rest of the process.
     pub memory_limit: String,
     /// Worker threads (`threads`); `None` keeps DuckDB's default (one per core).
     pub threads: Option<u32>,
@@ -150,6 +155,20 @@ fn max_line(settings: &DuckDbSettings) -> u64 {
     (size_bytes(&settings.memory_limit).unwrap_or(0) / 8).clamp(2_000_000, 1 << 30)
 }
 
+/// The read buffer and memory limit of one load, when the defaults do not fit it: a
+/// chunk whose longest record (its extractor's count, [`Staged::longest_row`]) is
+/// longer than the default buffer ([`max_line`]) gets a buffer that holds it, rounded up
+/// to a MiB, and needs eight times that as DuckDB's `memory_limit` (the eighth of
+/// [`max_line`]). `None`: the defaults, also for objects that do not say.
+fn load_budget(max_line: u64, longest_row: Option<u64>) -> Option<(u64, u64)> {
+    const MIB: u64 = 1 << 20;
+    let need = longest_row?.saturating_add(1);
+    (need > max_line).then(|| {
+        let line = need.div_ceil(MIB).saturating_mul(MIB);
+        (line, line.saturating_mul(8))
+    })
+}
+
 impl Default for DuckDbSettings {
     fn default() -> Self {
         DuckDbSettings {
@@ -160,7 +179,7 @@ impl Default for DuckDbSettings {
 }
 
 /// Default of [`DuckDbSettings::memory_limit`].
-pub const DEFAULT_MEMORY_LIMIT: &str = "128MB";
+pub const DEFAULT_MEMORY_LIMIT: &str = "64MB";
 
 impl DuckDbSettings {
     /// Settings from a URL query (`memory_limit=…&threads=…`); anything else is an
@@ -270,6 +289,7 @@ impl DuckDb {
             slot: Arc::new(Mutex::new(Slot {
                 conn,
                 in_txn: false,
+                memory_limit: size_bytes(&settings.memory_limit).unwrap_or(0),
             })),
             store,
             max_line: max_line(settings),
@@ -830,6 +850,13 @@ impl DuckTxn {
         &mut self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.op_slot(move |s| f(&mut s.conn)).await
+    }
+
+    async fn op_slot<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Slot) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let guard = self.guard.take().ok_or_else(|| {
             Error::warehouse(
                 "duckdb transaction",
@@ -837,7 +864,7 @@ impl DuckTxn {
                 ErrorKind::Transient,
             )
         })?;
-        let (guard, r) = blocking(guard, move |s| f(&mut s.conn)).await;
+        let (guard, r) = blocking(guard, f).await;
         self.guard = guard;
         r
     }
@@ -874,10 +901,14 @@ impl Transaction for DuckTxn {
         table: &TableName,
         schema: &TableSchema,
         run: &RunMeta,
-        object: &ObjectKey,
-        compression: Compression,
+        staged: Staged<'_>,
         load_id: &str,
     ) -> Result<u64> {
+        let Staged {
+            key: object,
+            compression,
+            longest_row,
+        } = staged;
         // DuckDB reads local files: a remote object (gs://) is streamed to a temporary
         // file first, removed when the load is done.
         let mut download = None;
@@ -893,20 +924,30 @@ impl Transaction for DuckTxn {
                 p
             }
         };
-        let sql = DuckDb::load_sql(
-            table,
-            schema,
-            run,
-            &path,
-            compression,
-            load_id,
-            self.max_line,
-        );
-        let max_line = self.max_line;
+        let raised = load_budget(self.max_line, longest_row);
+        let max_line = raised.map_or(self.max_line, |(line, _)| line);
+        let sql = DuckDb::load_sql(table, schema, run, &path, compression, load_id, max_line);
         let ctx = format!("load {object} into {table}");
         let n = self
-            .op(move |c| {
-                c.execute(&sql, []).map(|n| n as u64).map_err(|err| {
+            .op_slot(move |s| {
+                if let (Some((_, limit)), Some(longest)) = (raised, longest_row) {
+                    // Raised for the rest of this database's use, not only this COPY:
+                    // the commit, the profile and a publish read the long row again.
+                    // The limit is a bound, not an allocation: memory is still used
+                    // only as needed.
+                    if limit > s.memory_limit {
+                        s.conn
+                            .execute_batch(&format!("SET memory_limit = '{limit}B'"))
+                            .map_err(db_err(format!("{ctx}: memory_limit for its longest row")))?;
+                        tracing::info!(
+                            "{ctx}: its longest row has {longest} bytes; DuckDB's \
+                             memory_limit raised from {} to {limit} bytes",
+                            s.memory_limit
+                        );
+                        s.memory_limit = limit;
+                    }
+                }
+                s.conn.execute(&sql, []).map(|n| n as u64).map_err(|err| {
                     // A row longer than the read buffer shows as one of these; say what
                     // to change.
                     let m = err.to_string();
@@ -1212,6 +1253,95 @@ mod tests {
     }
 
     #[test]
+    fn a_load_budget_fits_the_longest_row_at_an_eighth_of_the_memory() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(super::load_budget(8_000_000, None), None);
+        assert_eq!(super::load_budget(8_000_000, Some(7_999_999)), None);
+        assert_eq!(
+            super::load_budget(8_000_000, Some(8_388_608)),
+            Some((9 * MIB, 72 * MIB))
+        );
+        assert_eq!(
+            super::load_budget(2_000_000, Some(20_000_001)),
+            Some((20 * MIB, 160 * MIB))
+        );
+    }
+
+    /// A chunk whose longest row does not fit the default read buffer (an eighth of
+    /// `memory_limit`) loads whole when its object says how long that row is: DuckDB's
+    /// limit is raised to fit it. An object that does not say (an earlier pgp's) fails
+    /// its load naming the longest row it could read.
+    #[tokio::test]
+    async fn a_row_longer_than_the_default_buffer_loads_when_its_object_says_how_long() {
+        use crate::format::Compression;
+        use crate::ident::{Ident, TableName};
+        use crate::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
+        use crate::types::ColumnType;
+        use crate::warehouse::conformance::col;
+        use crate::warehouse::{RunMeta, Staged, TableSchema, Warehouse};
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn ObjectStore> =
+            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
+        let settings = super::DuckDbSettings::from_query("memory_limit=16MB").unwrap();
+        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store.clone(), &settings)
+            .unwrap();
+        let table = TableName::new(
+            Ident::parse("s", "wide").unwrap(),
+            Ident::parse("t", "long_row").unwrap(),
+        );
+        let ts = TableSchema {
+            columns: vec![col("id", ColumnType::BigInt), col("v", ColumnType::Text)],
+            task_instance: false,
+        };
+        wh.create_table(&table, &ts, true).await.unwrap();
+        let run = RunMeta {
+            run_id: "r".into(),
+            uploaded_at: "2024-05-01T00:00:00Z".parse().unwrap(),
+            task_instance: None,
+        };
+        let long = format!("1\t{}\n", "x".repeat(12_000_000));
+        let text = format!("{long}2\tshort\n");
+        let key = ObjectKey::parse("t/r/00000.a.tsv").unwrap();
+        store
+            .put(&key, bytes::Bytes::from(text), Default::default())
+            .await
+            .unwrap();
+        let limit = |wh: &super::DuckDb| -> String {
+            let s = wh.slot.try_lock().unwrap();
+            s.conn
+                .query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = limit(&wh);
+
+        let mut txn = wh.begin().await.unwrap();
+        let e = txn
+            .copy_into(&table, &ts, &run, Staged::new(&key, Compression::None), "a")
+            .await
+            .unwrap_err()
+            .to_string();
+        let _ = txn.rollback().await;
+        assert!(e.contains("rows up to 2000000 bytes"), "{e}");
+        assert_eq!(wh.row_count(&table).await.unwrap(), 0);
+
+        let staged = Staged {
+            longest_row: Some(long.len() as u64),
+            ..Staged::new(&key, Compression::None)
+        };
+        let mut txn = wh.begin().await.unwrap();
+        let n = txn.copy_into(&table, &ts, &run, staged, "b").await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(n, 2);
+        assert_ne!(limit(&wh), before);
+        let s = wh.slot.try_lock().unwrap();
+        let got: i64 = s
+            .conn
+            .query_row("SELECT max(length(v)) FROM wide.long_row", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(got, 12_000_000);
+    }
+
+    #[test]
     fn settings_come_from_the_url_and_reach_duckdb() {
         use super::DuckDbSettings;
         assert_eq!(
@@ -1223,7 +1353,7 @@ mod tests {
         assert_eq!(super::size_bytes("128MB"), Some(128_000_000));
         assert_eq!(super::size_bytes("1.5GiB"), Some(1_610_612_736));
         assert_eq!(super::max_line(&s), 8_000_000);
-        assert_eq!(super::max_line(&DuckDbSettings::default()), 16_000_000);
+        assert_eq!(super::max_line(&DuckDbSettings::default()), 8_000_000);
         for bad in [
             "threads=0",
             "threads=x",

@@ -55,6 +55,28 @@ pub struct TableSchema {
     pub task_instance: bool,
 }
 
+/// One staged object as a load reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staged<'a> {
+    pub key: &'a ObjectKey,
+    pub compression: Compression,
+    /// Bytes of the object's longest record, as its extractor counted them; `None`
+    /// when the object does not say (written by an earlier pgp). A warehouse that reads
+    /// through a bounded buffer (DuckDB) sizes the load's buffer and memory by it.
+    pub longest_row: Option<u64>,
+}
+
+impl<'a> Staged<'a> {
+    /// An object whose longest record is not known.
+    pub fn new(key: &'a ObjectKey, compression: Compression) -> Self {
+        Staged {
+            key,
+            compression,
+            longest_row: None,
+        }
+    }
+}
+
 /// Values of the metadata columns for one run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunMeta {
@@ -346,8 +368,7 @@ pub trait Transaction: Send {
         table: &TableName,
         schema: &TableSchema,
         run: &RunMeta,
-        object: &ObjectKey,
-        compression: Compression,
+        staged: Staged<'_>,
         load_id: &str,
     ) -> Result<u64>;
     /// The profile ([`crate::profile`]) of the rows that one load attempt stamped

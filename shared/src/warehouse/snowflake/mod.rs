@@ -44,8 +44,8 @@ use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
     profile_select, ActualColumn, ChosenLoad, Dialect, LedgerSummary, LoadRecord, RunMeta,
-    RunRecord, RunState, RunStatus, RunUpdate, TableSchema, Transaction, Warehouse, LOAD_ID,
-    RECORD_END, TASK_INSTANCE, UPLOADED_AT,
+    RunRecord, RunState, RunStatus, RunUpdate, Staged, TableSchema, Transaction, Warehouse,
+    LOAD_ID, RECORD_END, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -1004,10 +1004,14 @@ impl Transaction for SfTxn {
         table: &TableName,
         schema: &TableSchema,
         run: &RunMeta,
-        object: &ObjectKey,
-        compression: Compression,
+        staged: Staged<'_>,
         load_id: &str,
     ) -> Result<u64> {
+        let Staged {
+            key: object,
+            compression,
+            ..
+        } = staged;
         let cfg = self.cfg.clone();
         let tbl = full(&cfg, table);
         match cfg.copy {
