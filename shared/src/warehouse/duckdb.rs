@@ -75,6 +75,8 @@ pub struct DuckDb {
     store: Arc<dyn ObjectStore>,
     /// The longest row a load reads with the default buffer ([`max_line`]).
     max_line: u64,
+    /// DuckDB's worker threads: each builds its own row groups while loading.
+    threads: u64,
 }
 
 impl std::fmt::Debug for DuckDb {
@@ -115,9 +117,10 @@ pub struct DuckDbSettings {
     /// DuckDB's buffer memory (`memory_limit`): past it, DuckDB spills to a temporary
     /// directory beside the file. DuckDB's own default is 80 % of the machine's memory,
     /// which it fills while loading a large table; pgp's loads stream each chunk in
-    /// once, and need far less. A load reads rows up to an eighth of it ([`max_line`]);
-    /// a chunk whose longest row is longer raises the limit to eight times that row
-    /// ([`load_budget`]) for the rest of the process.
+    /// once, and need far less. A load reads rows up to an eighth of it ([`max_line`]).
+    /// A load that needs more ([`load_budget`]: a chunk whose longest row is longer, or
+    /// a table whose columns times DuckDB's threads need more for their row groups)
+    /// raises the limit for the rest of the process, and logs it.
     pub memory_limit: String,
     /// Worker threads (`threads`); `None` keeps DuckDB's default (one per core).
     pub threads: Option<u32>,
@@ -155,18 +158,35 @@ fn max_line(settings: &DuckDbSettings) -> u64 {
     (size_bytes(&settings.memory_limit).unwrap_or(0) / 8).clamp(2_000_000, 1 << 30)
 }
 
-/// The read buffer and memory limit of one load, when the defaults do not fit it: a
-/// chunk whose longest record (its extractor's count, [`Staged::longest_row`]) is
-/// longer than the default buffer ([`max_line`]) gets a buffer that holds it, rounded up
-/// to a MiB, and needs eight times that as DuckDB's `memory_limit` (the eighth of
-/// [`max_line`]). `None`: the defaults, also for objects that do not say.
-fn load_budget(max_line: u64, longest_row: Option<u64>) -> Option<(u64, u64)> {
+/// The read buffer of one load and the `memory_limit` it needs.
+/// - The buffer: the default ([`max_line`]), or for a chunk whose longest record (its
+///   extractor's count, [`Staged::longest_row`]) is longer, one that holds it, rounded
+///   up to a MiB, needing eight times that in memory (the eighth of [`max_line`]).
+/// - The rows: each of DuckDB's threads builds its own row groups, with a block and a
+///   compression state per column. Measured on DuckDB 1.2 (Python duckdb 2.0.1, text
+///   columns, 8 MB buffers): 100 columns failed at 96MB with two threads and loaded at
+///   128MB; with four threads they failed at 192MB and loaded at 256MB; with one, they
+///   loaded at 64MB; 300 columns on two threads loaded at 300MB. So 3/4 MiB per column
+///   per thread plus four buffers, which holds every case above with a margin.
+fn load_budget(
+    max_line: u64,
+    longest_row: Option<u64>,
+    columns: usize,
+    threads: u64,
+) -> (u64, u64) {
     const MIB: u64 = 1 << 20;
-    let need = longest_row?.saturating_add(1);
-    (need > max_line).then(|| {
-        let line = need.div_ceil(MIB).saturating_mul(MIB);
-        (line, line.saturating_mul(8))
-    })
+    let (line, for_line) = match longest_row.map(|n| n.saturating_add(1)) {
+        Some(need) if need > max_line => {
+            let line = need.div_ceil(MIB).saturating_mul(MIB);
+            (line, line.saturating_mul(8))
+        }
+        _ => (max_line, 0),
+    };
+    let for_rows = (columns as u64)
+        .saturating_mul(threads)
+        .saturating_mul(3 * MIB / 4)
+        .saturating_add(line.saturating_mul(4));
+    (line, for_line.max(for_rows))
 }
 
 impl Default for DuckDbSettings {
@@ -249,7 +269,7 @@ impl DuckDb {
         })?;
         conn.execute_batch(LEDGER)
             .map_err(db_err("create the load ledger"))?;
-        Ok(Self::with_conn(path, conn, store, settings))
+        Self::with_conn(path, conn, store, settings)
     }
 
     /// Open an existing file read-only, or, when there is none, an empty in-memory
@@ -275,7 +295,7 @@ impl DuckDb {
             Connection::open_in_memory()
         }
         .map_err(|e| Error::warehouse(format!("open {}", path.display()), e, ErrorKind::Busy))?;
-        Ok(Self::with_conn(path, conn, store, settings))
+        Self::with_conn(path, conn, store, settings)
     }
 
     fn with_conn(
@@ -283,8 +303,11 @@ impl DuckDb {
         conn: Connection,
         store: Arc<dyn ObjectStore>,
         settings: &DuckDbSettings,
-    ) -> Self {
-        DuckDb {
+    ) -> Result<Self> {
+        let threads: i64 = conn
+            .query_row("SELECT current_setting('threads')", [], |r| r.get(0))
+            .map_err(db_err("read DuckDB's threads"))?;
+        Ok(DuckDb {
             path: path.to_path_buf(),
             slot: Arc::new(Mutex::new(Slot {
                 conn,
@@ -293,7 +316,8 @@ impl DuckDb {
             })),
             store,
             max_line: max_line(settings),
-        }
+            threads: threads.max(1) as u64,
+        })
     }
 
     /// Run `f` with the connection, outside any transaction.
@@ -834,6 +858,7 @@ impl Warehouse for DuckDb {
             guard,
             store: self.store.clone(),
             max_line: self.max_line,
+            threads: self.threads,
         }))
     }
 }
@@ -843,6 +868,7 @@ struct DuckTxn {
     guard: Option<OwnedMutexGuard<Slot>>,
     store: Arc<dyn ObjectStore>,
     max_line: u64,
+    threads: u64,
 }
 
 impl DuckTxn {
@@ -924,29 +950,29 @@ impl Transaction for DuckTxn {
                 p
             }
         };
-        let raised = load_budget(self.max_line, longest_row);
-        let max_line = raised.map_or(self.max_line, |(line, _)| line);
+        // The load table's columns: the query's, the metadata ones and the stamp.
+        let columns = schema.columns.len() + DuckDb::meta_columns(schema).len() + 1;
+        let threads = self.threads;
+        let (max_line, need) = load_budget(self.max_line, longest_row, columns, threads);
         let sql = DuckDb::load_sql(table, schema, run, &path, compression, load_id, max_line);
         let ctx = format!("load {object} into {table}");
         let n = self
             .op_slot(move |s| {
-                if let (Some((_, limit)), Some(longest)) = (raised, longest_row) {
-                    // Raised for the rest of this database's use, not only this COPY:
-                    // the commit, the profile and a publish read the long row again.
-                    // The limit is a bound, not an allocation: memory is still used
-                    // only as needed.
-                    if limit > s.memory_limit {
-                        s.conn
-                            .execute_batch(&format!("SET memory_limit = '{limit}B'"))
-                            .map_err(db_err(format!("{ctx}: memory_limit for its longest row")))?;
-                        tracing::info!(
-                            "{ctx}: its longest row has {longest} bytes; DuckDB's \
-                             memory_limit raised from {} to {limit} bytes",
-                            s.memory_limit
-                        );
-                        s.memory_limit = limit;
-                    }
+                // Raised for the rest of this database's use, not only this COPY: the
+                // commit, the profile and a publish read the same rows again. The limit
+                // is a bound, not an allocation: memory is still used only as needed.
+                if need > s.memory_limit {
+                    s.conn
+                        .execute_batch(&format!("SET memory_limit = '{need}B'"))
+                        .map_err(db_err(format!("{ctx}: raise DuckDB's memory_limit")))?;
+                    tracing::info!(
+                        "{ctx}: DuckDB's memory_limit raised from {} to {need} bytes for \
+                         {columns} columns on {threads} threads and rows up to {max_line} bytes",
+                        s.memory_limit
+                    );
+                    s.memory_limit = need;
                 }
+                let limit_now = s.memory_limit;
                 s.conn.execute(&sql, []).map(|n| n as u64).map_err(|err| {
                     // A row longer than the read buffer shows as one of these; say what
                     // to change.
@@ -956,7 +982,8 @@ impl Transaction for DuckTxn {
                         .any(|s| m.contains(s))
                     {
                         format!(
-                            " (rows up to {max_line} bytes load within DuckDB's memory_limit; \
+                            " (rows up to {max_line} bytes load within DuckDB's memory_limit, \
+                             {limit_now} bytes for {columns} columns on {threads} threads; \
                              raise it in PGP_WAREHOUSE_URL, e.g. ?memory_limit=1GB)"
                         )
                     } else {
@@ -1253,18 +1280,29 @@ mod tests {
     }
 
     #[test]
-    fn a_load_budget_fits_the_longest_row_at_an_eighth_of_the_memory() {
+    fn a_load_budget_fits_the_longest_row_and_the_columns_threads_build() {
         const MIB: u64 = 1 << 20;
-        assert_eq!(super::load_budget(8_000_000, None), None);
-        assert_eq!(super::load_budget(8_000_000, Some(7_999_999)), None);
+        let budget = super::load_budget;
+        // the bench table on two threads: within the default 64MB
         assert_eq!(
-            super::load_budget(8_000_000, Some(8_388_608)),
-            Some((9 * MIB, 72 * MIB))
+            budget(8_000_000, None, 16, 2),
+            (8_000_000, 24 * MIB + 32_000_000)
+        );
+        assert_eq!(budget(8_000_000, Some(7_999_998), 16, 2).0, 8_000_000);
+        // a row one byte over the buffer: a buffer of 8 MiB and eight of them
+        assert_eq!(
+            budget(8_000_000, Some(8_000_000), 16, 2),
+            (8 * MIB, 64 * MIB)
         );
         assert_eq!(
-            super::load_budget(2_000_000, Some(20_000_001)),
-            Some((20 * MIB, 160 * MIB))
+            budget(2_000_000, Some(20_000_001), 3, 1),
+            (20 * MIB, 160 * MIB)
         );
+        // 100 columns on two threads (failed at 96MB, loaded at 128MB) and on four
+        // (failed at 192MB, loaded at 256MB); 300 columns on two (loaded at 300MB)
+        assert_eq!(budget(8_000_000, None, 100, 2).1, 150 * MIB + 32_000_000);
+        assert_eq!(budget(8_000_000, None, 100, 4).1, 300 * MIB + 32_000_000);
+        assert!(budget(8_000_000, None, 300, 2).1 > 300_000_000);
     }
 
     /// A chunk whose longest row does not fit the default read buffer (an eighth of
@@ -1339,6 +1377,65 @@ mod tests {
             .query_row("SELECT max(length(v)) FROM wide.long_row", [], |r| r.get(0))
             .unwrap();
         assert_eq!(got, 12_000_000);
+    }
+
+    /// DuckDB's threads each build row groups with a block per column: a wide table
+    /// needs more than a small limit, and its load raises the limit to what its columns
+    /// and threads need (it ran out of memory at 16MB before).
+    #[tokio::test]
+    async fn a_wide_table_loads_with_the_memory_its_columns_need() {
+        use crate::format::Compression;
+        use crate::ident::{Ident, TableName};
+        use crate::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
+        use crate::types::ColumnType;
+        use crate::warehouse::conformance::col;
+        use crate::warehouse::{RunMeta, Staged, TableSchema, Warehouse};
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn ObjectStore> =
+            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
+        let settings = super::DuckDbSettings::from_query("memory_limit=16MB&threads=2").unwrap();
+        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store.clone(), &settings)
+            .unwrap();
+        let table = TableName::new(
+            Ident::parse("s", "wide").unwrap(),
+            Ident::parse("t", "many").unwrap(),
+        );
+        let mut columns = vec![col("id", ColumnType::BigInt)];
+        columns.extend((0..100).map(|i| col(&format!("c{i}"), ColumnType::Text)));
+        let ts = TableSchema {
+            columns,
+            task_instance: false,
+        };
+        wh.create_table(&table, &ts, true).await.unwrap();
+        let rows = 20_000;
+        let mut text = String::new();
+        for r in 0..rows {
+            text.push_str(&r.to_string());
+            for c in 0..100 {
+                text.push_str(&format!("\t{:x}", r * 7919 + c));
+            }
+            text.push('\n');
+        }
+        let longest = text.lines().map(|l| l.len() as u64 + 1).max();
+        let key = ObjectKey::parse("t/r/00000.a.tsv").unwrap();
+        store
+            .put(&key, bytes::Bytes::from(text), Default::default())
+            .await
+            .unwrap();
+        let run = RunMeta {
+            run_id: "r".into(),
+            uploaded_at: "2024-05-01T00:00:00Z".parse().unwrap(),
+            task_instance: None,
+        };
+        let staged = Staged {
+            longest_row: longest,
+            ..Staged::new(&key, Compression::None)
+        };
+        let mut txn = wh.begin().await.unwrap();
+        let n = txn.copy_into(&table, &ts, &run, staged, "a").await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(n, rows);
+        assert_eq!(wh.row_count(&table).await.unwrap(), rows);
     }
 
     #[test]
