@@ -1270,6 +1270,46 @@ impl Transaction for DuckTxn {
 
 #[cfg(test)]
 mod tests {
+    use crate::format::Compression;
+    use crate::ident::{Ident, TableName};
+    use crate::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
+    use crate::types::ColumnType;
+    use crate::warehouse::conformance::col;
+    use crate::warehouse::{RunMeta, Staged, TableSchema, Warehouse};
+    use std::sync::Arc;
+
+    /// A DuckDB file with `settings` (a URL query) over a local store, and the name of
+    /// a table `wide.<table>` in it.
+    fn small_duck(
+        settings: &str,
+        table: &str,
+    ) -> (
+        tempfile::TempDir,
+        Arc<dyn ObjectStore>,
+        super::DuckDb,
+        TableName,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
+        let settings = super::DuckDbSettings::from_query(settings).unwrap();
+        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store.clone(), &settings)
+            .unwrap();
+        let table = TableName::new(
+            Ident::parse("s", "wide").unwrap(),
+            Ident::parse("t", table).unwrap(),
+        );
+        (dir, store, wh, table)
+    }
+
+    fn run_meta() -> RunMeta {
+        RunMeta {
+            run_id: "r".into(),
+            uploaded_at: "2024-05-01T00:00:00Z".parse().unwrap(),
+            task_instance: None,
+        }
+    }
+
     #[tokio::test]
     async fn duckdb_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -1311,32 +1351,13 @@ mod tests {
     /// its load naming the longest row it could read.
     #[tokio::test]
     async fn a_row_longer_than_the_default_buffer_loads_when_its_object_says_how_long() {
-        use crate::format::Compression;
-        use crate::ident::{Ident, TableName};
-        use crate::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
-        use crate::types::ColumnType;
-        use crate::warehouse::conformance::col;
-        use crate::warehouse::{RunMeta, Staged, TableSchema, Warehouse};
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn ObjectStore> =
-            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
-        let settings = super::DuckDbSettings::from_query("memory_limit=16MB").unwrap();
-        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store.clone(), &settings)
-            .unwrap();
-        let table = TableName::new(
-            Ident::parse("s", "wide").unwrap(),
-            Ident::parse("t", "long_row").unwrap(),
-        );
+        let (_dir, store, wh, table) = small_duck("memory_limit=16MB", "long_row");
         let ts = TableSchema {
             columns: vec![col("id", ColumnType::BigInt), col("v", ColumnType::Text)],
             task_instance: false,
         };
         wh.create_table(&table, &ts, true).await.unwrap();
-        let run = RunMeta {
-            run_id: "r".into(),
-            uploaded_at: "2024-05-01T00:00:00Z".parse().unwrap(),
-            task_instance: None,
-        };
+        let run = run_meta();
         let long = format!("1\t{}\n", "x".repeat(12_000_000));
         let text = format!("{long}2\tshort\n");
         let key = ObjectKey::parse("t/r/00000.a.tsv").unwrap();
@@ -1384,22 +1405,7 @@ mod tests {
     /// and threads need (it ran out of memory at 16MB before).
     #[tokio::test]
     async fn a_wide_table_loads_with_the_memory_its_columns_need() {
-        use crate::format::Compression;
-        use crate::ident::{Ident, TableName};
-        use crate::storage::{ObjectKey, ObjectStore, ObjectStoreExt};
-        use crate::types::ColumnType;
-        use crate::warehouse::conformance::col;
-        use crate::warehouse::{RunMeta, Staged, TableSchema, Warehouse};
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn ObjectStore> =
-            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
-        let settings = super::DuckDbSettings::from_query("memory_limit=16MB&threads=2").unwrap();
-        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store.clone(), &settings)
-            .unwrap();
-        let table = TableName::new(
-            Ident::parse("s", "wide").unwrap(),
-            Ident::parse("t", "many").unwrap(),
-        );
+        let (_dir, store, wh, table) = small_duck("memory_limit=16MB&threads=2", "many");
         let mut columns = vec![col("id", ColumnType::BigInt)];
         columns.extend((0..100).map(|i| col(&format!("c{i}"), ColumnType::Text)));
         let ts = TableSchema {
@@ -1422,11 +1428,7 @@ mod tests {
             .put(&key, bytes::Bytes::from(text), Default::default())
             .await
             .unwrap();
-        let run = RunMeta {
-            run_id: "r".into(),
-            uploaded_at: "2024-05-01T00:00:00Z".parse().unwrap(),
-            task_instance: None,
-        };
+        let run = run_meta();
         let staged = Staged {
             longest_row: longest,
             ..Staged::new(&key, Compression::None)
