@@ -50,12 +50,30 @@ fn db_err(ctx: impl Into<String>) -> impl Fn(duckdb::Error) -> Error {
 struct Slot {
     conn: Connection,
     in_txn: bool,
-    /// DuckDB's `memory_limit` in bytes now: the configured one, or more once a chunk's
-    /// long row raised it ([`load_budget`]).
+    /// DuckDB's `memory_limit` in bytes now: the configured one, or more once a load
+    /// needed more ([`load_budget`]).
     memory_limit: u64,
 }
 
 impl Slot {
+    /// Raise DuckDB's `memory_limit` to `need` bytes when it is lower, for the rest of
+    /// this database's use, not only the next statement: a load's commit, its profile
+    /// and a publish read the same rows again. The limit is a bound, not an
+    /// allocation: memory is still used only as needed.
+    fn raise_memory(&mut self, need: u64, ctx: &str, why: &str) -> Result<()> {
+        if need > self.memory_limit {
+            self.conn
+                .execute_batch(&format!("SET memory_limit = '{need}B'"))
+                .map_err(db_err(format!("{ctx}: raise DuckDB's memory_limit")))?;
+            tracing::info!(
+                "{ctx}: DuckDB's memory_limit raised from {} to {need} bytes for {why}",
+                self.memory_limit
+            );
+            self.memory_limit = need;
+        }
+        Ok(())
+    }
+
     /// Roll back a transaction an earlier user abandoned.
     fn clean(&mut self) -> Result<()> {
         if self.in_txn {
@@ -879,6 +897,22 @@ impl DuckTxn {
         self.op_slot(move |s| f(&mut s.conn)).await
     }
 
+    /// Columns of a load table of `schema`: the query's, the metadata ones, the stamp.
+    fn columns(schema: &TableSchema) -> usize {
+        schema.columns.len() + DuckDb::meta_columns(schema).len() + 1
+    }
+
+    /// The memory an `INSERT … SELECT` of `schema`'s rows needs ([`load_budget`]), and
+    /// why, for the log.
+    fn rows_budget(&self, schema: &TableSchema) -> (u64, String) {
+        let columns = DuckTxn::columns(schema);
+        let (_, need) = load_budget(self.max_line, None, columns, self.threads);
+        (
+            need,
+            format!("{columns} columns on {} threads", self.threads),
+        )
+    }
+
     async fn op_slot<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Slot) -> Result<T> + Send + 'static,
@@ -950,28 +984,17 @@ impl Transaction for DuckTxn {
                 p
             }
         };
-        // The load table's columns: the query's, the metadata ones and the stamp.
-        let columns = schema.columns.len() + DuckDb::meta_columns(schema).len() + 1;
-        let threads = self.threads;
+        let (columns, threads) = (DuckTxn::columns(schema), self.threads);
         let (max_line, need) = load_budget(self.max_line, longest_row, columns, threads);
         let sql = DuckDb::load_sql(table, schema, run, &path, compression, load_id, max_line);
         let ctx = format!("load {object} into {table}");
         let n = self
             .op_slot(move |s| {
-                // Raised for the rest of this database's use, not only this COPY: the
-                // commit, the profile and a publish read the same rows again. The limit
-                // is a bound, not an allocation: memory is still used only as needed.
-                if need > s.memory_limit {
-                    s.conn
-                        .execute_batch(&format!("SET memory_limit = '{need}B'"))
-                        .map_err(db_err(format!("{ctx}: raise DuckDB's memory_limit")))?;
-                    tracing::info!(
-                        "{ctx}: DuckDB's memory_limit raised from {} to {need} bytes for \
-                         {columns} columns on {threads} threads and rows up to {max_line} bytes",
-                        s.memory_limit
-                    );
-                    s.memory_limit = need;
-                }
+                s.raise_memory(
+                    need,
+                    &ctx,
+                    &format!("{columns} columns on {threads} threads, rows up to {max_line} bytes"),
+                )?;
                 let limit_now = s.memory_limit;
                 s.conn.execute(&sql, []).map(|n| n as u64).map_err(|err| {
                     // A row longer than the read buffer shows as one of these; say what
@@ -1138,11 +1161,14 @@ impl Transaction for DuckTxn {
             "IN (SELECT min(load_id) FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? GROUP BY chunk)",
         );
         let (t, run) = (from.to_string(), run_id.to_string());
-        let e = db_err(format!("publish {from} into {to}"));
-        self.op(move |c| {
-            c.execute(&sql, params![t, run])
+        let ctx = format!("publish {from} into {to}");
+        let (need, why) = self.rows_budget(schema);
+        self.op_slot(move |s| {
+            s.raise_memory(need, &ctx, &why)?;
+            s.conn
+                .execute(&sql, params![t, run])
                 .map(|n| n as u64)
-                .map_err(e)
+                .map_err(db_err(ctx))
         })
         .await
     }
@@ -1156,9 +1182,16 @@ impl Transaction for DuckTxn {
     ) -> Result<u64> {
         let sql = DuckDb::insert_stamped_sql(from, to, schema, "= ?");
         let id = load_id.to_string();
-        let e = db_err(format!("build {to} from {from}"));
-        self.op(move |c| c.execute(&sql, params![id]).map(|n| n as u64).map_err(e))
-            .await
+        let ctx = format!("build {to} from {from}");
+        let (need, why) = self.rows_budget(schema);
+        self.op_slot(move |s| {
+            s.raise_memory(need, &ctx, &why)?;
+            s.conn
+                .execute(&sql, params![id])
+                .map(|n| n as u64)
+                .map_err(db_err(ctx))
+        })
+        .await
     }
 
     async fn open_runs(&mut self, target: &TableName) -> Result<Vec<RunRecord>> {
@@ -1401,11 +1434,11 @@ mod tests {
     }
 
     /// DuckDB's threads each build row groups with a block per column: a wide table
-    /// needs more than a small limit, and its load raises the limit to what its columns
-    /// and threads need (it ran out of memory at 16MB before).
+    /// needs more than a small limit, and its load and its publish raise the limit to
+    /// what its columns and threads need (both ran out of memory at 16MB before).
     #[tokio::test]
     async fn a_wide_table_loads_with_the_memory_its_columns_need() {
-        let (_dir, store, wh, table) = small_duck("memory_limit=16MB&threads=2", "many");
+        let (dir, store, wh, table) = small_duck("memory_limit=16MB&threads=2", "many");
         let mut columns = vec![col("id", ColumnType::BigInt)];
         columns.extend((0..100).map(|i| col(&format!("c{i}"), ColumnType::Text)));
         let ts = TableSchema {
@@ -1438,6 +1471,17 @@ mod tests {
         txn.commit().await.unwrap();
         assert_eq!(n, rows);
         assert_eq!(wh.row_count(&table).await.unwrap(), rows);
+
+        // a publish in a process that loaded nothing (a resumed run) needs as much
+        drop(wh);
+        let settings = super::DuckDbSettings::from_query("memory_limit=16MB&threads=2").unwrap();
+        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store, &settings).unwrap();
+        let target = table.with_suffix("_target").unwrap();
+        wh.create_table(&target, &ts, false).await.unwrap();
+        let mut txn = wh.begin().await.unwrap();
+        let n = txn.insert_load(&table, &target, &ts, "a").await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(n, rows);
     }
 
     #[test]
