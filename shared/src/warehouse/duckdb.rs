@@ -193,7 +193,9 @@ fn load_budget(
     threads: u64,
 ) -> (u64, u64) {
     const MIB: u64 = 1 << 20;
-    let (line, for_line) = match longest_row.map(|n| n.saturating_add(1)) {
+    // PostgreSQL sends no row over 1 GB (its allocation limit); a larger count in an
+    // object's metadata is not believed past it.
+    let (line, for_line) = match longest_row.map(|n| n.min(1 << 30).saturating_add(1)) {
         Some(need) if need > max_line => {
             let line = need.div_ceil(MIB).saturating_mul(MIB);
             (line, line.saturating_mul(8))
@@ -1370,6 +1372,10 @@ mod tests {
         assert_eq!(
             budget(2_000_000, Some(20_000_001), 3, 1),
             (20 * MIB, 160 * MIB)
+        );
+        assert_eq!(
+            budget(2_000_000, Some(u64::MAX), 3, 1),
+            (1025 * MIB, 8200 * MIB)
         );
         // 100 columns on two threads (failed at 96MB, loaded at 128MB) and on four
         // (failed at 192MB, loaded at 256MB); 300 columns on two (loaded at 300MB)
