@@ -1347,10 +1347,7 @@ mod tests {
 
     #[tokio::test]
     async fn duckdb_passes_the_conformance_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn crate::storage::ObjectStore> =
-            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
-        let wh = super::DuckDb::open(&dir.path().join("w.duckdb"), store.clone()).unwrap();
+        let (_dir, store, wh, _) = small_duck("", "t");
         crate::warehouse::conformance::run(&wh, store.as_ref()).await;
     }
 
@@ -1513,10 +1510,7 @@ mod tests {
             let e = DuckDbSettings::from_query(bad).unwrap_err().to_string();
             assert!(e.contains("PGP_WAREHOUSE_URL"), "{bad}: {e}");
         }
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn crate::storage::ObjectStore> =
-            std::sync::Arc::new(crate::storage::LocalStore::new(dir.path().join("store")).unwrap());
-        let wh = super::DuckDb::open_with(&dir.path().join("w.duckdb"), store, &s).unwrap();
+        let (_dir, _store, wh, _) = small_duck("memory_limit=64MB&threads=1", "t");
         let conn = wh.slot.try_lock().unwrap();
         let got: (String, i64, bool) = conn
             .conn
