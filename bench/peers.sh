@@ -5,6 +5,7 @@
 #   psql \copy (SELECT * FROM bench) TO file   -- the reference
 #   pgp extract --load-type scd                -- to local staged objects
 #   pgp tap --load-type scd                    -- end to end into a fresh DuckDB file
+#   the same with compress_strings=false       -- DuckDB stores text uncompressed
 #   dlt sql_database (pyarrow backend) into a fresh DuckDB file -- the peer users
 #       would pick instead (pip: dlt, duckdb, sqlalchemy, psycopg2-binary, pyarrow,
 #       installed into a venv at $PEERS_VENV on first use)
@@ -52,6 +53,11 @@ run_tap() {
   PGP_STORAGE_URL="file://$WORK/objects" PGP_WAREHOUSE_URL="duckdb://$WORK/wh.duckdb" \
     time_cmd "$PGP" tap "$WORK/bench.yaml" --load-type scd
 }
+run_tapfast() {
+  rm -rf "$WORK/objects" "$WORK/wh-fast.duckdb"
+  PGP_STORAGE_URL="file://$WORK/objects" PGP_WAREHOUSE_URL="duckdb://$WORK/wh-fast.duckdb?compress_strings=false" \
+    time_cmd "$PGP" tap "$WORK/bench.yaml" --load-type scd
+}
 run_dlt() { # dlt logs warnings about the json columns on every run
   export RUNTIME__LOG_LEVEL=ERROR
   rm -rf "$WORK/dlt" "$WORK/dlt.duckdb"
@@ -61,9 +67,9 @@ run_dlt() { # dlt logs warnings about the json columns on every run
 
 run_psql >/dev/null # warm the cache
 declare -A T M
-for what in psql extract tap dlt; do T[$what]=""; M[$what]=0; done
+for what in psql extract tap tapfast dlt; do T[$what]=""; M[$what]=0; done
 for i in $(seq "$REPS"); do
-  for what in psql extract tap dlt; do
+  for what in psql extract tap tapfast dlt; do
     read -r t m < <("run_$what")
     T[$what]+="$t "
     [ "$m" -gt "${M[$what]}" ] && M[$what]=$m
@@ -72,24 +78,32 @@ done
 # Every loader must have loaded every row.
 tap_rows=$(PGP_WAREHOUSE_URL="duckdb://$WORK/wh.duckdb" "$PGP" sql "SELECT count(*) FROM bench.bench" | tail -1)
 dlt_rows=$("$PEERS_VENV/bin/python" -c 'import duckdb,sys; print(duckdb.connect(sys.argv[1], read_only=True).sql("SELECT count(*) FROM bench.bench").fetchall()[0][0])' "$WORK/dlt.duckdb")
+fast_rows=$(PGP_WAREHOUSE_URL="duckdb://$WORK/wh-fast.duckdb" "$PGP" sql "SELECT count(*) FROM bench.bench" | tail -1)
+mb() { du -m "$1" | cut -f1; }
+sizes="$(mb "$WORK/wh.duckdb") $(mb "$WORK/wh-fast.duckdb") $(mb "$WORK/dlt.duckdb")"
 args=()
-for what in psql extract tap dlt; do
+for what in psql extract tap tapfast dlt; do
   args+=("$what" "$(printf '%s\n' ${T[$what]} | median)" "${M[$what]}")
 done
-python3 - "$ROWS" "$REPS" "$tap_rows" "$dlt_rows" "${args[@]}" <<'PY'
+python3 - "$ROWS" "$REPS" "$tap_rows" "$fast_rows" "$dlt_rows" "$sizes" "${args[@]}" <<'PY'
 import sys
-rows, reps, tap_rows, dlt_rows = int(sys.argv[1]), sys.argv[2], sys.argv[3].strip(), sys.argv[4].strip()
-a = sys.argv[5:]
+rows, reps = int(sys.argv[1]), sys.argv[2]
+tap_rows, fast_rows, dlt_rows = (x.strip() for x in sys.argv[3:6])
+size = dict(zip(["tap", "tapfast", "dlt"], sys.argv[6].split()))
+a = sys.argv[7:]
 res = [(a[i], float(a[i + 1]), int(a[i + 2])) for i in range(0, len(a), 3)]
 ref = res[0][1]
 label = {
     "psql": "psql \\copy (reference)",
     "extract": "pgp extract (staged objects)",
     "tap": "pgp tap scd into DuckDB",
+    "tapfast": "pgp tap, compress_strings=false",
     "dlt": "dlt sql_database (pyarrow) into DuckDB",
 }
-print(f"{rows:,} rows, 13 columns; median of {reps} runs; rows loaded: pgp tap {tap_rows}, dlt {dlt_rows}")
-print(f"{'':<40} {'seconds':>8} {'vs psql':>8} {'k rows/s':>9} {'peak RSS':>9}")
+print(f"{rows:,} rows, 13 columns; median of {reps} runs; rows loaded: pgp tap {tap_rows}, "
+      f"compress_strings=false {fast_rows}, dlt {dlt_rows}")
+print(f"{'':<40} {'seconds':>8} {'vs psql':>8} {'k rows/s':>9} {'peak RSS':>9} {'DuckDB file':>11}")
 for what, t, m in res:
-    print(f"{label[what]:<40} {t:8.2f} {t / ref:7.2f}x {rows / t / 1e3:9.0f} {m / 1024:7.0f} MB")
+    f = f"{size[what]:>8} MB" if what in size else ""
+    print(f"{label[what]:<40} {t:8.2f} {t / ref:7.2f}x {rows / t / 1e3:9.0f} {m / 1024:7.0f} MB {f:>11}")
 PY

@@ -105,18 +105,8 @@ const CHECKS: &[(&str, &str, &str)] = &[
     ("inet_c", "CASE WHEN inet_c IS NOT NULL THEN format('%s', inet_c) END", "inet_c"),
 ];
 
-#[tokio::test]
-async fn every_value_arrives_exactly_as_postgres_holds_it() {
-    let w = World::new("fidelity", SETUP, TABLES).await;
-    let mut opts = w.options(LoadType::Scd, chrono::Utc::now());
-    opts.params.task_instance = Some("dag.task.2024-01-01".into());
-    let r = w.run(opts).await;
-    assert_eq!(outcome(&r, "fidelity"), &Outcome::Swapped, "{r:#?}");
-    let n = w.pg("SELECT count(*)::text FROM fidelity").await[0][0]
-        .clone()
-        .unwrap();
-    assert_eq!(rows(&r, "fidelity").to_string(), n);
-
+/// Every value of the `fidelity` table in DuckDB equals PostgreSQL's ([`CHECKS`]).
+async fn assert_values_match(w: &World) {
     // The interval column travels as ISO 8601 text (IntervalStyle iso_8601).
     w.db.exec("SET IntervalStyle = 'iso_8601'").await;
     let mut failures = Vec::new();
@@ -141,6 +131,21 @@ async fn every_value_arrives_exactly_as_postgres_holds_it() {
         "values differ:\n{}",
         failures.join("\n")
     );
+}
+
+#[tokio::test]
+async fn every_value_arrives_exactly_as_postgres_holds_it() {
+    let w = World::new("fidelity", SETUP, TABLES).await;
+    let mut opts = w.options(LoadType::Scd, chrono::Utc::now());
+    opts.params.task_instance = Some("dag.task.2024-01-01".into());
+    let r = w.run(opts).await;
+    assert_eq!(outcome(&r, "fidelity"), &Outcome::Swapped, "{r:#?}");
+    let n = w.pg("SELECT count(*)::text FROM fidelity").await[0][0]
+        .clone()
+        .unwrap();
+    assert_eq!(rows(&r, "fidelity").to_string(), n);
+
+    assert_values_match(&w).await;
 
     // NULL and empty string stay apart, and the text \N stays text.
     let t = w.duck("SELECT id::VARCHAR, (t IS NULL)::VARCHAR, t FROM fidelity_schema.fidelity WHERE id IN (1, 2, 6) ORDER BY id");
@@ -178,6 +183,36 @@ async fn every_value_arrives_exactly_as_postgres_holds_it() {
     // `pgp verify` measures every value the same way on both sides: no difference.
     let v = verify_tables(&w, &["fidelity"], 256).await.remove(0);
     assert_eq!(v.verdict, pgp::verify::Verdict::Equal, "{v:#?}");
+}
+
+/// DuckDB's storage of text (`compress_strings=false`: uncompressed) changes nothing
+/// of what arrives.
+#[tokio::test]
+async fn every_value_arrives_the_same_with_text_stored_uncompressed() {
+    let w = World::new("fidelity_plain", SETUP, TABLES).await;
+    let settings = pgp::warehouse::DuckDbSettings::from_query("compress_strings=false").unwrap();
+    let mut p = w.pipeline();
+    p.warehouse = std::sync::Arc::new(
+        pgp::warehouse::DuckDb::open_with(&w.duckdb_path(), p.store.clone(), &settings).unwrap(),
+    );
+    let m = pgp::manifest::Manifest::from_file(&w.manifest).unwrap();
+    let r = p
+        .run(
+            &m,
+            &w.options(LoadType::Scd, chrono::Utc::now()),
+            &pgp::run::Quiet,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome(&r, "fidelity"), &Outcome::Swapped, "{r:#?}");
+    drop(p);
+    assert_values_match(&w).await;
+    // ... and the setting reached the load: its text columns are stored uncompressed.
+    let kinds = w.duck(
+        "SELECT DISTINCT compression FROM pragma_storage_info('fidelity_schema.fidelity') \
+         WHERE segment_type = 'VARCHAR' ORDER BY 1",
+    );
+    assert_eq!(kinds, vec![vec![Some("Uncompressed".to_string())]]);
 }
 
 /// A value that begins with U+FEFF (the byte order mark) keeps it, also when it is the
