@@ -115,6 +115,23 @@ pub async fn extract_chunk(
             });
             (raw_tx, Some(handle))
         }
+        Compression::Zstd => {
+            let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+            let out = out_tx.clone();
+            let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let sink = ChannelSink {
+                    buf: Vec::with_capacity(BATCH),
+                    tx: out,
+                };
+                let mut z = zstd::stream::write::Encoder::new(sink, 1)?;
+                while let Some(b) = raw_rx.blocking_recv() {
+                    z.write_all(&b)?;
+                }
+                let mut sink = z.finish()?;
+                sink.flush_buf()
+            });
+            (raw_tx, Some(handle))
+        }
         Compression::None => (out_tx.clone(), None),
     };
     drop(out_tx);

@@ -187,19 +187,29 @@ pub struct PlanOptions {
     pub test_rows: u64,
     /// The run id (names the per-run stage).
     pub run_id: String,
+    /// How the chunks will be staged (sizes them, [`chunk_rows_for`]).
+    pub compression: crate::format::Compression,
 }
 
 /// Chunk size aim: uncompressed bytes per object. gzip shrinks table text 2-4x
 /// (measured 2.2x on the benchmark's hash-heavy table), so ~400 MB of text gives the
-/// 100-250 MB objects Snowflake recommends across that whole range.
+/// 100-250 MB objects Snowflake recommends across that whole range. zstd shrinks the
+/// same text 4x (180 MB for the bench table's 718 MB, against gzip's 312 MB), so its
+/// chunks hold 1.5x the text ([`ZSTD_TEXT_FACTOR`]): ~150 MB objects there, not 90.
 pub const TARGET_CHUNK_TEXT_BYTES: f64 = 400.0 * 1024.0 * 1024.0;
+/// How much more text a zstd chunk holds than a gzip or plain one.
+pub const ZSTD_TEXT_FACTOR: f64 = 1.5;
 /// Chunk size when the sample says nothing (an empty table).
 pub const DEFAULT_CHUNK_ROWS: u64 = 2_000_000;
 
-/// Rows per chunk for a mean row size.
-pub fn chunk_rows_for(mean_row_bytes: Option<f64>) -> u64 {
+/// Rows per chunk for a mean row size, staged with `compression`.
+pub fn chunk_rows_for(mean_row_bytes: Option<f64>, compression: crate::format::Compression) -> u64 {
+    let text = match compression {
+        crate::format::Compression::Zstd => TARGET_CHUNK_TEXT_BYTES * ZSTD_TEXT_FACTOR,
+        _ => TARGET_CHUNK_TEXT_BYTES,
+    };
     match mean_row_bytes {
-        Some(b) if b > 0.0 => ((TARGET_CHUNK_TEXT_BYTES / b) as u64).clamp(10_000, 50_000_000),
+        Some(b) if b > 0.0 => ((text / b) as u64).clamp(10_000, 50_000_000),
         _ => DEFAULT_CHUNK_ROWS,
     }
 }
@@ -240,7 +250,10 @@ async fn chunk(
     let query = p.query.clone().unwrap_or_default();
     let step = match opts.chunk_rows {
         Some(n) => n,
-        None => chunk_rows_for(src.mean_row_bytes(&spec.name, &query).await?),
+        None => chunk_rows_for(
+            src.mean_row_bytes(&spec.name, &query).await?,
+            opts.compression,
+        ),
     };
     let unusable = match chunk_key(spec, columns) {
         Ok(key) => match src.key_splits(&spec.name, &query, &key, step).await {
@@ -459,12 +472,21 @@ mod tests {
 
     #[test]
     fn chunk_size_follows_row_size() {
-        assert_eq!(chunk_rows_for(None), DEFAULT_CHUNK_ROWS);
+        use crate::format::Compression;
+        assert_eq!(chunk_rows_for(None, Compression::Gzip), DEFAULT_CHUNK_ROWS);
         assert_eq!(
-            chunk_rows_for(Some(262.0)),
+            chunk_rows_for(Some(262.0), Compression::Gzip),
             (TARGET_CHUNK_TEXT_BYTES / 262.0) as u64
         );
-        assert_eq!(chunk_rows_for(Some(1e12)), 10_000);
+        assert_eq!(
+            chunk_rows_for(Some(262.0), Compression::None),
+            chunk_rows_for(Some(262.0), Compression::Gzip)
+        );
+        assert_eq!(
+            chunk_rows_for(Some(262.0), Compression::Zstd),
+            (TARGET_CHUNK_TEXT_BYTES * ZSTD_TEXT_FACTOR / 262.0) as u64
+        );
+        assert_eq!(chunk_rows_for(Some(1e12), Compression::Gzip), 10_000);
     }
 
     #[test]

@@ -41,7 +41,7 @@ enum Command {
         /// Keep staged objects after a successful load.
         #[arg(long)]
         keep_objects: bool,
-        /// Staged object compression: gzip or none. Default: none when staging to local
+        /// Staged object compression: gzip, zstd or none. Default: none when staging to local
         /// files (the embedded warehouse reads them in place; measured 14 % faster),
         /// gzip for gs:// (Snowflake's recommended compressed files).
         #[arg(long)]
@@ -55,7 +55,7 @@ enum Command {
     Extract {
         #[command(flatten)]
         run: RunArgs,
-        /// Staged object compression.
+        /// Staged object compression: gzip, zstd or none.
         #[arg(long, default_value = "gzip")]
         compression: Compression,
         /// Run id (names the objects); default: the start time.

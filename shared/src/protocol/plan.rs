@@ -42,6 +42,7 @@ pub async fn plan_tables(
         chunk_rows: opts.chunk_rows,
         test_rows: opts.test_rows,
         run_id: opts.run_id.clone(),
+        compression: opts.compression,
     };
     let src = match parts.sources.connect(&manifest.connection_info).await {
         Ok(s) => Ok(s),

@@ -898,6 +898,8 @@ impl Transaction for SimTxn {
                     .map_err(|e| permanent(format!("{object}: {e}")))?;
                 out
             }
+            Compression::Zstd => zstd::stream::decode_all(&data[..])
+                .map_err(|e| permanent(format!("{object}: {e}")))?,
         };
         let parsed = parse_staged(&data).map_err(|e| permanent(format!("{object}: {e}")))?;
         let st = self.wh.state.lock().unwrap();

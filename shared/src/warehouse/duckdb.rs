@@ -1001,18 +1001,59 @@ impl Transaction for DuckTxn {
         // DuckDB reads local files: a remote object (gs://) is streamed to a temporary
         // file first, removed when the load is done.
         let mut download = None;
-        let path = match self.store.local_path(object) {
+        let tmp = |e: std::io::Error| {
+            Error::warehouse(format!("load {object}"), &e, ErrorKind::from_io(&e))
+        };
+        let mut path = match self.store.local_path(object) {
             Some(p) => p,
             None => {
-                let dir = tempfile::tempdir().map_err(|e| {
-                    Error::warehouse(format!("load {object}"), &e, ErrorKind::from_io(&e))
-                })?;
+                let dir = tempfile::tempdir().map_err(tmp)?;
                 let p = dir.path().join(format!("chunk.{}", compression.suffix()));
                 self.store.copy_to_file(object, &p).await?;
                 download = Some(dir);
                 p
             }
         };
+        // DuckDB reads zstd files only through its parquet extension, which this build
+        // leaves out: a zstd object is decompressed to a temporary file first, removed
+        // with it (Snowflake, the warehouse zstd staging is for, reads it as is).
+        let mut compression = compression;
+        if compression == Compression::Zstd {
+            let dir = match download.take() {
+                Some(d) => d,
+                None => tempfile::tempdir().map_err(tmp)?,
+            };
+            let plain = dir.path().join("chunk.tsv");
+            let (from, to) = (path.clone(), plain.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+                let mut r = zstd::stream::read::Decoder::new(std::fs::File::open(&from)?)?;
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&to)?);
+                let n = std::io::copy(&mut r, &mut w)?;
+                std::io::Write::flush(&mut w)?;
+                Ok(n)
+            })
+            .await
+            .map_err(|e| Error::warehouse(format!("load {object}"), e, ErrorKind::Transient))?
+            .map_err(|e| {
+                // A corrupt or truncated object (zstd says Other or UnexpectedEof) will
+                // not read better later.
+                let kind = match e.kind() {
+                    std::io::ErrorKind::Other | std::io::ErrorKind::UnexpectedEof => {
+                        ErrorKind::Permanent
+                    }
+                    _ => ErrorKind::from_io(&e),
+                };
+                Error::warehouse(format!("decompress {object}"), &e, kind)
+            })?;
+            // A downloaded object is not needed once decompressed.
+            let _ = std::fs::remove_file(
+                dir.path()
+                    .join(format!("chunk.{}", Compression::Zstd.suffix())),
+            );
+            download = Some(dir);
+            path = plain;
+            compression = Compression::None;
+        }
         let (columns, threads) = (DuckTxn::columns(schema), self.threads);
         let (max_line, need) = load_budget(self.max_line, longest_row, columns, threads);
         let sql = DuckDb::load_sql(table, schema, run, &path, compression, load_id, max_line);
@@ -1583,5 +1624,73 @@ mod tests {
                 .unwrap();
             assert_eq!(got, want, "{query:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_zstd_object_loads_and_a_corrupt_one_fails_for_good() {
+        let (_dir, store, wh, table) = small_duck("", "zstd");
+        let ts = TableSchema {
+            columns: vec![col("id", ColumnType::BigInt), col("v", ColumnType::Text)],
+            task_instance: false,
+        };
+        wh.create_table(&table, &ts, true).await.unwrap();
+        let text = "1\t\"a\tb\"\n2\t\n3\t\"\"\n";
+        let key = ObjectKey::parse("t/r/00000.a.tsv.zst").unwrap();
+        let z = zstd::stream::encode_all(text.as_bytes(), 1).unwrap();
+        store
+            .put(&key, bytes::Bytes::from(z), Default::default())
+            .await
+            .unwrap();
+        let mut txn = wh.begin().await.unwrap();
+        let n = txn
+            .copy_into(
+                &table,
+                &ts,
+                &run_meta(),
+                Staged::new(&key, Compression::Zstd),
+                "a",
+            )
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(n, 3);
+        let s = wh.slot.try_lock().unwrap();
+        let got: String = s
+            .conn
+            .query_row(
+                "SELECT string_agg(coalesce(v, '<null>'), '|' ORDER BY id) FROM wide.zstd",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(s);
+        assert_eq!(got, "a\tb|<null>|");
+
+        let bad = ObjectKey::parse("t/r/00001.b.tsv.zst").unwrap();
+        store
+            .put(
+                &bad,
+                bytes::Bytes::from_static(b"not zstd at all"),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let mut txn = wh.begin().await.unwrap();
+        let e = txn
+            .copy_into(
+                &table,
+                &ts,
+                &run_meta(),
+                Staged::new(&bad, Compression::Zstd),
+                "b",
+            )
+            .await
+            .unwrap_err();
+        let _ = txn.rollback().await;
+        assert!(!e.is_retriable(), "{e}");
+        assert!(
+            e.to_string().contains("decompress t/r/00001.b.tsv.zst"),
+            "{e}"
+        );
     }
 }

@@ -215,6 +215,42 @@ async fn every_value_arrives_the_same_with_text_stored_uncompressed() {
     assert_eq!(kinds, vec![vec![Some("Uncompressed".to_string())]]);
 }
 
+/// Objects staged as zstd (`--compression zstd`) carry every value as gzip or plain
+/// ones do.
+#[tokio::test]
+async fn every_value_arrives_the_same_staged_as_zstd() {
+    let w = World::new("fidelity_zstd", SETUP, TABLES).await;
+    let mut opts = w.options(LoadType::Scd, chrono::Utc::now());
+    opts.compression = pgp::format::Compression::Zstd;
+    opts.keep_objects = true;
+    let r = w.run(opts).await;
+    assert_eq!(outcome(&r, "fidelity"), &Outcome::Swapped, "{r:#?}");
+    assert_values_match(&w).await;
+    // ... and the objects were zstd frames (magic 28 b5 2f fd).
+    let objects: Vec<_> = walk(&w.store_path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tsv.zst"))
+        .collect();
+    assert!(!objects.is_empty(), "no .tsv.zst object staged");
+    for p in objects {
+        let head = std::fs::read(&p).unwrap();
+        assert_eq!(&head[..4], &[0x28, 0xb5, 0x2f, 0xfd], "{}", p.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// A value that begins with U+FEFF (the byte order mark) keeps it, also when it is the
 /// very first bytes of a staged file — where a CSV reader that skips a BOM would drop
 /// it (Snowflake's default, `SKIP_BYTE_ORDER_MARK = TRUE`, does; pgp sets FALSE).

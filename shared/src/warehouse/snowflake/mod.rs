@@ -229,6 +229,11 @@ fn file_format(c: Compression) -> String {
         Compression::None => {
             SNOWFLAKE_FILE_FORMAT.replace("COMPRESSION = GZIP", "COMPRESSION = NONE")
         }
+        // Snowflake's CSV file format: "ZSTD: Zstandard v0.8 (and higher)" among the
+        // COMPRESSION values it loads. (fakesnow reads GZIP and NONE only.)
+        Compression::Zstd => {
+            SNOWFLAKE_FILE_FORMAT.replace("COMPRESSION = GZIP", "COMPRESSION = ZSTD")
+        }
     };
     format!("({fmt})")
 }
@@ -1413,6 +1418,11 @@ mod tests {
             "ALTER TABLE \"RAW\".\"GITLAB_COM\".\"USERS_PGP_SWAP_r1_c1\" SWAP WITH \"RAW\".\"GITLAB_COM\".\"USERS\""
         );
         assert!(file_format(Compression::None).contains("COMPRESSION = NONE"));
+        let z = file_format(Compression::Zstd);
+        assert!(
+            z.contains("COMPRESSION = ZSTD") && !z.contains("GZIP"),
+            "{z}"
+        );
     }
 
     #[test]
