@@ -32,6 +32,18 @@
 //! grows with the table), but their publish is one server-side statement, atomic by
 //! the transaction.
 //!
+//! **Append as a warehouse job** (a warehouse whose [`Warehouse::jobs`] runs it on its
+//! own, as Snowflake runs asynchronous queries): the request claims the run's publish
+//! under the lock, after the same checks, reads the chosen load of every chunk, submits
+//! an [`AppendJob`] and answers busy; the job, one transaction under the lock, inserts
+//! those loads and records the run published only while the claim is still its own
+//! ([`run_append_job`]). So no request waits for the insert, a redelivery finds the
+//! run published or the claim fresh (busy) or expired (taken over: a job queued past the
+//! lease then changes nothing). The simulation runs this path (its warehouse queues a
+//! job for up to twice the lease); no production warehouse implements `jobs` yet.
+//!
+//! [`Warehouse::jobs`]: crate::warehouse::Warehouse::jobs
+//!
 //! A loader that dies (or fails) after its swap leaves a claim the next event of the run
 //! records at once; one that dies before the swap leaves a claim that expires, and the
 //! next event of the run (or the next request for the target) takes it over or retires
@@ -43,7 +55,8 @@ use crate::error::{Error, Result};
 use crate::ident::TableName;
 use crate::plan::Mode;
 use crate::warehouse::{
-    schema_state, LedgerSummary, RunRecord, RunState, RunUpdate, SchemaState, Transaction,
+    schema_state, AppendJob, ChosenLoad, LedgerSummary, RunRecord, RunState, RunUpdate,
+    SchemaState, Transaction,
 };
 
 /// How a run ended.
@@ -158,7 +171,12 @@ async fn settle_other_claims(
 ) -> Result<Vec<TableName>> {
     let mut leftovers = Vec::new();
     for other in txn.open_runs(&h.target).await? {
-        if other.run_id == h.run_id || other.state != RunState::Claimed {
+        // An append's claim guards only its own publish (its job checks it): appends of
+        // different runs commute, and a swap replaces the table whatever was appended.
+        if other.run_id == h.run_id
+            || other.state != RunState::Claimed
+            || other.mode == super::plan::mode_name(Mode::Append)
+        {
             continue;
         }
         let swapped = txn.marker(&h.target).await?.as_deref() == Some(&marker(&other.run_id));
@@ -224,6 +242,9 @@ enum AppendEnd {
 
 async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
     let wh = parts.wh()?;
+    if let Some(jobs) = wh.jobs() {
+        return publish_append_job(parts, h, jobs).await;
+    }
     wh.prepare_lock(&h.target).await?;
     let mut leftovers = Vec::new();
     let end = in_txn!(wh, |txn| {
@@ -282,6 +303,165 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         Err(e @ Error::CountMismatch { .. }) => abandon(parts, h, &e.to_string()).await,
         Err(e) => Err(e),
     }
+}
+
+enum AppendClaim {
+    Done(Finished),
+    Refused(String),
+    /// This request holds the claim; the chosen load of every chunk.
+    Held(Vec<ChosenLoad>),
+}
+
+/// The append publish on a warehouse that runs it as its own job ([`Warehouse::jobs`]):
+/// 1. under the target's lock: the run's state (finished? its publish claimed by
+///    another request less than [`CLAIM_LEASE`] ago? then busy), other runs' swap
+///    claims, the target's columns and the ledger's completeness, as the one-
+///    transaction publish checks them; then the chosen load of every chunk is read and
+///    the publish is claimed (`claimed`, a fresh claim id);
+/// 2. the job ([`run_append_job`]) is submitted and this request answers busy: a
+///    redelivery finds the run published, or its claim fresh (busy again), or expired
+///    (the job never ran, or has not yet: it is taken over, and the old job, guarded by
+///    its claim id, changes nothing when it runs).
+///
+/// A job that runs holds the target's lock from its first statement, so a take-over
+/// that waits for the lock finds the run published. Append claims do not block other
+/// runs (appends of different runs commute; see [`settle_other_claims`]).
+async fn publish_append_job(
+    parts: &Parts,
+    h: &RunHeader,
+    jobs: &dyn crate::warehouse::AppendJobs,
+) -> Result<Finished> {
+    let wh = parts.wh()?;
+    wh.prepare_lock(&h.target).await?;
+    let attempt = parts.ids.fresh();
+    let mut leftovers = Vec::new();
+    let claim = in_txn!(wh, |txn| {
+        txn.lock(&h.target).await?;
+        let run = ensure_run(&mut txn, h).await?;
+        if let Some(f) = final_state(&run) {
+            return Ok(AppendClaim::Done(f));
+        }
+        if run.state == RunState::Claimed {
+            let age = run.claim_age_seconds.unwrap_or(0);
+            if age < CLAIM_LEASE.as_secs() as i64 {
+                return Err(Error::Busy(format!(
+                    "the publish of run {} into {} is under way (claimed {age} s ago)",
+                    h.run_id, h.target
+                )));
+            }
+            // Its job never ran, or has yet to: take over (that job then finds
+            // another claim and changes nothing).
+        }
+        leftovers = settle_other_claims(wh, &mut txn, h).await?;
+        let actual = txn.columns(&h.target).await?;
+        match schema_state(wh, &h.schema.columns, actual.as_deref()) {
+            SchemaState::Same => {}
+            s => {
+                return Ok(AppendClaim::Refused(format!(
+                "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
+                h.target
+            )))
+            }
+        }
+        let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
+        if summary.chunks != h.chunks as u64 {
+            return Err(not_complete(h, summary.chunks));
+        }
+        let mut loads = Vec::with_capacity(h.chunks as usize);
+        for chunk in 0..h.chunks {
+            match txn.chunk_loaded(&h.load_table, &h.run_id, chunk).await? {
+                Some(l) => loads.push(l),
+                None => return Err(not_complete(h, summary.chunks)),
+            }
+        }
+        if loads.iter().map(|l| l.rows).sum::<u64>() != summary.rows {
+            // A load committed between the statements (READ COMMITTED): read again.
+            moved_on(&mut txn, h, summary).await?;
+            return Err(Error::Busy(format!(
+                "the ledger of run {} moved while its publish was claimed",
+                h.run_id
+            )));
+        }
+        txn.update_run(&h.target, &h.run_id, &RunUpdate::Claim(attempt.clone()))
+            .await?;
+        Ok(AppendClaim::Held(loads))
+    });
+    if claim.is_ok() {
+        for t in leftovers {
+            let _ = wh.drop_table(&t).await;
+        }
+    }
+    let loads = match claim? {
+        AppendClaim::Done(f) => {
+            if !matches!(f, Finished::Abandoned { .. }) {
+                let _ = wh.drop_table(&h.load_table).await;
+            }
+            return Ok(f);
+        }
+        AppendClaim::Refused(reason) => return abandon(parts, h, &reason).await,
+        AppendClaim::Held(loads) => loads,
+    };
+    let rows: u64 = loads.iter().map(|l| l.rows).sum();
+    jobs.submit(AppendJob {
+        target: h.target.clone(),
+        load_table: h.load_table.clone(),
+        schema: h.schema.clone(),
+        run_id: h.run_id.clone(),
+        claim: attempt.clone(),
+        loads,
+    })
+    .await?;
+    tracing::info!(run_id = %h.run_id, target_table = %h.target, claim = %attempt, rows, "append publish submitted");
+    Err(Error::Busy(format!(
+        "the publish of run {} into {} ({rows} rows) was submitted to the warehouse; \
+         a redelivery finds it done",
+        h.run_id, h.target
+    )))
+}
+
+/// What an [`AppendJob`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    Published {
+        rows: u64,
+    },
+    /// The run was no longer claimed by this job: nothing changed.
+    Superseded,
+}
+
+/// An [`AppendJob`] as one transaction of [`Transaction`] steps: what a warehouse's job
+/// runner executes (the simulation's runs this very function; Snowflake's submits the
+/// same statements). A load whose rows differ from its ledger row fails the job (rolled
+/// back); the claim then expires and is taken over.
+pub async fn run_append_job(
+    wh: &dyn crate::warehouse::Warehouse,
+    job: &AppendJob,
+) -> Result<JobEnd> {
+    in_txn!(wh, |txn| {
+        txn.lock(&job.target).await?;
+        match txn.run(&job.target, &job.run_id).await? {
+            Some(r) if r.state == RunState::Claimed && r.claim.as_deref() == Some(&job.claim) => {}
+            _ => return Ok(JobEnd::Superseded),
+        }
+        let mut rows = 0;
+        for l in &job.loads {
+            let n = txn
+                .insert_load(&job.load_table, &job.target, &job.schema, &l.load_id)
+                .await?;
+            if n != l.rows {
+                return Err(Error::CountMismatch {
+                    table: job.target.to_string(),
+                    chunk: format!("load {}", l.load_id),
+                    source_rows: l.rows,
+                    loaded_rows: n,
+                });
+            }
+            rows += n;
+        }
+        txn.update_run(&job.target, &job.run_id, &RunUpdate::Published { rows })
+            .await?;
+        Ok(JobEnd::Published { rows })
+    })
 }
 
 /// After a publish inserted other than the ledger's total: whether a load of the run

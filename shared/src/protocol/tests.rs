@@ -21,8 +21,14 @@ use std::time::Duration;
 
 /// A world with one table `t` of 10 rows, and no faults.
 async fn world(existing: bool) -> World {
+    world_with(existing, false).await
+}
+
+/// [`world`], its warehouse running append publishes as its own jobs when `jobs`.
+async fn world_with(existing: bool, jobs: bool) -> World {
     let mut cfg = Config::from_seed(1);
     cfg.faults = Default::default();
+    cfg.jobs = jobs;
     let rows: Vec<(i64, String)> = (1..=10).map(|i| (i, format!("v{i}"))).collect();
     let w = World::new(
         cfg,
@@ -512,6 +518,8 @@ async fn a_chunk_whose_object_lost_rows_is_refused_before_anything_is_visible() 
 async fn an_object_without_rows_is_recorded_without_a_copy() {
     let mut cfg = Config::from_seed(1);
     cfg.faults = Default::default();
+    // The publish inside the request (the job path has its own tests).
+    cfg.jobs = false;
     let w = World::new(
         cfg,
         vec![SimTable {
@@ -805,4 +813,60 @@ async fn a_run_carries_its_warehouses_json_number_limit_to_the_extractors() {
             .unwrap();
         assert_eq!(stored.json_number_digits, digits, "in the run record");
     }
+}
+
+/// The append publish as a warehouse job: the request claims the publish, submits the
+/// job and answers busy; while the claim is fresh a redelivery is busy and submits
+/// nothing; once it expired (the job sat in the warehouse's queue) a redelivery takes
+/// it over and submits again; the old job, when it runs at last, changes nothing, and
+/// the run's rows land once.
+#[tokio::test]
+async fn an_append_job_queued_past_its_claim_changes_nothing_and_rows_land_once() {
+    use super::publish::{run_append_job, JobEnd};
+    let w = world_with(true, true).await;
+    let parts = w.parts(true, false);
+    let (h, object) = append_run(&w, &parts, "scd1").await;
+    load_chunk_0(&w, &h, &object, "aaaa").await;
+
+    let e = finish_run(&parts, &h).await.unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Busy, "{e}");
+    assert_eq!(w.wh.runs()[0].state, RunState::Claimed);
+    let first = w.wh.take_jobs();
+    assert_eq!(first.len(), 1);
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10, "nothing yet");
+
+    // A redelivery while the claim is fresh: busy, nothing submitted again.
+    let e = finish_run(&parts, &h).await.unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Busy, "{e}");
+    assert!(w.wh.take_jobs().is_empty());
+
+    // The first job is still queued when the lease runs out: taken over.
+    w.sim.lock().unwrap().now_ms += CLAIM_LEASE.as_millis() as u64 + 1;
+    let e = finish_run(&parts, &h).await.unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::Busy, "{e}");
+    let second = w.wh.take_jobs();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].claim, first[0].claim);
+
+    assert_eq!(
+        run_append_job(&w.wh, &first[0]).await.unwrap(),
+        JobEnd::Superseded
+    );
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 10);
+    assert_eq!(
+        run_append_job(&w.wh, &second[0]).await.unwrap(),
+        JobEnd::Published { rows: 10 }
+    );
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 20);
+    // Run again (a warehouse never does; the guard holds anyway), and redelivered.
+    assert_eq!(
+        run_append_job(&w.wh, &second[0]).await.unwrap(),
+        JobEnd::Superseded
+    );
+    assert_eq!(
+        finish_run(&parts, &h).await.unwrap(),
+        Finished::AlreadyPublished { rows: 10 }
+    );
+    assert_eq!(w.wh.row_count(&h.target).await.unwrap(), 20);
+    assert!(w.wh.take_jobs().is_empty());
 }

@@ -28,8 +28,9 @@ use crate::ident::TableName;
 use crate::profile::{Profile, Profiler};
 use crate::types::ColumnType;
 use crate::warehouse::{
-    ActualColumn, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord, RunState, RunStatus,
-    RunUpdate, Staged, TableSchema, Transaction, Warehouse, LOAD_ID, TASK_INSTANCE, UPLOADED_AT,
+    ActualColumn, AppendJob, AppendJobs, ChosenLoad, LedgerSummary, LoadRecord, RunMeta, RunRecord,
+    RunState, RunStatus, RunUpdate, Staged, TableSchema, Transaction, Warehouse, LOAD_ID,
+    TASK_INSTANCE, UPLOADED_AT,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,6 +144,9 @@ pub struct SimWarehouse {
     state: Arc<Mutex<State>>,
     /// One transaction at a time ([`Warehouse::serial`]).
     serial: bool,
+    /// Runs append publishes as its own jobs ([`Warehouse::jobs`]): submitted jobs wait
+    /// here until the world starts them ([`SimWarehouse::take_jobs`]).
+    jobs: Option<Arc<Mutex<Vec<AppendJob>>>>,
 }
 
 fn name(t: &TableName) -> String {
@@ -155,6 +159,25 @@ fn transient() -> Error {
 
 fn permanent(m: impl std::fmt::Display) -> Error {
     Error::warehouse("sim", m, ErrorKind::Permanent)
+}
+
+#[async_trait]
+impl AppendJobs for SimWarehouse {
+    /// The submission is a statement: it may fail before the warehouse took the job, or
+    /// after (the job then runs although the submitter saw an error).
+    async fn submit(&self, job: AppendJob) -> Result<()> {
+        let strike = self.stmt(&format!("submit append job {}", job.claim)).await;
+        if strike == Some(Strike::Before) {
+            return Err(transient());
+        }
+        if let Some(q) = &self.jobs {
+            q.lock().unwrap().push(job);
+        }
+        match strike {
+            Some(_) => Err(transient()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Types are named as DuckDB names them (the simulation stands in for a warehouse
@@ -241,7 +264,24 @@ impl SimWarehouse {
             store,
             state: Arc::default(),
             serial: false,
+            jobs: None,
         }
+    }
+
+    /// The same warehouse running append publishes as its own jobs, as Snowflake runs
+    /// asynchronous queries: a job outlives the request that submitted it, may start
+    /// late, and fails (rolled back) like any statement.
+    pub fn with_jobs(mut self, jobs: bool) -> Self {
+        self.jobs = jobs.then(Arc::default);
+        self
+    }
+
+    /// Jobs submitted since the last call, for the world to run.
+    pub fn take_jobs(&self) -> Vec<AppendJob> {
+        self.jobs
+            .as_ref()
+            .map(|j| std::mem::take(&mut *j.lock().unwrap()))
+            .unwrap_or_default()
     }
 
     /// The same warehouse with DuckDB's transactions: one at a time.
@@ -366,6 +406,10 @@ impl Warehouse for SimWarehouse {
 
     fn serial(&self) -> bool {
         self.serial
+    }
+
+    fn jobs(&self) -> Option<&dyn AppendJobs> {
+        self.jobs.is_some().then_some(self as &dyn AppendJobs)
     }
 
     async fn health(&self) -> Result<()> {

@@ -54,14 +54,21 @@ pub struct Config {
     /// The warehouse runs one transaction at a time (DuckDB's promise, under which a
     /// swap swaps the load table in itself) instead of Snowflake's.
     pub serial: bool,
+    /// The warehouse runs append publishes as its own jobs, after the loader that
+    /// submitted them answered (Snowflake's asynchronous queries; never with `serial`).
+    pub jobs: bool,
 }
+
+/// The process of the warehouse's own jobs: never crashed (the warehouse is not one of
+/// the services' instances); a job fails only as its statements do.
+const WAREHOUSE_PROCESS: u64 = u64::MAX;
 
 impl Config {
     /// A schedule's settings drawn from its seed.
     pub fn from_seed(seed: u64) -> Self {
         let mut r = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
         let pick = |r: &mut Rng, xs: &[f64]| xs[r.below(xs.len() as u64) as usize];
-        Config {
+        let mut c = Config {
             seed,
             instances: 1 + r.below(3) as usize,
             crash: pick(&mut r, &[0.0, 0.002, 0.01, 0.03]),
@@ -80,7 +87,11 @@ impl Config {
             max_steps: 12_000_000,
             // Drawn last, so that the draws above are what they were before.
             serial: r.below(3) == 0,
-        }
+            jobs: false,
+        };
+        // Drawn after the rest, for the same reason.
+        c.jobs = !c.serial && r.below(2) == 0;
+        c
     }
 }
 
@@ -236,7 +247,9 @@ impl World {
         let sim = SimState::new(cfg.seed);
         sim.lock().unwrap().faults = cfg.faults;
         let store = SimStore::new(sim.clone());
-        let wh = SimWarehouse::new(sim.clone(), store.clone()).with_serial(cfg.serial);
+        let wh = SimWarehouse::new(sim.clone(), store.clone())
+            .with_serial(cfg.serial)
+            .with_jobs(cfg.jobs);
         let source = SimSource::new(sim.clone());
         let mut yaml = String::from(
             "connection_info:\n  database: D\n  host: H\n  pass: P\n  port: PORT\n  user: U\ntables:\n",
@@ -455,6 +468,35 @@ impl World {
             for ev in self.store.take_events() {
                 self.topics.lock().unwrap().push(Payload::Object(ev), now);
             }
+            for job in self.wh.take_jobs() {
+                let (wh, sim) = (self.wh.clone(), self.sim.clone());
+                // A job waits in the warehouse's queue (a busy or resuming warehouse),
+                // sometimes for longer than the claim's lease: a redelivery then takes
+                // the claim over and submits again, and both jobs run.
+                let queued = {
+                    let mut s = self.rng();
+                    let lease = CLAIM_LEASE.as_millis() as u64;
+                    let q = if s.rng.chance(0.3) {
+                        s.rng.below(2 * lease)
+                    } else {
+                        s.rng.below(5_000)
+                    };
+                    s.note(format!(
+                        "warehouse queues append job {} for {q} ms",
+                        job.claim
+                    ));
+                    q
+                };
+                self.exec.spawn(WAREHOUSE_PROCESS, async move {
+                    let end = crate::protocol::publish::run_append_job(&wh, &job).await;
+                    sim.lock()
+                        .unwrap()
+                        .note(format!("append job {} ended: {end:?}", job.claim));
+                });
+                if let Some(t) = self.exec.tasks.last_mut() {
+                    t.wake_at_ms = now + queued;
+                }
+            }
             let runnable: Vec<usize> = (0..self.exec.tasks.len())
                 .filter(|&i| self.exec.tasks[i].wake_at_ms <= now)
                 .collect();
@@ -511,7 +553,7 @@ impl World {
                     s.rng.chance(self.cfg.stall),
                 )
             };
-            if crash {
+            if crash && self.exec.tasks[i].process != WAREHOUSE_PROCESS {
                 self.crashes += 1;
                 let process = self.exec.tasks[i].process;
                 self.exec.crash(&self.sim, process);

@@ -267,6 +267,30 @@ pub enum RunUpdate {
     },
 }
 
+/// The publish of an append run, as the warehouse runs it on its own: one transaction
+/// that takes the target's lock and, only while the run is still claimed by `claim`,
+/// inserts exactly `loads` (the chosen load of every chunk, read when the claim was
+/// taken) and records the run published with their rows. Whatever it finds instead (the
+/// claim taken over, the run finished), it changes nothing. It may run late, or not
+/// at all; never twice with effect, since its first effect ends the claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendJob {
+    pub target: TableName,
+    pub load_table: TableName,
+    pub schema: TableSchema,
+    pub run_id: String,
+    pub claim: String,
+    pub loads: Vec<ChosenLoad>,
+}
+
+/// A warehouse that runs [`AppendJob`]s on its own ([`Warehouse::jobs`]).
+#[async_trait]
+pub trait AppendJobs: Send + Sync {
+    /// Hand the job to the warehouse; it runs after this returns, or never (an error
+    /// after the warehouse took it is possible: the claim's lease covers both).
+    async fn submit(&self, job: AppendJob) -> Result<()>;
+}
+
 /// A warehouse pgp loads into.
 #[async_trait]
 pub trait Warehouse: Send + Sync {
@@ -328,6 +352,13 @@ pub trait Warehouse: Send + Sync {
     /// the data is written once, not twice.
     fn serial(&self) -> bool {
         false
+    }
+    /// The warehouse's own job runner, if it runs an append's publish on its own after
+    /// the request that submitted it has answered (Snowflake's asynchronous queries):
+    /// then no request waits for a statement that grows with the run (module
+    /// `protocol::publish`). `None`: the publish runs inside the request.
+    fn jobs(&self) -> Option<&dyn AppendJobs> {
+        None
     }
     /// Make `target` lockable by [`Transaction::lock`] (idempotent DDL, run before the
     /// transaction that locks it).
