@@ -135,6 +135,118 @@ async fn snowflake_passes_the_warehouse_conformance_suite_on_fakesnow() {
     pgp::warehouse::conformance::run(&wh, store.as_ref()).await;
 }
 
+/// An append job's statements (`append_job_sql`: what Snowflake is to run as one
+/// asynchronous request once a loader has claimed a run's publish) run one by one in
+/// one session on fakesnow, which takes one statement per request: a job whose claim
+/// was taken over changes nothing; the job holding the claim inserts exactly its loads
+/// and records the run published; run again, it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_jobs_statements_publish_only_under_their_claim_on_fakesnow() {
+    use pgp::ident::{Ident, TableName};
+    use pgp::types::ColumnType;
+    use pgp::warehouse::{
+        AppendJob, ChosenLoad, RunRecord, RunState, RunUpdate, TableSchema, Warehouse,
+    };
+    let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();
+    let url = fs.url("APPENDJOB");
+    let dir = tempfile::tempdir().unwrap();
+    let stage = format!("file://{}/", dir.path().display());
+    let e = env(&[
+        ("PGP_SNOWFLAKE_PASSWORD", "unused-by-the-emulator".into()),
+        ("PGP_SNOWFLAKE_STAGE_URL", stage.clone()),
+    ]);
+    create_database(&url, &e, "APPENDJOB").await;
+    let cfg = SnowflakeConfig::from_url(&url, &e, &stage).unwrap();
+    let wh = Snowflake::new(cfg.clone()).unwrap();
+    let t = |n: &str| {
+        TableName::new(
+            Ident::parse("s", "jobs").unwrap(),
+            Ident::parse("t", n).unwrap(),
+        )
+    };
+    let (target, load) = (t("users"), t("users_pgp_load_r1"));
+    let schema = TableSchema {
+        columns: vec![
+            pgp::warehouse::conformance::col("id", ColumnType::BigInt),
+            pgp::warehouse::conformance::col("v", ColumnType::Text),
+        ],
+        task_instance: false,
+    };
+    wh.create_table(&target, &schema, false).await.unwrap();
+    wh.create_table(&load, &schema, true).await.unwrap();
+    wh.prepare_lock(&target).await.unwrap();
+    // Loads a (2 rows) and b (1 row) are the run's chosen ones; c (an attempt not
+    // chosen) must not be inserted.
+    wh.query(
+        "INSERT INTO \"APPENDJOB\".\"JOBS\".\"USERS_PGP_LOAD_R1\" (\"ID\", \"V\", \"_UPLOADED_AT\", \"_PGP_LOAD\", \"_PGP_END\") \
+         SELECT column1, column2, '2024-01-01 00:00:00 +0000'::TIMESTAMP_TZ, column3, 1 FROM VALUES \
+         (1, 'x', 'a'), (2, 'y', 'a'), (3, 'z', 'b'), (3, 'z', 'c')",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fs.output()));
+    let mut txn = wh.begin().await.unwrap();
+    txn.insert_run(&RunRecord::planned(&target, "r1", &load, "append", 2, "fp"))
+        .await
+        .unwrap();
+    txn.update_run(&target, "r1", &RunUpdate::Claim("c1".into()))
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let job = |claim: &str| AppendJob {
+        target: target.clone(),
+        load_table: load.clone(),
+        schema: schema.clone(),
+        run_id: "r1".into(),
+        claim: claim.into(),
+        loads: vec![
+            ChosenLoad {
+                load_id: "a".into(),
+                rows: 2,
+            },
+            ChosenLoad {
+                load_id: "b".into(),
+                rows: 1,
+            },
+        ],
+    };
+    let run_job = |claim: &str| {
+        let (wh, sqls) = (
+            &wh,
+            pgp::warehouse::snowflake::append_job_sql(&cfg, &job(claim)),
+        );
+        async move {
+            for s in sqls {
+                wh.query(&s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+            }
+        }
+    };
+    let state = || async {
+        let mut txn = wh.begin().await.unwrap();
+        let r = txn.run(&target, "r1").await.unwrap().unwrap();
+        txn.rollback().await.unwrap();
+        (r.state, r.rows)
+    };
+
+    run_job("c0").await;
+    assert_eq!(wh.row_count(&target).await.unwrap(), 0);
+    assert_eq!(state().await, (RunState::Claimed, None));
+
+    run_job("c1").await;
+    assert_eq!(wh.row_count(&target).await.unwrap(), 3);
+    assert_eq!(state().await, (RunState::Published, Some(3)));
+    let ids = wh
+        .query("SELECT LISTAGG(\"ID\", ',') WITHIN GROUP (ORDER BY \"ID\") FROM \"APPENDJOB\".\"JOBS\".\"USERS\"")
+        .await
+        .unwrap();
+    assert_eq!(
+        format!("{:?}", ids.rows),
+        format!("{:?}", vec![vec![Some("1,2,3".to_string())]])
+    );
+
+    run_job("c1").await;
+    assert_eq!(wh.row_count(&target).await.unwrap(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgp_tap_loads_through_gcs_into_snowflake() {
     let fs = tokio::task::spawn_blocking(FakeSnow::get).await.unwrap();

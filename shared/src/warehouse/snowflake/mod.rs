@@ -43,9 +43,9 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    profile_select, ActualColumn, ChosenLoad, Dialect, LedgerSummary, LoadRecord, RunMeta,
-    RunRecord, RunState, RunStatus, RunUpdate, Staged, TableSchema, Transaction, Warehouse,
-    LOAD_ID, RECORD_END, TASK_INSTANCE, UPLOADED_AT,
+    profile_select, ActualColumn, AppendJob, ChosenLoad, Dialect, LedgerSummary, LoadRecord,
+    RunMeta, RunRecord, RunState, RunStatus, RunUpdate, Staged, TableSchema, Transaction,
+    Warehouse, LOAD_ID, RECORD_END, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -394,6 +394,50 @@ fn insert_stamped_sql(
         from = full(cfg, from),
         stamp = q(LOAD_ID),
     )
+}
+
+/// The statement that takes a target's lock (the first write of a transaction that
+/// needs it: it holds the lock's row until the transaction ends).
+fn lock_sql(cfg: &SnowflakeConfig, target: &TableName) -> String {
+    format!("UPDATE {} SET N = N + 1", lock_table(cfg, target))
+}
+
+/// The statements of an [`AppendJob`], one transaction that decides nothing in the
+/// client: the first write takes the target's lock, and every later write is guarded
+/// by the run still being claimed by the job's claim id (read under that lock), so the
+/// job inserts its loads and records the run published, or changes nothing — what
+/// `protocol::publish::run_append_job` does step by step. Rows are recorded from the
+/// ledger's counts of the loads (each checked against its source when it committed, and
+/// a committed load never changes), not counted again. Snowflake can run the list as
+/// one asynchronous multi-statement request (`MULTI_STATEMENT_COUNT`, `asyncExec`), so
+/// that it goes on after the loader has answered; that submission is not built yet.
+pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
+    let runs = ledger(cfg, "RUNS");
+    let this_claim = format!(
+        "TARGET = {} AND RUN_ID = {} AND STATE = 'claimed' AND CLAIM = {}",
+        lit(&job.target.to_string()),
+        lit(&job.run_id),
+        lit(&job.claim)
+    );
+    let mut s = vec!["BEGIN".to_string(), lock_sql(cfg, &job.target)];
+    for l in &job.loads {
+        s.push(insert_stamped_sql(
+            cfg,
+            &job.load_table,
+            &job.target,
+            &job.schema,
+            &format!(
+                "= {} AND EXISTS (SELECT 1 FROM {runs} WHERE {this_claim})",
+                lit(&l.load_id)
+            ),
+        ));
+    }
+    let rows: u64 = job.loads.iter().map(|l| l.rows).sum();
+    s.push(format!(
+        "UPDATE {runs} SET STATE = 'published', ROWS = {rows}, UPDATED_AT = CURRENT_TIMESTAMP() WHERE {this_claim}"
+    ));
+    s.push("COMMIT".to_string());
+    s
 }
 
 /// The profile query of one load attempt's rows (see [`super::profile_select`]).
@@ -1000,7 +1044,7 @@ impl Drop for SfTxn {
 #[async_trait]
 impl Transaction for SfTxn {
     async fn lock(&mut self, target: &TableName) -> Result<()> {
-        let sql = format!("UPDATE {} SET N = N + 1", lock_table(&self.cfg, target));
+        let sql = lock_sql(&self.cfg, target);
         self.w(&sql).await.map(|_| ())
     }
 
@@ -1423,6 +1467,52 @@ mod tests {
             z.contains("COMPRESSION = ZSTD") && !z.contains("GZIP"),
             "{z}"
         );
+    }
+
+    #[test]
+    fn an_append_jobs_writes_all_wait_for_the_lock_and_its_claim() {
+        use crate::ident::Ident;
+        let cfg = test_config();
+        let t = |s: &str, n: &str| {
+            TableName::new(Ident::parse("s", s).unwrap(), Ident::parse("t", n).unwrap())
+        };
+        let job = AppendJob {
+            target: t("GITLAB_COM", "USERS"),
+            load_table: t("GITLAB_COM", "USERS_PGP_LOAD_r1"),
+            schema: TableSchema {
+                columns: vec![col("id", ColumnType::BigInt)],
+                task_instance: false,
+            },
+            run_id: "r1".into(),
+            claim: "c'1".into(),
+            loads: vec![
+                ChosenLoad {
+                    load_id: "a".into(),
+                    rows: 2,
+                },
+                ChosenLoad {
+                    load_id: "b".into(),
+                    rows: 1,
+                },
+            ],
+        };
+        let s = append_job_sql(&cfg, &job);
+        let claim = "EXISTS (SELECT 1 FROM \"RAW\".\"_PGP\".\"RUNS\" WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1')";
+        assert_eq!(s.len(), 6, "{s:#?}");
+        assert_eq!(s[0], "BEGIN");
+        assert_eq!(s[1], lock_sql(&cfg, &job.target));
+        assert_eq!(
+            s[2],
+            format!(
+                "INSERT INTO \"RAW\".\"GITLAB_COM\".\"USERS\" (\"ID\", \"_UPLOADED_AT\") SELECT \"ID\", \"_UPLOADED_AT\" FROM \"RAW\".\"GITLAB_COM\".\"USERS_PGP_LOAD_R1\" WHERE \"_PGP_LOAD\" = 'a' AND {claim}"
+            )
+        );
+        assert!(s[3].contains("\"_PGP_LOAD\" = 'b' AND EXISTS"), "{}", s[3]);
+        assert_eq!(
+            s[4],
+            "UPDATE \"RAW\".\"_PGP\".\"RUNS\" SET STATE = 'published', ROWS = 3, UPDATED_AT = CURRENT_TIMESTAMP() WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1'"
+        );
+        assert_eq!(s[5], "COMMIT");
     }
 
     #[test]
