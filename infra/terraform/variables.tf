@@ -26,8 +26,14 @@ variable "image" {
 }
 
 variable "warehouse_url" {
-  description = "PGP_WAREHOUSE_URL of the planner and loader, e.g. snowflake://PGP_SERVICE@ORG-ACCOUNT/RAW?warehouse=LOADING&role=PGP_LOADER."
+  description = "PGP_WAREHOUSE_URL of the planner and loader, e.g. snowflake://PGP_SERVICE@ORG-ACCOUNT/RAW?warehouse=LOADING&role=PGP_LOADER&publish=job."
   type        = string
+  validation {
+    # An append's publish must run as a Snowflake job, not inside a request that
+    # Pub/Sub's 600 s ack deadline bounds (infra/README.md, Deadlines).
+    condition     = can(regex("[?&]publish=job(&|$)", var.warehouse_url))
+    error_message = "warehouse_url must carry publish=job: the loader submits an append's publish as an asynchronous Snowflake job instead of waiting for it inside a push request."
+  }
 }
 
 variable "source_env" {

@@ -40,7 +40,8 @@
 //! ([`run_append_job`]). So no request waits for the insert, a redelivery finds the
 //! run published or the claim fresh (busy) or expired (taken over: a job queued past the
 //! lease then changes nothing). The simulation runs this path (its warehouse queues a
-//! job for up to twice the lease); no production warehouse implements `jobs` yet.
+//! job for up to twice the lease); Snowflake runs it with `publish=job` on its URL, as
+//! one asynchronous multi-statement query.
 //!
 //! [`Warehouse::jobs`]: crate::warehouse::Warehouse::jobs
 //!

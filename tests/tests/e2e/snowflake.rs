@@ -519,7 +519,15 @@ fn wire_router(w: Wire) -> axum::Router {
                 |State(w): State<Wire>, h: HeaderMap, Json(b): Json<Value>| async move {
                     let sql = b["sqlText"].as_str().unwrap_or("").to_string();
                     let token = auth(&h);
-                    w.seen.lock().unwrap().push(format!("query {token} {sql}"));
+                    // An asynchronous multi-statement submission says so, and how many.
+                    let tag = match b["asyncExec"].as_bool() {
+                        Some(true) => format!(
+                            "async count={} ",
+                            b["parameters"]["MULTI_STATEMENT_COUNT"]
+                        ),
+                        _ => String::new(),
+                    };
+                    w.seen.lock().unwrap().push(format!("query {tag}{token} {sql}"));
                     Json(if token.contains("T1") {
                         json!({"success": false, "code": "390112", "message": "Your session has expired. Please login again.", "data": null})
                     } else if sql.contains("MISSING") {
@@ -677,6 +685,22 @@ async fn the_client_speaks_snowflakes_wire_protocol_with_a_key_pair() {
             "result Snowflake Token=\"T2\"",
             "query Snowflake Token=\"T2\" SELECT * FROM MISSING",
         ]
+    );
+
+    // An append job goes as one asynchronous request of its statements (what
+    // `publish=job` submits; Snowflake answers at once with the query's id).
+    let id = c
+        .submit_async(&[
+            "BEGIN".into(),
+            "UPDATE L SET N = N + 1".into(),
+            "COMMIT".into(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(id, "q-1");
+    assert_eq!(
+        wire.seen.lock().unwrap().last().unwrap(),
+        "query async count=3 Snowflake Token=\"T2\" BEGIN;\nUPDATE L SET N = N + 1;\nCOMMIT"
     );
 
     // A wrong passphrase is a clear configuration error that shows no key material.

@@ -331,6 +331,65 @@ impl Client {
         ))
     }
 
+    /// Submit `statements` as one asynchronous multi-statement request (the connector
+    /// protocol's `asyncExec` with the `MULTI_STATEMENT_COUNT` parameter, as Snowflake's
+    /// connectors send it): Snowflake runs them in order after answering, and on after
+    /// this client has gone (`ABORT_DETACHED_QUERY` is false by default). Returns the
+    /// query id. Nothing waits for the statements: whoever needs their effect reads it.
+    pub async fn submit_async(&mut self, statements: &[String]) -> Result<String> {
+        let sql = statements.join(";\n");
+        for attempt in 0..3 {
+            if self.session.is_none() {
+                self.login().await?;
+            }
+            let token = self.session.as_ref().expect("logged in").token.clone();
+            self.seq += 1;
+            let body = serde_json::json!({
+                "sqlText": sql,
+                "asyncExec": true,
+                "sequenceId": self.seq,
+                "querySubmissionTime": chrono::Utc::now().timestamp_millis(),
+                "parameters": {"MULTI_STATEMENT_COUNT": statements.len()},
+            });
+            let v = self
+                .post(
+                    &format!("/queries/v1/query-request?requestId={}", request_id()),
+                    Some(&token),
+                    &body,
+                )
+                .await?;
+            match v["code"].as_str() {
+                Some(SESSION_EXPIRED) if attempt < 2 => {
+                    if !self.renew().await? {
+                        self.session = None;
+                    }
+                    continue;
+                }
+                Some(MASTER_EXPIRED) if attempt < 2 => {
+                    self.session = None;
+                    continue;
+                }
+                _ => {}
+            }
+            check(&self.cfg, &sql, &v)?;
+            return v["data"]["queryId"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::warehouse(
+                        self.cfg.display(),
+                        "an asynchronous submission answered without a queryId",
+                        ErrorKind::Transient,
+                    )
+                });
+        }
+        Err(Error::warehouse(
+            self.cfg.display(),
+            "session could not be renewed",
+            ErrorKind::Transient,
+        ))
+    }
+
     /// Download the result chunks an answer lists and append their rows, in order.
     /// Each chunk is fetched from its `url` with the answer's `chunkHeaders` (or, in
     /// older answers, the `qrmk` key as the SSE-C headers), may be gzip-compressed

@@ -3,7 +3,8 @@
 //!
 //! Optional URL parameters: `host`, `port`, `protocol=http` (to reach an emulator),
 //! `swap=rename`, `copy=staged` and `arrays=variant` (the emulator fallbacks described
-//! in `mod.rs`).
+//! in `mod.rs`), and `publish=job` (the services: an append's publish runs as an
+//! asynchronous Snowflake job after the loader answered; see `protocol::publish`).
 //! Secrets: `PGP_SNOWFLAKE_PRIVATE_KEY_PATH` (PEM, PKCS#8 or PKCS#1, optionally
 //! encrypted with `PGP_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE`) or `PGP_SNOWFLAKE_PASSWORD`.
 //! Stage: `PGP_SNOWFLAKE_STAGE` (an existing stage) or one pgp creates from the storage
@@ -83,6 +84,13 @@ pub struct SnowflakeConfig {
     /// The warehouse reports `ARRAY` columns as `VARIANT` in its information schema
     /// (fakesnow does; Snowflake reports `ARRAY`): the schema check expects `VARIANT`.
     pub arrays_as_variant: bool,
+    /// `publish=job`: an append run's publish is submitted as an asynchronous
+    /// multi-statement request ([`crate::warehouse::AppendJobs`]) and the loader answers
+    /// busy until a redelivery finds it done, so no request waits for an insert that
+    /// grows with the run (the services, under Pub/Sub's ack deadline). Default
+    /// (`publish=request`): the publish runs inside the request, as `pgp tap` wants it
+    /// (and as fakesnow, one statement per request, can run it).
+    pub append_jobs: bool,
 }
 
 fn name_ok(s: &str) -> bool {
@@ -128,6 +136,7 @@ impl SnowflakeConfig {
         let mut swap = SwapMode::Swap;
         let mut copy = CopyMode::Transform;
         let mut arrays_as_variant = false;
+        let mut append_jobs = false;
         for (k, v) in u.query_pairs() {
             let v = v.into_owned();
             match k.as_ref() {
@@ -142,6 +151,8 @@ impl SnowflakeConfig {
                 "copy" if v == "transform" => copy = CopyMode::Transform,
                 "arrays" if v == "variant" => arrays_as_variant = true,
                 "arrays" if v == "array" => arrays_as_variant = false,
+                "publish" if v == "job" => append_jobs = true,
+                "publish" if v == "request" => append_jobs = false,
                 other => return Err(bad(&format!("unknown or invalid parameter {other}={v:?}"))),
             }
         }
@@ -225,6 +236,7 @@ impl SnowflakeConfig {
             swap,
             copy,
             arrays_as_variant,
+            append_jobs,
         })
     }
 
@@ -293,6 +305,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.base_url, "http://127.0.0.1:8765");
         assert_eq!((c.swap, c.copy), (SwapMode::Rename, CopyMode::Staged));
+        assert!(!c.append_jobs, "the publish runs in the request by default");
+        let job = |q: &str| {
+            SnowflakeConfig::from_url(&format!("snowflake://u@acct/DB?{q}"), &e, "gs://b")
+                .map(|c| c.append_jobs)
+        };
+        assert!(job("publish=job").unwrap());
+        assert!(!job("publish=request").unwrap());
+        assert!(job("publish=later").is_err());
         for bad in [
             "snowflake://u:secret@acct/DB",
             "snowflake://u@acct/",

@@ -43,9 +43,9 @@ pub mod jwt;
 use self::client::{Client, Rows};
 use self::config::{CopyMode, SnowflakeConfig, Stage, SwapMode};
 use super::{
-    profile_select, ActualColumn, AppendJob, ChosenLoad, Dialect, LedgerSummary, LoadRecord,
-    RunMeta, RunRecord, RunState, RunStatus, RunUpdate, Staged, TableSchema, Transaction,
-    Warehouse, LOAD_ID, RECORD_END, TASK_INSTANCE, UPLOADED_AT,
+    profile_select, ActualColumn, AppendJob, AppendJobs, ChosenLoad, Dialect, LedgerSummary,
+    LoadRecord, RunMeta, RunRecord, RunState, RunStatus, RunUpdate, Staged, TableSchema,
+    Transaction, Warehouse, LOAD_ID, RECORD_END, TASK_INSTANCE, UPLOADED_AT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Compression, SNOWFLAKE_FILE_FORMAT};
@@ -408,9 +408,9 @@ fn lock_sql(cfg: &SnowflakeConfig, target: &TableName) -> String {
 /// job inserts its loads and records the run published, or changes nothing — what
 /// `protocol::publish::run_append_job` does step by step. Rows are recorded from the
 /// ledger's counts of the loads (each checked against its source when it committed, and
-/// a committed load never changes), not counted again. Snowflake can run the list as
-/// one asynchronous multi-statement request (`MULTI_STATEMENT_COUNT`, `asyncExec`), so
-/// that it goes on after the loader has answered; that submission is not built yet.
+/// a committed load never changes), not counted again. Snowflake runs the list as one
+/// asynchronous multi-statement request (`MULTI_STATEMENT_COUNT`, `asyncExec`), so that
+/// it goes on after the loader has answered ([`AppendJobs`] for [`Snowflake`]).
 pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
     let runs = ledger(cfg, "RUNS");
     let this_claim = format!(
@@ -707,10 +707,29 @@ impl crate::verify::Reader for Snowflake {
     }
 }
 
+/// With `publish=job`: an append's publish goes to Snowflake as one asynchronous
+/// multi-statement request ([`append_job_sql`]) on a session of its own, which nothing
+/// else uses while the job's transaction runs in it; the session is left to expire.
+#[async_trait]
+impl AppendJobs for Snowflake {
+    async fn submit(&self, job: AppendJob) -> Result<()> {
+        self.setup().await?;
+        let statements = append_job_sql(&self.cfg, &job);
+        let mut c = Client::new(self.cfg.clone())?;
+        let query_id = c.submit_async(&statements).await?;
+        tracing::info!(run_id = %job.run_id, target_table = %job.target, claim = %job.claim, %query_id, "append job submitted to Snowflake");
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Warehouse for Snowflake {
     fn url(&self) -> String {
         self.cfg.display()
+    }
+
+    fn jobs(&self) -> Option<&dyn AppendJobs> {
+        self.cfg.append_jobs.then_some(self as &dyn AppendJobs)
     }
 
     fn reader(&self) -> Option<&dyn crate::verify::Reader> {
@@ -1467,6 +1486,22 @@ mod tests {
             z.contains("COMPRESSION = ZSTD") && !z.contains("GZIP"),
             "{z}"
         );
+    }
+
+    #[test]
+    fn only_publish_job_makes_snowflake_run_append_jobs() {
+        assert!(Snowflake::new(test_config()).unwrap().jobs().is_none());
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
+            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg =
+            config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW?publish=job", &env, "gs://b")
+                .unwrap();
+        assert!(Snowflake::new(cfg).unwrap().jobs().is_some());
     }
 
     #[test]
