@@ -402,6 +402,10 @@ fn lock_sql(cfg: &SnowflakeConfig, target: &TableName) -> String {
     format!("UPDATE {} SET N = N + 1", lock_table(cfg, target))
 }
 
+/// The session setting that ends a transaction whose statement failed (rolled back),
+/// instead of leaving it open for the client's next statement.
+pub const ABORT_ON_ERROR: &str = "ALTER SESSION SET TRANSACTION_ABORT_ON_ERROR = TRUE";
+
 /// The statements of an [`AppendJob`], one transaction that decides nothing in the
 /// client: the first write takes the target's lock, and every later write is guarded
 /// by the run still being claimed by the job's claim id (read under that lock), so the
@@ -411,6 +415,12 @@ fn lock_sql(cfg: &SnowflakeConfig, target: &TableName) -> String {
 /// a committed load never changes), not counted again. Snowflake runs the list as one
 /// asynchronous multi-statement request (`MULTI_STATEMENT_COUNT`, `asyncExec`), so that
 /// it goes on after the loader has answered ([`AppendJobs`] for [`Snowflake`]).
+///
+/// It first sets `TRANSACTION_ABORT_ON_ERROR`: a request stops at its first failing
+/// statement, and by default Snowflake would leave the transaction open — holding the
+/// target's lock in a session nobody uses again until it expires (hours). Aborted at
+/// once, it releases the lock and changes nothing; the claim expires and a redelivery
+/// takes the publish over.
 pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
     let runs = ledger(cfg, "RUNS");
     let this_claim = format!(
@@ -419,7 +429,11 @@ pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
         lit(&job.run_id),
         lit(&job.claim)
     );
-    let mut s = vec!["BEGIN".to_string(), lock_sql(cfg, &job.target)];
+    let mut s = vec![
+        ABORT_ON_ERROR.to_string(),
+        "BEGIN".to_string(),
+        lock_sql(cfg, &job.target),
+    ];
     for l in &job.loads {
         s.push(insert_stamped_sql(
             cfg,
@@ -1533,7 +1547,9 @@ mod tests {
         };
         let s = append_job_sql(&cfg, &job);
         let claim = "EXISTS (SELECT 1 FROM \"RAW\".\"_PGP\".\"RUNS\" WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1')";
-        assert_eq!(s.len(), 6, "{s:#?}");
+        assert_eq!(s.len(), 7, "{s:#?}");
+        assert_eq!(s[0], ABORT_ON_ERROR);
+        let s = &s[1..];
         assert_eq!(s[0], "BEGIN");
         assert_eq!(s[1], lock_sql(&cfg, &job.target));
         assert_eq!(
