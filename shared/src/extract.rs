@@ -68,6 +68,30 @@ impl Write for ChannelSink {
     }
 }
 
+/// A blocking task that compresses raw batches into `out` with the encoder `new` makes
+/// (`finish` ends its stream); returns the sender of raw batches and the task.
+fn spawn_compressor<E: Write + Send + 'static>(
+    out: mpsc::Sender<Bytes>,
+    new: impl FnOnce(ChannelSink) -> std::io::Result<E> + Send + 'static,
+    finish: fn(E) -> std::io::Result<ChannelSink>,
+) -> (
+    mpsc::Sender<Bytes>,
+    Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+    let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut enc = new(ChannelSink {
+            buf: Vec::with_capacity(BATCH),
+            tx: out,
+        })?;
+        while let Some(b) = raw_rx.blocking_recv() {
+            enc.write_all(&b)?;
+        }
+        finish(enc)?.flush_buf()
+    });
+    (raw_tx, Some(handle))
+}
+
 /// Where one chunk's object goes.
 pub struct Destination<'a> {
     pub store: &'a dyn ObjectStore,
@@ -98,40 +122,21 @@ pub async fn extract_chunk(
 
     // The compressor (or a pass-through) between raw batches and the writer.
     let (raw_tx, compressor) = match compression {
-        Compression::Gzip => {
-            let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
-            let out = out_tx.clone();
-            let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let sink = ChannelSink {
-                    buf: Vec::with_capacity(BATCH),
-                    tx: out,
-                };
-                let mut gz = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
-                while let Some(b) = raw_rx.blocking_recv() {
-                    gz.write_all(&b)?;
-                }
-                let mut sink = gz.finish()?;
-                sink.flush_buf()
-            });
-            (raw_tx, Some(handle))
-        }
-        Compression::Zstd => {
-            let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
-            let out = out_tx.clone();
-            let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let sink = ChannelSink {
-                    buf: Vec::with_capacity(BATCH),
-                    tx: out,
-                };
-                let mut z = zstd::stream::write::Encoder::new(sink, 1)?;
-                while let Some(b) = raw_rx.blocking_recv() {
-                    z.write_all(&b)?;
-                }
-                let mut sink = z.finish()?;
-                sink.flush_buf()
-            });
-            (raw_tx, Some(handle))
-        }
+        Compression::Gzip => spawn_compressor(
+            out_tx.clone(),
+            |sink| {
+                Ok(flate2::write::GzEncoder::new(
+                    sink,
+                    flate2::Compression::fast(),
+                ))
+            },
+            |gz| gz.finish(),
+        ),
+        Compression::Zstd => spawn_compressor(
+            out_tx.clone(),
+            |sink| zstd::stream::write::Encoder::new(sink, 1),
+            |z| z.finish(),
+        ),
         Compression::None => (out_tx.clone(), None),
     };
     drop(out_tx);

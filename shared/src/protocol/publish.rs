@@ -241,6 +241,34 @@ enum AppendEnd {
     Refused(String),
 }
 
+/// What both append publishes check under the lock once the run's own state allows
+/// it: other runs' expired swap claims settled (their leftover tables put in
+/// `leftovers`, to drop after the commit), the target's columns as planned (else the
+/// reason to refuse), and every chunk loaded (else busy). The ledger's summary.
+async fn append_ready(
+    wh: &dyn crate::warehouse::Warehouse,
+    txn: &mut Box<dyn Transaction>,
+    h: &RunHeader,
+    leftovers: &mut Vec<TableName>,
+) -> Result<std::result::Result<LedgerSummary, String>> {
+    *leftovers = settle_other_claims(wh, txn, h).await?;
+    let actual = txn.columns(&h.target).await?;
+    match schema_state(wh, &h.schema.columns, actual.as_deref()) {
+        SchemaState::Same => {}
+        s => {
+            return Ok(Err(format!(
+                "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
+                h.target
+            )))
+        }
+    }
+    let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
+    if summary.chunks != h.chunks as u64 {
+        return Err(not_complete(h, summary.chunks));
+    }
+    Ok(Ok(summary))
+}
+
 async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
     let wh = parts.wh()?;
     if let Some(jobs) = wh.jobs() {
@@ -254,21 +282,10 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
         if let Some(f) = final_state(&run) {
             return Ok(AppendEnd::Done(f));
         }
-        leftovers = settle_other_claims(wh, &mut txn, h).await?;
-        let actual = txn.columns(&h.target).await?;
-        match schema_state(wh, &h.schema.columns, actual.as_deref()) {
-            SchemaState::Same => {}
-            s => {
-                return Ok(AppendEnd::Refused(format!(
-                "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
-                h.target
-            )))
-            }
-        }
-        let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
-        if summary.chunks != h.chunks as u64 {
-            return Err(not_complete(h, summary.chunks));
-        }
+        let summary = match append_ready(wh, &mut txn, h, &mut leftovers).await? {
+            Ok(summary) => summary,
+            Err(reason) => return Ok(AppendEnd::Refused(reason)),
+        };
         let rows = txn
             .insert_chosen(&h.load_table, &h.target, &h.schema, &h.run_id)
             .await?;
@@ -353,21 +370,10 @@ async fn publish_append_job(
             // Its job never ran, or has yet to: take over (that job then finds
             // another claim and changes nothing).
         }
-        leftovers = settle_other_claims(wh, &mut txn, h).await?;
-        let actual = txn.columns(&h.target).await?;
-        match schema_state(wh, &h.schema.columns, actual.as_deref()) {
-            SchemaState::Same => {}
-            s => {
-                return Ok(AppendClaim::Refused(format!(
-                "{} changed since the run was planned ({s:?}); nothing appended; run a backfill",
-                h.target
-            )))
-            }
-        }
-        let summary = txn.ledger_summary(&h.load_table, &h.run_id).await?;
-        if summary.chunks != h.chunks as u64 {
-            return Err(not_complete(h, summary.chunks));
-        }
+        let summary = match append_ready(wh, &mut txn, h, &mut leftovers).await? {
+            Ok(summary) => summary,
+            Err(reason) => return Ok(AppendClaim::Refused(reason)),
+        };
         let mut loads = Vec::with_capacity(h.chunks as usize);
         for chunk in 0..h.chunks {
             match txn.chunk_loaded(&h.load_table, &h.run_id, chunk).await? {

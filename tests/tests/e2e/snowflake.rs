@@ -198,16 +198,12 @@ async fn an_append_jobs_statements_publish_only_under_their_claim_on_fakesnow() 
         schema: schema.clone(),
         run_id: "r1".into(),
         claim: claim.into(),
-        loads: vec![
-            ChosenLoad {
-                load_id: "a".into(),
-                rows: 2,
-            },
-            ChosenLoad {
-                load_id: "b".into(),
-                rows: 1,
-            },
-        ],
+        loads: [("a", 2), ("b", 1)]
+            .map(|(id, rows)| ChosenLoad {
+                load_id: id.into(),
+                rows,
+            })
+            .to_vec(),
     };
     let run_job = |claim: &str| {
         let (wh, sqls) = (

@@ -306,18 +306,8 @@ impl Client {
                     })?;
                 v = read_json(&self.cfg, resp).await?;
             }
-            match v["code"].as_str() {
-                Some(SESSION_EXPIRED) if attempt < 2 => {
-                    if !self.renew().await? {
-                        self.session = None;
-                    }
-                    continue;
-                }
-                Some(MASTER_EXPIRED) if attempt < 2 => {
-                    self.session = None;
-                    continue;
-                }
-                _ => {}
+            if attempt < 2 && self.expired(&v).await? {
+                continue;
             }
             check(&self.cfg, sql, &v)?;
             let mut rows = decode(&self.cfg, &v["data"])?;
@@ -329,6 +319,24 @@ impl Client {
             "session could not be renewed",
             ErrorKind::Transient,
         ))
+    }
+
+    /// Whether answer `v` says the session expired, renewing it (or dropping it, for a
+    /// new login) so that the request can be sent again.
+    async fn expired(&mut self, v: &serde_json::Value) -> Result<bool> {
+        match v["code"].as_str() {
+            Some(SESSION_EXPIRED) => {
+                if !self.renew().await? {
+                    self.session = None;
+                }
+                Ok(true)
+            }
+            Some(MASTER_EXPIRED) => {
+                self.session = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Submit `statements` as one asynchronous multi-statement request (the connector
@@ -358,18 +366,8 @@ impl Client {
                     &body,
                 )
                 .await?;
-            match v["code"].as_str() {
-                Some(SESSION_EXPIRED) if attempt < 2 => {
-                    if !self.renew().await? {
-                        self.session = None;
-                    }
-                    continue;
-                }
-                Some(MASTER_EXPIRED) if attempt < 2 => {
-                    self.session = None;
-                    continue;
-                }
-                _ => {}
+            if attempt < 2 && self.expired(&v).await? {
+                continue;
             }
             check(&self.cfg, &sql, &v)?;
             return v["data"]["queryId"]

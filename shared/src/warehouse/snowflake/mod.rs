@@ -1365,6 +1365,11 @@ mod tests {
 
     /// A configuration with a password and a storage integration, for SQL rendering.
     fn test_config() -> config::SnowflakeConfig {
+        test_config_with("")
+    }
+
+    /// The same, with URL query `query` (e.g. `?publish=job`).
+    fn test_config_with(query: &str) -> config::SnowflakeConfig {
         let env: std::collections::BTreeMap<String, String> = [
             ("PGP_SNOWFLAKE_PASSWORD", "pw"),
             ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
@@ -1372,7 +1377,8 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW", &env, "gs://b").unwrap()
+        config::SnowflakeConfig::from_url(&format!("snowflake://U@ACCT/RAW{query}"), &env, "gs://b")
+            .unwrap()
     }
 
     #[test]
@@ -1505,16 +1511,7 @@ mod tests {
     #[test]
     fn only_publish_job_makes_snowflake_run_append_jobs() {
         assert!(Snowflake::new(test_config()).unwrap().jobs().is_none());
-        let env: std::collections::BTreeMap<String, String> = [
-            ("PGP_SNOWFLAKE_PASSWORD", "pw"),
-            ("PGP_SNOWFLAKE_STORAGE_INTEGRATION", "PGP_GCS"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let cfg =
-            config::SnowflakeConfig::from_url("snowflake://U@ACCT/RAW?publish=job", &env, "gs://b")
-                .unwrap();
+        let cfg = test_config_with("?publish=job");
         assert!(Snowflake::new(cfg).unwrap().jobs().is_some());
     }
 
@@ -1534,16 +1531,12 @@ mod tests {
             },
             run_id: "r1".into(),
             claim: "c'1".into(),
-            loads: vec![
-                ChosenLoad {
-                    load_id: "a".into(),
-                    rows: 2,
-                },
-                ChosenLoad {
-                    load_id: "b".into(),
-                    rows: 1,
-                },
-            ],
+            loads: [("a", 2), ("b", 1)]
+                .map(|(id, rows)| ChosenLoad {
+                    load_id: id.into(),
+                    rows,
+                })
+                .to_vec(),
         };
         let s = append_job_sql(&cfg, &job);
         let claim = "EXISTS (SELECT 1 FROM \"RAW\".\"_PGP\".\"RUNS\" WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1')";
