@@ -261,20 +261,35 @@ impl Client {
         }
     }
 
+    /// The session token (logging in first if there is none) and the body of the next
+    /// query request: `sql` run at once, or, given `multi` (its statement count),
+    /// submitted to run asynchronously as a multi-statement request.
+    async fn next_request(
+        &mut self,
+        sql: &str,
+        multi: Option<usize>,
+    ) -> Result<(String, serde_json::Value)> {
+        if self.session.is_none() {
+            self.login().await?;
+        }
+        let token = self.session.as_ref().expect("logged in").token.clone();
+        self.seq += 1;
+        let mut body = serde_json::json!({
+            "sqlText": sql,
+            "asyncExec": multi.is_some(),
+            "sequenceId": self.seq,
+            "querySubmissionTime": chrono::Utc::now().timestamp_millis(),
+        });
+        if let Some(n) = multi {
+            body["parameters"] = serde_json::json!({ "MULTI_STATEMENT_COUNT": n });
+        }
+        Ok((token, body))
+    }
+
     /// Run one statement.
     pub async fn query(&mut self, sql: &str) -> Result<Rows> {
         for attempt in 0..3 {
-            if self.session.is_none() {
-                self.login().await?;
-            }
-            let token = self.session.as_ref().expect("logged in").token.clone();
-            self.seq += 1;
-            let body = serde_json::json!({
-                "sqlText": sql,
-                "asyncExec": false,
-                "sequenceId": self.seq,
-                "querySubmissionTime": chrono::Utc::now().timestamp_millis(),
-            });
+            let (token, body) = self.next_request(sql, None).await?;
             let mut v = self
                 .post(
                     &format!("/queries/v1/query-request?requestId={}", request_id()),
@@ -347,18 +362,7 @@ impl Client {
     pub async fn submit_async(&mut self, statements: &[String]) -> Result<String> {
         let sql = statements.join(";\n");
         for attempt in 0..3 {
-            if self.session.is_none() {
-                self.login().await?;
-            }
-            let token = self.session.as_ref().expect("logged in").token.clone();
-            self.seq += 1;
-            let body = serde_json::json!({
-                "sqlText": sql,
-                "asyncExec": true,
-                "sequenceId": self.seq,
-                "querySubmissionTime": chrono::Utc::now().timestamp_millis(),
-                "parameters": {"MULTI_STATEMENT_COUNT": statements.len()},
-            });
+            let (token, body) = self.next_request(&sql, Some(statements.len())).await?;
             let v = self
                 .post(
                     &format!("/queries/v1/query-request?requestId={}", request_id()),
