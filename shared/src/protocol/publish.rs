@@ -374,13 +374,13 @@ async fn publish_append_job(
             Ok(summary) => summary,
             Err(reason) => return Ok(AppendClaim::Refused(reason)),
         };
-        let mut loads = Vec::with_capacity(h.chunks as usize);
-        for chunk in 0..h.chunks {
-            match txn.chunk_loaded(&h.load_table, &h.run_id, chunk).await? {
-                Some(l) => loads.push(l),
-                None => return Err(not_complete(h, summary.chunks)),
-            }
-        }
+        let mut chosen = txn.chosen_loads(&h.load_table, &h.run_id).await?;
+        let Some(loads) = (0..h.chunks)
+            .map(|chunk| chosen.remove(&chunk))
+            .collect::<Option<Vec<ChosenLoad>>>()
+        else {
+            return Err(not_complete(h, summary.chunks));
+        };
         if loads.iter().map(|l| l.rows).sum::<u64>() != summary.rows {
             // A load committed between the statements (READ COMMITTED): read again.
             moved_on(&mut txn, h, summary).await?;

@@ -241,6 +241,13 @@ impl crate::warehouse::Transaction for SlipTxn {
     ) -> crate::Result<Option<crate::warehouse::ChosenLoad>> {
         self.inner.chunk_loaded(t, run_id, chunk).await
     }
+    async fn chosen_loads(
+        &mut self,
+        t: &crate::ident::TableName,
+        run_id: &str,
+    ) -> crate::Result<std::collections::BTreeMap<u32, crate::warehouse::ChosenLoad>> {
+        self.inner.chosen_loads(t, run_id).await
+    }
     async fn insert_load(
         &mut self,
         from: &crate::ident::TableName,

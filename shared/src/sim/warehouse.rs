@@ -1083,6 +1083,30 @@ impl Transaction for SimTxn {
         Ok(self.chunk_rows(&st, load_table, run_id, chunk))
     }
 
+    async fn chosen_loads(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<BTreeMap<u32, ChosenLoad>> {
+        if self.stmt("chosen loads").await.is_some() {
+            return Err(transient());
+        }
+        let st = self.wh.state.lock().unwrap();
+        Ok(self
+            .chosen(&st, load_table, run_id)
+            .into_iter()
+            .map(|(chunk, r)| {
+                (
+                    chunk,
+                    ChosenLoad {
+                        load_id: r.load_id,
+                        rows: r.rows,
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn unbuilt_chunks(
         &mut self,
         load_table: &TableName,

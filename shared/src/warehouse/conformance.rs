@@ -495,6 +495,20 @@ pub async fn run(wh: &dyn Warehouse, store: &dyn ObjectStore) {
         built.push((chunk, load.rows, n));
     }
     assert_eq!(built, vec![(0, 2, 2), (1, 1, 1)]);
+    // all chunks' chosen loads in one read are the ones chunk_loaded gives one by one
+    let mut one_by_one = std::collections::BTreeMap::new();
+    for chunk in [0, 1] {
+        let load = txn.chunk_loaded(&load_table, "run1", chunk).await.unwrap();
+        one_by_one.insert(chunk, load.unwrap());
+    }
+    assert_eq!(
+        txn.chosen_loads(&load_table, "run1").await.unwrap(),
+        one_by_one
+    );
+    assert_eq!(
+        one_by_one[&0].load_id, "0dup",
+        "the smallest load id is chosen"
+    );
     // the build ledger is the load ledger keyed by the built table
     assert_eq!(
         txn.unbuilt_chunks(&load_table, &fresh, "run1", 5)

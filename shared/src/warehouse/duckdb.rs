@@ -1163,6 +1163,38 @@ impl Transaction for DuckTxn {
         .await
     }
 
+    async fn chosen_loads(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<std::collections::BTreeMap<u32, ChosenLoad>> {
+        let (t, run) = (load_table.to_string(), run_id.to_string());
+        self.op(move |c| {
+            let e = db_err("read the load ledger");
+            let mut st = c
+                .prepare(
+                    "SELECT chunk, load_id, rows FROM _pgp.load_ledger WHERE load_table = ? AND run_id = ? \
+                     QUALIFY row_number() OVER (PARTITION BY chunk ORDER BY load_id) = 1",
+                )
+                .map_err(&e)?;
+            let rows = st
+                .query_map(params![t, run], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u32,
+                        ChosenLoad {
+                            load_id: r.get(1)?,
+                            rows: r.get::<_, i64>(2)? as u64,
+                        },
+                    ))
+                })
+                .map_err(&e)?
+                .collect::<duckdb::Result<std::collections::BTreeMap<_, _>>>()
+                .map_err(&e)?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn unbuilt_chunks(
         &mut self,
         load_table: &TableName,

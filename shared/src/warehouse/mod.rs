@@ -424,6 +424,14 @@ pub trait Transaction: Send {
         run_id: &str,
         chunk: u32,
     ) -> Result<Option<ChosenLoad>>;
+    /// The chosen committed load of every chunk of a run that has one, by chunk: one
+    /// statement however many chunks (what [`Transaction::chunk_loaded`] gives chunk
+    /// by chunk), so that claiming an append job costs the same for 13 chunks or 5,000.
+    async fn chosen_loads(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<std::collections::BTreeMap<u32, ChosenLoad>>;
     /// Chunks of a run with a committed load in the ledger of `load_table` and none in
     /// the ledger of `built`, ascending, at most `limit` (one statement, at most
     /// `limit` rows back, whatever the run's size).

@@ -1214,6 +1214,42 @@ impl Transaction for SfTxn {
         }))
     }
 
+    async fn chosen_loads(
+        &mut self,
+        load_table: &TableName,
+        run_id: &str,
+    ) -> Result<std::collections::BTreeMap<u32, ChosenLoad>> {
+        let sql = format!(
+            "SELECT CHUNK, LOAD_ID, ROWS FROM {} WHERE LOAD_TABLE = {} AND RUN_ID = {} \
+             QUALIFY ROW_NUMBER() OVER (PARTITION BY CHUNK ORDER BY LOAD_ID) = 1",
+            ledger(&self.cfg, "LOAD_LEDGER"),
+            lit(&load_table.to_string()),
+            lit(run_id)
+        );
+        let r = self.q(&sql).await?;
+        r.rows
+            .iter()
+            .map(|row| {
+                let chunk = num(&row[0]);
+                let rows = num(&row[2]);
+                match (chunk, row[1].clone(), rows) {
+                    (Some(c), Some(load_id), Some(rows)) => Ok((
+                        c as u32,
+                        ChosenLoad {
+                            load_id,
+                            rows: rows as u64,
+                        },
+                    )),
+                    _ => Err(Error::warehouse(
+                        self.cfg.display(),
+                        format!("unreadable load ledger row {row:?}"),
+                        ErrorKind::Permanent,
+                    )),
+                }
+            })
+            .collect()
+    }
+
     async fn unbuilt_chunks(
         &mut self,
         load_table: &TableName,
