@@ -73,6 +73,19 @@ impl Compression {
         }
     }
 
+    /// A reader of the staged text of an object stored with this compression (the one
+    /// place that knows how each is read back, for whoever cannot read it natively).
+    pub fn decoder<'a>(
+        self,
+        r: impl std::io::Read + 'a,
+    ) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(r),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        })
+    }
+
     /// File name suffix of staged objects.
     pub fn suffix(self) -> &'static str {
         match self {

@@ -29,6 +29,31 @@ use crate::error::{Error, Result};
 use crate::ident::TableName;
 use crate::warehouse::{LedgerSummary, LoadRecord, RunState, Warehouse};
 
+/// Insert the rows of one chosen load from `from` into `to`, failing (so the
+/// transaction rolls back) unless they are the rows its ledger row counted: the count
+/// check of every build step and of an append job. `table` and `chunk` name it in the
+/// error.
+pub(super) async fn insert_counted(
+    txn: &mut Box<dyn crate::warehouse::Transaction>,
+    from: &TableName,
+    to: &TableName,
+    schema: &crate::warehouse::TableSchema,
+    load: &crate::warehouse::ChosenLoad,
+    table: &str,
+    chunk: String,
+) -> Result<u64> {
+    let n = txn.insert_load(from, to, schema, &load.load_id).await?;
+    if n != load.rows {
+        return Err(Error::CountMismatch {
+            table: table.to_string(),
+            chunk,
+            source_rows: load.rows,
+            loaded_rows: n,
+        });
+    }
+    Ok(n)
+}
+
 /// Chunks one build builds at most. A loader event runs at most two builds (after its
 /// load, and in the publish when it loaded the last chunk), so its work is one chunk's
 /// `COPY` and at most `2 × BUILD_BUDGET` chunk-sized `INSERT … SELECT`s (see
@@ -103,17 +128,16 @@ pub async fn build(parts: &Parts, h: &RunHeader, budget: usize) -> Result<Build>
             let Some(load) = txn.chunk_loaded(&h.load_table, &h.run_id, chunk).await? else {
                 continue;
             };
-            let n = txn
-                .insert_load(&h.load_table, &b, &h.schema, &load.load_id)
-                .await?;
-            if n != load.rows {
-                return Err(Error::CountMismatch {
-                    table: h.table.clone(),
-                    chunk: format!("{chunk} (load {} into {b})", load.load_id),
-                    source_rows: load.rows,
-                    loaded_rows: n,
-                });
-            }
+            let n = insert_counted(
+                &mut txn,
+                &h.load_table,
+                &b,
+                &h.schema,
+                &load,
+                &h.table,
+                format!("{chunk} (load {} into {b})", load.load_id),
+            )
+            .await?;
             txn.record_load(&LoadRecord {
                 load_table: b.clone(),
                 run_id: h.run_id.clone(),

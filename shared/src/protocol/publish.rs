@@ -50,7 +50,9 @@
 //! next event of the run (or the next request for the target) takes it over or retires
 //! it.
 
-use super::build::{build, build_table, not_built, swap_source, Build, BUILD_BUDGET};
+use super::build::{
+    build, build_table, insert_counted, not_built, swap_source, Build, BUILD_BUDGET,
+};
 use super::{Parts, RunHeader, CLAIM_LEASE};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
@@ -452,18 +454,16 @@ pub async fn run_append_job(
         }
         let mut rows = 0;
         for l in &job.loads {
-            let n = txn
-                .insert_load(&job.load_table, &job.target, &job.schema, &l.load_id)
-                .await?;
-            if n != l.rows {
-                return Err(Error::CountMismatch {
-                    table: job.target.to_string(),
-                    chunk: format!("load {}", l.load_id),
-                    source_rows: l.rows,
-                    loaded_rows: n,
-                });
-            }
-            rows += n;
+            rows += insert_counted(
+                &mut txn,
+                &job.load_table,
+                &job.target,
+                &job.schema,
+                l,
+                &job.target.to_string(),
+                format!("load {}", l.load_id),
+            )
+            .await?;
         }
         txn.update_run(&job.target, &job.run_id, &RunUpdate::Published { rows })
             .await?;

@@ -23,7 +23,6 @@
 use super::exec::{point, point_for, Sim, Strike};
 use super::store::SimStore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::Compression;
 use crate::ident::TableName;
 use crate::profile::{Profile, Profiler};
 use crate::types::ColumnType;
@@ -933,18 +932,12 @@ impl Transaction for SimTxn {
             .store
             .bytes(object)
             .ok_or_else(|| permanent(format!("COPY found no file {object}")))?;
-        let data = match compression {
-            Compression::None => data.to_vec(),
-            Compression::Gzip => {
-                let mut out = Vec::new();
-                flate2::read::MultiGzDecoder::new(&data[..])
-                    .read_to_end(&mut out)
-                    .map_err(|e| permanent(format!("{object}: {e}")))?;
-                out
-            }
-            Compression::Zstd => zstd::stream::decode_all(&data[..])
-                .map_err(|e| permanent(format!("{object}: {e}")))?,
-        };
+        let mut out = Vec::new();
+        compression
+            .decoder(&data[..])
+            .and_then(|mut r| r.read_to_end(&mut out))
+            .map_err(|e| permanent(format!("{object}: {e}")))?;
+        let data = out;
         let parsed = parse_staged(&data).map_err(|e| permanent(format!("{object}: {e}")))?;
         let st = self.wh.state.lock().unwrap();
         let t = st

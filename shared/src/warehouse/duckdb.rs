@@ -1026,7 +1026,7 @@ impl Transaction for DuckTxn {
             let plain = dir.path().join("chunk.tsv");
             let (from, to) = (path.clone(), plain.clone());
             tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-                let mut r = zstd::stream::read::Decoder::new(std::fs::File::open(&from)?)?;
+                let mut r = Compression::Zstd.decoder(std::fs::File::open(&from)?)?;
                 let mut w = std::io::BufWriter::new(std::fs::File::create(&to)?);
                 let n = std::io::copy(&mut r, &mut w)?;
                 std::io::Write::flush(&mut w)?;

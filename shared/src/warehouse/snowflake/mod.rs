@@ -396,6 +396,32 @@ fn insert_stamped_sql(
     )
 }
 
+/// `UPDATE` of a run's record, only where `and` (`" AND …"`, or empty) holds too.
+fn update_run_sql(
+    cfg: &SnowflakeConfig,
+    target: &TableName,
+    run_id: &str,
+    update: &RunUpdate,
+    and: &str,
+) -> String {
+    let set = match update {
+        RunUpdate::Claim(c) => format!(
+            "STATE = 'claimed', CLAIM = {}, CLAIMED_AT = CURRENT_TIMESTAMP()",
+            lit(c)
+        ),
+        RunUpdate::Published { rows } => format!("STATE = 'published', ROWS = {rows}"),
+        RunUpdate::Abandoned { reason } => {
+            format!("STATE = 'abandoned', REASON = {}", lit(reason))
+        }
+    };
+    format!(
+        "UPDATE {} SET {set}, UPDATED_AT = CURRENT_TIMESTAMP() WHERE TARGET = {} AND RUN_ID = {}{and}",
+        ledger(cfg, "RUNS"),
+        lit(&target.to_string()),
+        lit(run_id)
+    )
+}
+
 /// The statement that takes a target's lock (the first write of a transaction that
 /// needs it: it holds the lock's row until the transaction ends).
 fn lock_sql(cfg: &SnowflakeConfig, target: &TableName) -> String {
@@ -423,11 +449,11 @@ pub const ABORT_ON_ERROR: &str = "ALTER SESSION SET TRANSACTION_ABORT_ON_ERROR =
 /// takes the publish over.
 pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
     let runs = ledger(cfg, "RUNS");
+    let claimed = format!("STATE = 'claimed' AND CLAIM = {}", lit(&job.claim));
     let this_claim = format!(
-        "TARGET = {} AND RUN_ID = {} AND STATE = 'claimed' AND CLAIM = {}",
+        "TARGET = {} AND RUN_ID = {} AND {claimed}",
         lit(&job.target.to_string()),
         lit(&job.run_id),
-        lit(&job.claim)
     );
     let mut s = vec![
         ABORT_ON_ERROR.to_string(),
@@ -451,8 +477,12 @@ pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
         ));
     }
     let rows: u64 = job.loads.iter().map(|l| l.rows).sum();
-    s.push(format!(
-        "UPDATE {runs} SET STATE = 'published', ROWS = {rows}, UPDATED_AT = CURRENT_TIMESTAMP() WHERE {this_claim}"
+    s.push(update_run_sql(
+        cfg,
+        &job.target,
+        &job.run_id,
+        &RunUpdate::Published { rows },
+        &format!(" AND {claimed}"),
     ));
     s.push("COMMIT".to_string());
     s
@@ -1370,22 +1400,7 @@ impl Transaction for SfTxn {
         run_id: &str,
         update: &RunUpdate,
     ) -> Result<()> {
-        let set = match update {
-            RunUpdate::Claim(c) => format!(
-                "STATE = 'claimed', CLAIM = {}, CLAIMED_AT = CURRENT_TIMESTAMP()",
-                lit(c)
-            ),
-            RunUpdate::Published { rows } => format!("STATE = 'published', ROWS = {rows}"),
-            RunUpdate::Abandoned { reason } => {
-                format!("STATE = 'abandoned', REASON = {}", lit(reason))
-            }
-        };
-        let sql = format!(
-            "UPDATE {} SET {set}, UPDATED_AT = CURRENT_TIMESTAMP() WHERE TARGET = {} AND RUN_ID = {}",
-            ledger(&self.cfg, "RUNS"),
-            lit(&target.to_string()),
-            lit(run_id)
-        );
+        let sql = update_run_sql(&self.cfg, target, run_id, update, "");
         self.w(&sql).await.map(|_| ())
     }
 
