@@ -328,8 +328,9 @@ async fn publish_append(parts: &Parts, h: &RunHeader) -> Result<Finished> {
 enum AppendClaim {
     Done(Finished),
     Refused(String),
-    /// This request holds the claim; the chosen load of every chunk.
-    Held(Vec<ChosenLoad>),
+    /// This request holds the claim; the chosen load of every chunk, and the target's
+    /// marker.
+    Held(Vec<ChosenLoad>, Option<String>),
 }
 
 /// The append publish on a warehouse that runs it as its own job ([`Warehouse::jobs`]):
@@ -391,16 +392,17 @@ async fn publish_append_job(
                 h.run_id
             )));
         }
+        let marker = txn.marker(&h.target).await?;
         txn.update_run(&h.target, &h.run_id, &RunUpdate::Claim(attempt.clone()))
             .await?;
-        Ok(AppendClaim::Held(loads))
+        Ok(AppendClaim::Held(loads, marker))
     });
     if claim.is_ok() {
         for t in leftovers {
             let _ = wh.drop_table(&t).await;
         }
     }
-    let loads = match claim? {
+    let (loads, marker) = match claim? {
         AppendClaim::Done(f) => {
             if !matches!(f, Finished::Abandoned { .. }) {
                 let _ = wh.drop_table(&h.load_table).await;
@@ -408,7 +410,7 @@ async fn publish_append_job(
             return Ok(f);
         }
         AppendClaim::Refused(reason) => return abandon(parts, h, &reason).await,
-        AppendClaim::Held(loads) => loads,
+        AppendClaim::Held(loads, marker) => (loads, marker),
     };
     let rows: u64 = loads.iter().map(|l| l.rows).sum();
     jobs.submit(AppendJob {
@@ -418,6 +420,7 @@ async fn publish_append_job(
         run_id: h.run_id.clone(),
         claim: attempt.clone(),
         loads,
+        marker,
     })
     .await?;
     tracing::info!(run_id = %h.run_id, target_table = %h.target, claim = %attempt, rows, "append publish submitted");
@@ -434,7 +437,8 @@ pub enum JobEnd {
     Published {
         rows: u64,
     },
-    /// The run was no longer claimed by this job: nothing changed.
+    /// The run was no longer claimed by this job, or the target was swapped since the
+    /// claim: nothing changed.
     Superseded,
 }
 
@@ -451,6 +455,12 @@ pub async fn run_append_job(
         match txn.run(&job.target, &job.run_id).await? {
             Some(r) if r.state == RunState::Claimed && r.claim.as_deref() == Some(&job.claim) => {}
             _ => return Ok(JobEnd::Superseded),
+        }
+        // A swap since the claim (its DDL runs outside the lock, between its claim and
+        // its record): appending now would put rows checked against the old table into
+        // the new one, recorded before the swap. The claim expires and is taken over.
+        if txn.marker(&job.target).await? != job.marker {
+            return Ok(JobEnd::Superseded);
         }
         let mut rows = 0;
         for l in &job.loads {

@@ -271,7 +271,7 @@ pub enum RunUpdate {
 /// that takes the target's lock and, only while the run is still claimed by `claim`,
 /// inserts exactly `loads` (the chosen load of every chunk, read when the claim was
 /// taken) and records the run published with their rows. Whatever it finds instead (the
-/// claim taken over, the run finished), it changes nothing. It may run late, or not
+/// claim taken over, the run finished, the target swapped since), it changes nothing. It may run late, or not
 /// at all; never twice with effect, since its first effect ends the claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendJob {
@@ -281,6 +281,9 @@ pub struct AppendJob {
     pub run_id: String,
     pub claim: String,
     pub loads: Vec<ChosenLoad>,
+    /// The target's marker when the claim was taken: a job that finds another (the
+    /// target swapped since, its columns checked against the old table) changes nothing.
+    pub marker: Option<String>,
 }
 
 /// A warehouse that runs [`AppendJob`]s on its own ([`Warehouse::jobs`]).

@@ -192,6 +192,7 @@ async fn an_append_jobs_statements_publish_only_under_their_claim_on_fakesnow() 
         .await
         .unwrap();
     txn.commit().await.unwrap();
+    let marker = wh.marker(&target).await.unwrap();
     let job = |claim: &str| AppendJob {
         target: target.clone(),
         load_table: load.clone(),
@@ -204,6 +205,7 @@ async fn an_append_jobs_statements_publish_only_under_their_claim_on_fakesnow() 
                 rows,
             })
             .to_vec(),
+        marker: marker.clone(),
     };
     let run_job = |claim: &str| {
         let (wh, sqls) = (
@@ -227,6 +229,21 @@ async fn an_append_jobs_statements_publish_only_under_their_claim_on_fakesnow() 
     };
 
     run_job("c0").await;
+    assert_eq!(wh.row_count(&target).await.unwrap(), 0);
+    assert_eq!(state().await, (RunState::Claimed, None));
+
+    // The target swapped since the claim (another marker): nothing changes.
+    let stale = pgp::warehouse::snowflake::append_job_sql(
+        &cfg,
+        &AppendJob {
+            marker: Some("pgp run before-the-swap".into()),
+            ..job("c1")
+        },
+    );
+    let abort = pgp::warehouse::snowflake::ABORT_ON_ERROR;
+    for s in stale.iter().filter(|s| s.as_str() != abort) {
+        wh.query(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
     assert_eq!(wh.row_count(&target).await.unwrap(), 0);
     assert_eq!(state().await, (RunState::Claimed, None));
 

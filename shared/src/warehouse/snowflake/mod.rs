@@ -449,7 +449,14 @@ pub const ABORT_ON_ERROR: &str = "ALTER SESSION SET TRANSACTION_ABORT_ON_ERROR =
 /// takes the publish over.
 pub fn append_job_sql(cfg: &SnowflakeConfig, job: &AppendJob) -> Vec<String> {
     let runs = ledger(cfg, "RUNS");
-    let claimed = format!("STATE = 'claimed' AND CLAIM = {}", lit(&job.claim));
+    // The claim is still this job's, and the target still carries the marker it had
+    // when claimed (no swap since: see `run_append_job`).
+    let marker = job.marker.as_deref().map_or("NULL".to_string(), lit);
+    let claimed = format!(
+        "STATE = 'claimed' AND CLAIM = {} AND ({}) IS NOT DISTINCT FROM {marker}",
+        lit(&job.claim),
+        table_info_sql(cfg, &job.target, "COMMENT")
+    );
     let this_claim = format!(
         "TARGET = {} AND RUN_ID = {} AND {claimed}",
         lit(&job.target.to_string()),
@@ -1592,9 +1599,11 @@ mod tests {
                     rows,
                 })
                 .to_vec(),
+            marker: Some("pgp run b1".into()),
         };
         let s = append_job_sql(&cfg, &job);
-        let claim = "EXISTS (SELECT 1 FROM \"RAW\".\"_PGP\".\"RUNS\" WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1')";
+        let unswapped = "(SELECT COMMENT FROM \"RAW\".INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = 'GITLAB_COM' AND TABLE_NAME = 'USERS') IS NOT DISTINCT FROM 'pgp run b1'";
+        let claim = format!("EXISTS (SELECT 1 FROM \"RAW\".\"_PGP\".\"RUNS\" WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1' AND {unswapped})");
         assert_eq!(s.len(), 6, "{s:#?}");
         assert_eq!(s[0], ABORT_ON_ERROR);
         let s = &s[1..];
@@ -1608,7 +1617,7 @@ mod tests {
         );
         assert_eq!(
             s[3],
-            "UPDATE \"RAW\".\"_PGP\".\"RUNS\" SET STATE = 'published', ROWS = 3, UPDATED_AT = CURRENT_TIMESTAMP() WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1'"
+            format!("UPDATE \"RAW\".\"_PGP\".\"RUNS\" SET STATE = 'published', ROWS = 3, UPDATED_AT = CURRENT_TIMESTAMP() WHERE TARGET = 'GITLAB_COM.USERS' AND RUN_ID = 'r1' AND STATE = 'claimed' AND CLAIM = 'c''1' AND {unswapped}")
         );
         assert_eq!(s[4], "COMMIT");
     }
